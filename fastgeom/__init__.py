@@ -1,0 +1,28 @@
+"""fastgeom: Riemannian geometry of neural network feature maps.
+
+Exact log volume elements and spectra of any PyTorch model's layer (``logvol``, ``spectrum``,
+``jacobian``, ``metric``), closed-form shallow-network geometry (``fastgeom.shallow``,
+``fastgeom.nngp``), and backends/availability (``info``). Submodules are imported lazily.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+from .api import (Diagnostics, PrecisionWarning, RankDeficiencyWarning, jacobian, logvol,  # noqa: E402
+                  metric, spectrum)
+from .info import info  # noqa: E402
+
+_LAZY = ("shallow", "nngp", "slices", "plot", "models", "randomized", "linalg", "engine", "features",
+         "cli", "distributed", "data", "train", "demo", "ops")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'fastgeom' has no attribute {name!r}")
+
+
+__all__ = ["logvol", "spectrum", "jacobian", "metric", "info", "Diagnostics", "RankDeficiencyWarning",
+           "PrecisionWarning", "__version__", *_LAZY]

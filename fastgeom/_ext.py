@@ -1,0 +1,87 @@
+"""Availability of the compiled extension and Triton, kept as data (a failed load is reported, not raised).
+
+``ext.ok`` says whether fastgeom._C loaded; ``require("cpp")`` raises only when a user explicitly
+asks for a backend that is not usable here, naming the install command.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+
+INSTALL_HINT = (
+    "reinstall with the extension built: `pip install --no-build-isolation .` (C++), "
+    "`FASTGEOM_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 pip install --no-build-isolation .` (CUDA); "
+    "see the install table in README.md"
+)
+
+
+class _Ext:
+    def __init__(self):
+        self.module = None
+        self.error: str | None = None
+        if os.environ.get("FASTGEOM_DISABLE_EXT", "0") == "1":
+            self.error = "disabled by FASTGEOM_DISABLE_EXT=1"
+            return
+        try:
+            self.module = importlib.import_module("fastgeom._C")
+        except Exception as e:  # noqa: BLE001 - any load failure is reported by info()
+            self.error = f"{type(e).__name__}: {e}"
+
+    @property
+    def ok(self) -> bool:
+        return self.module is not None
+
+    @property
+    def with_cuda(self) -> bool:
+        return self.ok and bool(self.module.build_info().get("with_cuda", False))
+
+    def build_info(self) -> dict:
+        return dict(self.module.build_info()) if self.ok else {}
+
+    def has_op(self, name: str) -> bool:
+        return self.ok and hasattr(torch.ops.fastgeom, name)
+
+
+ext = _Ext()
+
+
+def triton_status() -> tuple[bool, str]:
+    """(usable, detail): Triton needs a CUDA device, or TRITON_INTERPRET=1 for CPU tensors."""
+    try:
+        import triton  # noqa: F401
+    except Exception as e:  # noqa: BLE001
+        return False, f"not importable ({type(e).__name__}: {e})"
+    if torch.cuda.is_available():
+        return True, f"triton {triton.__version__} on {torch.cuda.get_device_name()}"
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return True, f"triton {triton.__version__} interpreter (TRITON_INTERPRET=1, CPU)"
+    return False, f"triton {triton.__version__} installed, but no CUDA device (set TRITON_INTERPRET=1 to interpret on CPU)"
+
+
+def backend_usable(backend: str, device: torch.device | None = None) -> tuple[bool, str]:
+    """Whether `backend` ("torch", "cpp", "cuda", "triton") can run here (on `device` if given)."""
+    if backend == "torch":
+        return True, "always"
+    if backend == "cpp":
+        return (ext.ok, "fastgeom._C loaded" if ext.ok else f"fastgeom._C not loaded: {ext.error}")
+    if backend == "cuda":
+        if not ext.ok:
+            return False, f"fastgeom._C not loaded: {ext.error}"
+        if not ext.with_cuda:
+            return False, "fastgeom._C was built without CUDA"
+        if not torch.cuda.is_available():
+            return False, "no CUDA device visible"
+        return True, "fastgeom._C built with CUDA"
+    if backend == "triton":
+        return triton_status()
+    raise ValueError(f"unknown backend {backend!r}; choose one of 'torch', 'cpp', 'cuda', 'triton', 'auto'")
+
+
+def require(backend: str, device: torch.device | None = None) -> None:
+    """Raise RuntimeError naming the fix when an explicitly requested backend is unusable."""
+    ok, why = backend_usable(backend, device)
+    if not ok:
+        hint = INSTALL_HINT if backend in ("cpp", "cuda") else "install triton and run on a CUDA device"
+        raise RuntimeError(f"backend {backend!r} is not usable here: {why}. To get it, {hint}.")

@@ -1,0 +1,87 @@
+"""Memory planner: from a byte budget to (points per batch, cotangents/tangents per chunk).
+
+The per-(point x cotangent) cost is measured, not guessed: one forward pass of a single point under
+``saved_tensors_hooks`` counts the bytes autograd saves (the activations a VJP/JVP keeps alive).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+DEFAULT_CPU_BUDGET = 768 * 2**20
+
+
+@dataclass
+class Plan:
+    mode: str  # "reverse" (VJPs, rows of J) or "forward" (JVPs, columns of J)
+    chunk: int  # cotangents (reverse) or tangents (forward) per pass
+    points: int  # points per batch
+    budget: int  # bytes
+    act_bytes: int  # saved-activation bytes for one point
+
+
+def is_oom(e: BaseException) -> bool:
+    """True for CUDA and CPU allocator out-of-memory errors."""
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        return True
+    msg = str(e)
+    return isinstance(e, (RuntimeError, MemoryError)) and (
+        "out of memory" in msg.lower() or "can't allocate memory" in msg.lower() or isinstance(e, MemoryError))
+
+
+def default_budget(device: torch.device) -> int:
+    """Half the free GPU memory; on CPU FASTGEOM_CPU_BUDGET_MB or 768 MiB (at most a quarter of RAM)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.5)
+    env = os.environ.get("FASTGEOM_CPU_BUDGET_MB")
+    if env:
+        return int(float(env) * 2**20)
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 4 * DEFAULT_CPU_BUDGET
+    return int(min(DEFAULT_CPU_BUDGET, ram // 4))
+
+
+def saved_bytes_one_point(fmap, x1: torch.Tensor) -> int:
+    """Bytes autograd saves during one forward pass of fmap at x1 (1, *input_shape)."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        try:
+            key = t.untyped_storage().data_ptr()
+            seen[key] = max(seen.get(key, 0), t.untyped_storage().nbytes())
+        except Exception:  # noqa: BLE001 - wrapper tensors without storage
+            seen[id(t)] = t.numel() * t.element_size()
+        return t
+
+    xr = x1.detach().clone().requires_grad_(True)
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fmap(xr)
+    return max(sum(seen.values()), x1.numel() * x1.element_size())
+
+
+def plan(fmap, x: torch.Tensor, d_in: int, d_out: int, chunk_size: int | None = None,
+         budget: int | None = None, mode: str | None = None) -> Plan:
+    """Choose mode (reverse when d_out <= d_in), chunk and point batch within `budget` bytes."""
+    mode = mode or ("reverse" if d_out <= d_in else "forward")
+    if mode not in ("reverse", "forward"):
+        raise ValueError(f"mode must be 'reverse' or 'forward', got {mode!r}")
+    budget = int(budget or default_budget(x.device))
+    act = saved_bytes_one_point(fmap, x[:1])
+    passes = d_out if mode == "reverse" else d_in
+    jac_bytes = d_in * d_out * (8 + x.element_size())  # float64 J plus one working copy
+    # one (point, cotangent) pair costs about one set of saved activations (gradient buffers of
+    # the layers alive at once stay below it); the points themselves cost their activations once.
+    unit = max(act, 1)
+    if chunk_size is None:
+        chunk = max(1, min(passes, budget // (2 * unit)))
+    else:
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        chunk = min(chunk_size, passes)
+    points = max(1, min(x.shape[0], budget // max(unit * chunk + jac_bytes, 1)))
+    return Plan(mode=mode, chunk=chunk, points=points, budget=budget, act_bytes=act)
