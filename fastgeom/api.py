@@ -15,7 +15,7 @@ from .engine import jacobian_blocks, jacobian_dense, plan
 from .features import FeatureMap, LayerSpec, PoolSpec, eval_mode, no_tf32
 
 EXACT_METHODS = ("dense", "streamed")
-METHODS = ("auto",) + EXACT_METHODS
+METHODS = ("auto",) + EXACT_METHODS + ("randomized",)
 
 
 class RankDeficiencyWarning(UserWarning):
@@ -68,7 +68,8 @@ def check_points(x) -> None:
         raise ValueError(f"x contains NaN or Inf at point(s) {_fmt_points(bad)}; remove or replace them")
 
 
-def prepare(model, x: torch.Tensor, layer: LayerSpec, pool: PoolSpec, dtype) -> tuple[FeatureMap, int, int]:
+def prepare(model, x: torch.Tensor, layer: LayerSpec, pool: PoolSpec, dtype,
+            target: str = "euclidean") -> tuple[FeatureMap, int, int]:
     """Validate inputs, build the feature map and probe it on one point: (fmap, d_in, d_out)."""
     if model is not None and not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module (or None with a callable layer), got {type(model).__name__}")
@@ -77,7 +78,7 @@ def prepare(model, x: torch.Tensor, layer: LayerSpec, pool: PoolSpec, dtype) -> 
     check_points(x)
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch.dtype such as torch.float64, got {dtype!r}")
-    fmap = FeatureMap(model, layer, pool, dtype)
+    fmap = FeatureMap(model, layer, pool, dtype, target)
     if x.shape[0] == 0:
         return fmap, x[0:1].numel() if x.dim() > 1 else 0, 0
     try:
@@ -96,6 +97,8 @@ def prepare(model, x: torch.Tensor, layer: LayerSpec, pool: PoolSpec, dtype) -> 
     except RuntimeError as e:
         raise ValueError(f"the model rejected points of shape {tuple(x.shape[1:])} (x has shape {tuple(x.shape)}): "
                          f"{e}. Pass x as (B, *input_shape) with the input shape the model expects.") from e
+    if target == "sphere" and not bool(torch.isfinite(out).all()):
+        raise ValueError("target='sphere' needs non-zero features, but phi(x) = 0 at the first point")
     if not out.is_floating_point():
         raise TypeError(f"the feature map returns dtype {out.dtype}; it must be floating point to be differentiable")
     return fmap, x[0].numel(), out.shape[1]
@@ -134,8 +137,8 @@ def _resolve_method(method: str, allowed=METHODS) -> str:
 
 
 def _exact(model, x, layer, method, pool, chunk_size, dtype, rank_tol, progress, budget, backend, desc,
-           keep_factor: bool):
-    fmap, d_in, d_out = prepare(model, x, layer, pool, dtype)
+           target: str = "euclidean"):
+    fmap, d_in, d_out = prepare(model, x, layer, pool, dtype, target)
     if rank_tol is not None and not (isinstance(rank_tol, (int, float)) and 0 <= rank_tol < 1):
         raise ValueError(f"rank_tol must be a float in [0, 1) (relative to the largest singular value), got {rank_tol!r}")
     B = x.shape[0]
@@ -146,8 +149,9 @@ def _exact(model, x, layer, method, pool, chunk_size, dtype, rank_tol, progress,
     with eval_mode(model), no_tf32():
         for sl, J, info in jacobian_batches(fmap, x, d_in, d_out, method, chunk_size, progress, budget, desc):
             any_dep = any_dep or bool((J != 0).any())
-            f = linalg.factor(J, compute_dtype=compute_dtype, rank_tol=rank_tol, backend=backend)
-            results.append((sl, f, J if keep_factor == "J" else None))
+            f = linalg.factor(J, compute_dtype=compute_dtype, rank_tol=rank_tol, backend=backend,
+                              known_null=int(target == "sphere" and d_out <= d_in))
+            results.append((sl, f, None))
     if B and not any_dep:
         raise ValueError(f"the feature map{'' if layer is None else f' at layer {layer!r}'} does not depend on the input: "
                          "its Jacobian is exactly zero at every point. Check that the layer lies downstream of the input "
@@ -155,7 +159,7 @@ def _exact(model, x, layer, method, pool, chunk_size, dtype, rank_tol, progress,
     return fmap, d_in, d_out, results, info, compute_dtype
 
 
-def _merge(results, B, d_in, d_out, method, info, compute_dtype) -> tuple[Diagnostics, list]:
+def _merge(results, B, d_in, d_out, method, info, compute_dtype, target="euclidean") -> tuple[Diagnostics, list]:
     dev_fields = {}
     cores = [None] * B
     for name in ("logvol", "rank", "rank_structural", "n_rounding", "cond_est", "dynamic_pivoting"):
@@ -164,7 +168,7 @@ def _merge(results, B, d_in, d_out, method, info, compute_dtype) -> tuple[Diagno
     for sl, f, _ in results:
         cores[sl] = f.cores
     diag = Diagnostics(rank=dev_fields["rank"], rank_structural=dev_fields["rank_structural"],
-                       full_rank=min(d_in, d_out), cond_est=dev_fields["cond_est"],
+                       full_rank=min(d_in, d_out - (target == "sphere")), cond_est=dev_fields["cond_est"],
                        n_rounding=dev_fields["n_rounding"], dynamic_pivoting=dev_fields["dynamic_pivoting"],
                        method=method, mode=info["mode"], compute_dtype=compute_dtype, d_in=d_in, d_out=d_out,
                        chunk=info["chunk"], points_per_batch=info["points"])
@@ -193,7 +197,8 @@ def _warn(diag: Diagnostics, rank_tol) -> None:
 def logvol(model, x: torch.Tensor, layer: LayerSpec = None, *, method: str = "auto", pool: PoolSpec = None,
            chunk_size: int | None = None, dtype: torch.dtype | None = None, rank_tol: float | None = None,
            normalize: bool = False, return_diagnostics: bool = False, progress: bool | None = None,
-           budget: int | None = None, backend: str = "auto"):
+           budget: int | None = None, backend: str = "auto", target: str = "euclidean",
+           return_stderr: bool = False, seed: int | None = None, options: dict | None = None):
     """Log volume element: sum of the natural logs of the non-zero singular values of J at each point.
 
     Args:
@@ -214,6 +219,10 @@ def logvol(model, x: torch.Tensor, layer: LayerSpec = None, *, method: str = "au
         return_diagnostics: also return a ``Diagnostics`` (rank, condition estimate, rounding-level counts).
         progress: tqdm bar (default: when stderr is a terminal). budget: bytes for the streamed planner.
         backend: "auto" | "torch" | "cpp" | "cuda" for the float64 factorisation ops.
+        target: ``"euclidean"`` (pull back the flat metric) or ``"sphere"`` (pull back the round metric
+            of the unit sphere through phi/|phi|, for normalised embeddings).
+        return_stderr, seed, options: for ``method="randomized"`` (see ``fastgeom.randomized``):
+            return ``(value, stderr)``; random seed; estimator options (probes, Lanczos steps, ...).
 
     Returns:
         float64 ``Tensor[B]`` (and ``Diagnostics`` if asked). Warns (``RankDeficiencyWarning``,
@@ -221,13 +230,23 @@ def logvol(model, x: torch.Tensor, layer: LayerSpec = None, *, method: str = "au
         sit at rounding level.
     """
     m = _resolve_method(method)
+    if m == "randomized":
+        from . import randomized
+        fmap, d_in, d_out = prepare(model, x, layer, pool, dtype, target)
+        with eval_mode(model), no_tf32():
+            val, err = randomized.logvol(fmap, x, d_in, d_out, seed=seed, progress=progress, **(options or {}))
+        if normalize:
+            val = val - 0.5 * min(d_in, d_out) * math.log(d_out)
+        return (val, err) if return_stderr else val
+    if return_stderr:
+        raise ValueError(f"return_stderr=True needs method='randomized' (method {method!r} is exact)")
     fmap, d_in, d_out, results, info, cdt = _exact(model, x, layer, m, pool, chunk_size, dtype, rank_tol,
-                                                     progress, budget, backend, "logvol", keep_factor=False)
+                                                     progress, budget, backend, "logvol", target)
     B = x.shape[0]
     if B == 0:
         out = torch.zeros(0, dtype=torch.float64, device=x.device)
         return (out, None) if return_diagnostics else out
-    diag, lv, _ = _merge(results, B, d_in, d_out, m, info, cdt)
+    diag, lv, _ = _merge(results, B, d_in, d_out, m, info, cdt, target)
     if normalize:
         lv = lv - 0.5 * diag.rank.to(torch.float64) * math.log(d_out)
     _warn(diag, rank_tol)
@@ -237,7 +256,8 @@ def logvol(model, x: torch.Tensor, layer: LayerSpec = None, *, method: str = "au
 def spectrum(model, x: torch.Tensor, layer: LayerSpec = None, *, k: int | None = None, method: str = "auto",
              pool: PoolSpec = None, chunk_size: int | None = None, dtype: torch.dtype | None = None,
              rank_tol: float | None = None, normalize: bool = False, return_diagnostics: bool = False,
-             progress: bool | None = None, budget: int | None = None, backend: str = "auto"):
+             progress: bool | None = None, budget: int | None = None, backend: str = "auto",
+             target: str = "euclidean", seed: int | None = None, options: dict | None = None):
     """Singular values of J, descending: float64 ``Tensor[B, r]``, r = min(d_in, d_out) (or k).
 
     Exact: pivoted QR of J (see ``linalg``) then one-sided Jacobi SVD of R, which keeps relative
@@ -247,15 +267,23 @@ def spectrum(model, x: torch.Tensor, layer: LayerSpec = None, *, k: int | None =
     m = _resolve_method(method)
     if k is not None and (not isinstance(k, int) or k < 1):
         raise ValueError(f"k must be a positive int or None, got {k!r}")
+    if m == "randomized":
+        from . import randomized
+        if k is None:
+            raise ValueError("method='randomized' estimates the top-k singular values: pass k=")
+        fmap, d_in, d_out = prepare(model, x, layer, pool, dtype, target)
+        with eval_mode(model), no_tf32():
+            s = randomized.spectrum(fmap, x, d_in, d_out, k=k, seed=seed, progress=progress, **(options or {}))
+        return s / math.sqrt(d_out) if normalize else s
     fmap, d_in, d_out, results, info, cdt = _exact(model, x, layer, m, pool, chunk_size, dtype, rank_tol,
-                                                     progress, budget, backend, "spectrum", keep_factor=False)
+                                                     progress, budget, backend, "spectrum", target)
     B = x.shape[0]
     r = min(d_in, d_out) if B else 0
     kk = r if k is None else min(k, r)
     if B == 0:
         out = torch.zeros(0, kk, dtype=torch.float64, device=x.device)
         return (out, None) if return_diagnostics else out
-    diag, _, _ = _merge(results, B, d_in, d_out, m, info, cdt)
+    diag, _, _ = _merge(results, B, d_in, d_out, m, info, cdt, target)
     parts = []
     for sl, f, _ in results:
         parts.append(linalg.spectrum_from_factor(f, r)[:, :kk])
@@ -268,10 +296,10 @@ def spectrum(model, x: torch.Tensor, layer: LayerSpec = None, *, k: int | None =
 
 def jacobian(model, x: torch.Tensor, layer: LayerSpec = None, *, method: str = "auto", pool: PoolSpec = None,
              chunk_size: int | None = None, dtype: torch.dtype | None = None, progress: bool | None = None,
-             budget: int | None = None) -> torch.Tensor:
+             budget: int | None = None, target: str = "euclidean") -> torch.Tensor:
     """Jacobian of the feature map, float64 ``Tensor[B, d_out, d_in]`` (for models small enough to materialise)."""
-    m = _resolve_method(method)
-    fmap, d_in, d_out = prepare(model, x, layer, pool, dtype)
+    m = _resolve_method(method, METHODS[:-1])
+    fmap, d_in, d_out = prepare(model, x, layer, pool, dtype, target)
     B = x.shape[0]
     if B == 0:
         return torch.zeros(0, 0, x[0:1].numel() if x.dim() > 1 else 0, dtype=torch.float64)

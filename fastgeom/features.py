@@ -1,5 +1,8 @@
 """Model + layer (+ pooling) -> a pure feature map x (B, *input_shape) -> phi(x) (B, d_out).
 
+``target="sphere"`` returns phi/|phi|, whose Jacobian is J projected onto the tangent space of the
+sphere at phi(x) and divided by |phi(x)| (the round-sphere pullback for normalised embeddings).
+
 The feature is the chosen module's output (captured by a forward hook that stops the forward pass
 there, so later layers are not run), average-pooled if asked, flattened per point. Parameters and
 buffers are passed detached through ``torch.func.functional_call`` (optionally cast to another
@@ -84,7 +87,10 @@ class FeatureMap:
     """phi: x (B, *input_shape) -> (B, d_out), a pure function of x suitable for torch.func."""
 
     def __init__(self, model: nn.Module | None, layer: LayerSpec = None, pool: PoolSpec = None,
-                 dtype: torch.dtype | None = None):
+                 dtype: torch.dtype | None = None, target: str = "euclidean"):
+        if target not in ("euclidean", "sphere"):
+            raise ValueError(f"target must be 'euclidean' or 'sphere', got {target!r}")
+        self.target = target
         self.model = model
         self.layer = layer
         self.pool = pool
@@ -138,7 +144,11 @@ class FeatureMap:
             if self._window == "unset":
                 self._window = pool_window(tuple(out.shape[1:]), self.pool)
             out = F.avg_pool2d(out, kernel_size=self._window, stride=self._window)
-        return out.reshape(out.shape[0], -1)
+        out = out.reshape(out.shape[0], -1)
+        if self.target == "sphere":
+            # pullback of the round sphere: d(phi/|phi|) = (I - u u^T) dphi / |phi|, u = phi/|phi|
+            out = out / torch.linalg.vector_norm(out, dim=1, keepdim=True)
+        return out
 
 
 @contextlib.contextmanager

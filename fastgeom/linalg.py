@@ -81,8 +81,12 @@ def _tril_core(Rk: torch.Tensor) -> torch.Tensor:
 
 
 def factor(J: torch.Tensor, compute_dtype: torch.dtype | None = None, rank_tol: float | None = None,
-           backend: str = "auto") -> Factorization:
-    """Accurate log volume factorisation of J (B, m, n); see the module docstring for the algorithm."""
+           backend: str = "auto", known_null: int = 0) -> Factorization:
+    """Accurate log volume factorisation of J (B, m, n); see the module docstring for the algorithm.
+
+    ``known_null``: number of singular values that are zero by construction (1 for the sphere
+    pullback, whose Jacobian has no radial component); the smallest that many are dropped.
+    """
     if J.dim() != 3:
         raise ValueError(f"J must be (B, m, n), got shape {tuple(J.shape)}")
     compute_dtype = compute_dtype or J.dtype
@@ -116,7 +120,7 @@ def factor(J: torch.Tensor, compute_dtype: torch.dtype | None = None, rank_tol: 
         R = torch.linalg.qr(Ag, mode="r").R
         d = torch.diagonal(R, dim1=-2, dim2=-1).abs()
         redo = _pivot_violations(R) | (d == 0).any(dim=-1)
-        if rank_tol is not None:
+        if rank_tol is not None or known_null:
             redo[:] = True
         if redo.any():
             ridx = redo.nonzero().flatten()
@@ -131,6 +135,8 @@ def factor(J: torch.Tensor, compute_dtype: torch.dtype | None = None, rank_tol: 
         keep = d > 0
         if rank_tol is not None:
             keep &= d > rank_tol * d[:, :1]
+        if known_null:
+            keep &= torch.arange(N, device=dev)[None, :] < max(min(Ag.shape[-2], N) - known_null, 0)
         # with dynamic pivoting, dropped values are trailing; k = number kept
         k = keep.sum(-1)
         lv = _ops.logdiag_sum(R, k, backend=backend)
