@@ -1,0 +1,125 @@
+"""Geometry of one snapshot of a CIFAR network: logvol along paths and on planes, per-block logvol,
+spectra at the anchors, with predictions and normalised softmax entropy at every point.
+
+Everything calls the library (``fastgeom.logvol``, ``fastgeom.spectrum``, ``fastgeom.slices``);
+nothing is re-derived here. ``logvol`` is in nats with ``normalize=True`` (features / sqrt(d_out),
+MATH.md 2.1); the figures convert to log10.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+import fastgeom as fg
+from fastgeom.slices import normalized_entropy, path, plane
+
+
+@dataclass
+class GeoMap:
+    """A feature map to measure: ``fastgeom.logvol(model, x, layer, target=target)``."""
+
+    name: str
+    model: torch.nn.Module
+    layer: str
+    target: str = "euclidean"
+
+
+@dataclass
+class GeoConfig:
+    path_n: int = 64  # points per interpolation (x1 excluded, MATH.md 8.1)
+    plane_n: int = 80  # affine-hull planes: n x n grid on [-1, 1]^2
+    convex_n: int = 80  # convex-hull (ternary) planes: n x n grid on [-extent, extent]^2, points inside kept
+    convex_extent: float = 0.6  # covers the anchor triangle (|a| <= 0.5, -0.58 <= b <= 0.29)
+    same_n: int = 80  # same-class affine planes
+    block_n: int = 16  # points of the first path used for the per-block readouts
+    block_pool: int = 512  # each block average-pooled to this many numbers
+    blocks: tuple = ("layer1", "layer2", "layer3", "layer4")
+    dtype: str = "float64"  # dtype of the network pass for geometry (factorisation is always float64)
+    pairs: tuple = ((3, 5), (1, 9))  # cat-dog, automobile-truck
+    triples: tuple = ((0, 1, 2),)
+    same: tuple = ((0, 0, 0), (6, 6, 6))  # the paper's same-class planes
+    extra: dict = field(default_factory=dict)
+
+
+def pick_anchors(test_y: torch.Tensor, cfg: GeoConfig, seed: int = 0) -> dict:
+    """Test-set indices for the pairs, triples and same-class triples (distinct images per class)."""
+    g = torch.Generator().manual_seed(seed)
+    pools = {c: (test_y == c).nonzero().flatten()[torch.randperm(int((test_y == c).sum()), generator=g)].tolist()
+             for c in range(10)}
+    used = {c: 0 for c in range(10)}
+
+    def take(c):
+        if used[c] >= len(pools[c]):
+            raise ValueError(f"not enough test images of class {c} for the anchors; use a larger test subset")
+        used[c] += 1
+        return pools[c][used[c] - 1]
+    return {"pairs": [[take(a), take(b)] for a, b in cfg.pairs],
+            "triples": [[take(c) for c in t] for t in cfg.triples],
+            "same": [[take(c) for c in t] for t in cfg.same]}
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"float64": torch.float64, "float32": torch.float32}[name]
+
+
+def _lv(m: GeoMap, x: torch.Tensor, cfg: GeoConfig, progress: bool, **kw) -> list:
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fg.RankDeficiencyWarning)  # counted in results via ranks instead
+        lv, diag = fg.logvol(m.model, x, layer=m.layer, target=m.target, normalize=True, dtype=_dtype(cfg.dtype),
+                             return_diagnostics=True, progress=progress, **kw)
+    return lv.tolist(), diag.rank.tolist(), int(diag.n_rounding.gt(0).sum())
+
+
+@torch.no_grad()
+def _pred(logits_fn, x: torch.Tensor, batch: int = 256):
+    outs = [logits_fn(x[i:i + batch]).double() for i in range(0, len(x), batch)]
+    logits = torch.cat(outs)
+    return logits.argmax(1).tolist(), normalized_entropy(logits).tolist()
+
+
+def snapshot(maps: list[GeoMap], logits_fn: Callable, images: torch.Tensor, anchors: dict, cfg: GeoConfig,
+             planes: bool, progress: bool = True, log=print) -> dict:
+    """All geometry of one snapshot. ``images``: normalised test images (N, 3, H, W); ``logits_fn``:
+    x -> (B, 10) logits (classifier or probe on the backbone). ``maps[0]`` is the primary feature map;
+    paths and the affine planes are measured for every map, the other planes for ``maps[0]`` only."""
+    dt = _dtype(cfg.dtype)
+    X = images.to(dt)
+    rec: dict = {"paths": [], "planes": {}, "blocks": {}, "spectra": {}}
+    # 1-D interpolations
+    for (i, j) in anchors["pairs"]:
+        pts = path(X[i], X[j], cfg.path_n)
+        pred, ent = _pred(logits_fn, pts)
+        entry = {"anchors": [i, j], "t": (torch.arange(cfg.path_n) / cfg.path_n).tolist(), "pred": pred,
+                 "entropy": ent, "logvol": {}, "rank": {}, "n_rounding": {}}
+        for m in maps:
+            entry["logvol"][m.name], entry["rank"][m.name], entry["n_rounding"][m.name] = _lv(m, pts, cfg, progress)
+        rec["paths"].append(entry)
+    # per block (primary map's model), on block_n points of the first path
+    i, j = anchors["pairs"][0]
+    pts = path(X[i], X[j], cfg.block_n)
+    for b in cfg.blocks:
+        lv, rank, nr = _lv(GeoMap(b, maps[0].model, b), pts, cfg, progress, pool=cfg.block_pool)
+        rec["blocks"][b] = {"t": (torch.arange(cfg.block_n) / cfg.block_n).tolist(), "logvol": lv, "rank": rank}
+    # spectra at the anchors of the first triple and of the pairs
+    idx = sorted({k for t in anchors["triples"] for k in t} | {k for p in anchors["pairs"] for k in p})
+    m0 = maps[0]
+    s = fg.spectrum(m0.model, X[idx], layer=m0.layer, target=m0.target, normalize=True, dtype=dt, progress=False)
+    rec["spectra"] = {str(k): s[n].tolist() for n, k in enumerate(idx)}
+    if planes:
+        jobs = [(f"convex_{'-'.join(map(str, t))}", t, "convex", cfg.convex_n, cfg.convex_extent, maps[:1])
+                for t in anchors["triples"]]
+        jobs += [(f"affine_{'-'.join(map(str, t))}", t, "affine", cfg.plane_n, 1.0, maps) for t in anchors["triples"]]
+        jobs += [(f"same_{'-'.join(map(str, t))}", t, "affine", cfg.same_n, 1.0, maps[:1]) for t in anchors["same"]]
+        for name, t, hull, n, ext, ms in jobs:
+            pl = plane(X[t[0]], X[t[1]], X[t[2]], n=n, hull=hull, extent=ext)
+            pred, ent = _pred(logits_fn, pl.points)
+            entry = {"anchors": list(t), "hull": hull, "n": n, "extent": ext, "index": pl.index.tolist(),
+                     "a": pl.a.tolist(), "b": pl.b.tolist(), "pred": pred, "entropy": ent, "logvol": {}, "rank": {}}
+            log(f"[geometry] plane {name}: {len(pl.points)} points x {len(ms)} map(s)")
+            for m in ms:
+                entry["logvol"][m.name], entry["rank"][m.name], _ = _lv(m, pl.points, cfg, progress)
+            rec["planes"][name] = entry
+    return rec
