@@ -123,3 +123,61 @@ def snapshot(maps: list[GeoMap], logits_fn: Callable, images: torch.Tensor, anch
                 entry["logvol"][m.name], entry["rank"][m.name], _ = _lv(m, pl.points, cfg, progress)
             rec["planes"][name] = entry
     return rec
+
+
+# ------------------------------------------------------------------------------------------------
+# Sizes of the three configurations shared by the drivers
+# ------------------------------------------------------------------------------------------------
+SIZES = {
+    # the paper: ResNet-34 on 32x32 CIFAR-10, 64-step paths, 80x80 planes, blocks pooled to 512
+    "full": dict(arch="resnet34", width=64, res=32, n_train=None, n_test=None, path_n=64, plane_n=80, convex_n=80,
+                 same_n=80, block_n=16, block_pool=512, geo_dtype="float64", workers=8),
+    # CPU minutes: narrow ResNet-18 (width 8, 64 features) on 16x16 images
+    "quick": dict(arch="resnet18", width=8, res=16, n_train=2000, n_test=400, path_n=16, plane_n=10, convex_n=14,
+                  same_n=8, block_n=8, block_pool=64, geo_dtype="float32", workers=0),
+    # CI smoke test: width 4 (32 features), 8x8 images, a handful of points
+    "tiny": dict(arch="resnet18", width=4, res=8, n_train=96, n_test=100, path_n=4, plane_n=3, convex_n=4,
+                 same_n=2, block_n=2, block_pool=32, geo_dtype="float32", workers=0,
+                 pairs=((3, 5),), same=((6, 6, 6),)),
+}
+
+
+def add_size_args(p) -> None:
+    p.add_argument("--tiny", action="store_true", help="CI smoke configuration (seconds; implies quick)")
+    p.add_argument("--standin", action="store_true", help="use the procedural stand-in even if CIFAR-10 is present")
+    p.add_argument("--epochs", type=int, default=None, help="override the number of training epochs")
+    p.add_argument("--snapshots", type=str, default=None, help="comma-separated snapshot epochs (0 = init)")
+    p.add_argument("--plane-epochs", type=str, default=None, help="comma-separated epochs with planes (default: last)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 is much faster on a shared, oversubscribed machine)")
+    p.add_argument("--geo-dtype", choices=["float32", "float64"], default=None,
+                   help="network dtype for the Jacobians (factorisation is always float64)")
+
+
+def size_of(args) -> str:
+    return "full" if args.full else ("tiny" if args.tiny else "quick")
+
+
+def ints(s: str | None, default: list[int]) -> list[int]:
+    return default if s is None else [int(v) for v in s.split(",") if v.strip()]
+
+
+def geo_config(sz: dict, args) -> GeoConfig:
+    extra = {k: sz[k] for k in ("pairs", "triples", "same") if k in sz}
+    return GeoConfig(**extra, path_n=sz["path_n"], plane_n=sz["plane_n"], convex_n=sz["convex_n"], same_n=sz["same_n"],
+                     block_n=sz["block_n"], block_pool=sz["block_pool"], dtype=args.geo_dtype or sz["geo_dtype"])
+
+
+class threads:
+    """Context manager: torch.set_num_threads(n) inside (n None: unchanged), restored afterwards."""
+
+    def __init__(self, n: int | None):
+        self.n, self.old = n, torch.get_num_threads()
+
+    def __enter__(self):
+        if self.n:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.old)
