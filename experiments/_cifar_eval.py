@@ -75,7 +75,7 @@ def _lv(m: GeoMap, x: torch.Tensor, cfg: GeoConfig, progress: bool, **kw) -> lis
 
 @torch.no_grad()
 def _pred(logits_fn, x: torch.Tensor, batch: int = 256):
-    outs = [logits_fn(x[i:i + batch]).double() for i in range(0, len(x), batch)]
+    outs = [logits_fn(x[i:i + batch].float()).double() for i in range(0, len(x), batch)]  # nets are float32
     logits = torch.cat(outs)
     return logits.argmax(1).tolist(), normalized_entropy(logits).tolist()
 
@@ -137,7 +137,7 @@ SIZES = {
                   same_n=8, block_n=8, block_pool=64, geo_dtype="float32", workers=0),
     # CI smoke test: width 4 (32 features), 8x8 images, a handful of points
     "tiny": dict(arch="resnet18", width=4, res=8, n_train=96, n_test=100, path_n=4, plane_n=3, convex_n=4,
-                 same_n=2, block_n=2, block_pool=32, geo_dtype="float32", workers=0,
+                 same_n=2, block_n=2, block_pool=32, geo_dtype="float64", workers=0,
                  pairs=((3, 5),), same=((6, 6, 6),)),
 }
 
@@ -166,7 +166,13 @@ def ints(s: str | None, default: list[int]) -> list[int]:
 def geo_config(sz: dict, args) -> GeoConfig:
     extra = {k: sz[k] for k in ("pairs", "triples", "same") if k in sz}
     return GeoConfig(**extra, path_n=sz["path_n"], plane_n=sz["plane_n"], convex_n=sz["convex_n"], same_n=sz["same_n"],
-                     block_n=sz["block_n"], block_pool=sz["block_pool"], dtype=args.geo_dtype or sz["geo_dtype"])
+                     block_n=sz["block_n"], block_pool=sz["block_pool"], dtype=args.geo_dtype or _default_dtype(sz, args))
+
+
+def _default_dtype(sz: dict, args) -> str:
+    """float64 for ReLU nets (dead units make pooled Jacobians numerically rank-deficient, unresolvable in
+    float32) and in full/tiny runs; quick GELU runs use a float32 network pass (float64 factorisation)."""
+    return "float64" if getattr(args, "activation", "gelu") == "relu" else sz["geo_dtype"]
 
 
 class threads:
