@@ -3,9 +3,10 @@
 Images are kept as uint8 tensors (N, 3, H, W); transforms (torchvision.transforms.v2) run per
 sample in a ``TensorImages`` dataset. Real CIFAR-10 loads through torchvision from ``--data-root``
 (``--download`` fetches it). Without it, quick modes use **procedural oriented gratings**: 32x32
-colour images whose class is the grating orientation (10 orientations 18 degrees apart, random
+colour images whose class is the grating orientation (10 orientations 9 degrees apart, random
 frequency, phase, colours, noise and an occluding blob), so nets learn real but imperfect
-boundaries. Every figure title and results.json names the data set that was used.
+boundaries. Orientations are 9 c degrees (c = 0..9, within [0, 90)), so a horizontal flip (180 - 9 c)
+never turns one class into another and the standard flip augmentation keeps labels valid. Every figure title and results.json names the data set that was used.
 """
 from __future__ import annotations
 
@@ -38,10 +39,10 @@ class ImageData:
 
 
 def procedural_gratings(n: int, seed: int = 0, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """n uint8 images (n, 3, size, size) and labels (n,): class c is a grating at orientation 18 c degrees."""
+    """n uint8 images (n, 3, size, size) and labels (n,): class c is a grating at orientation 9 c degrees."""
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, 10, (n,), generator=g)
-    theta = y.double() * math.pi / 10 + 0.05 * torch.randn(n, generator=g, dtype=torch.float64)
+    theta = y.double() * math.pi / 20 + 0.03 * torch.randn(n, generator=g, dtype=torch.float64)
     freq = 2.0 + 2.0 * torch.rand(n, generator=g, dtype=torch.float64)  # cycles per image
     phase = 2 * math.pi * torch.rand(n, generator=g, dtype=torch.float64)
     ax = torch.linspace(-0.5, 0.5, size, dtype=torch.float64)
@@ -101,7 +102,7 @@ def load_data(root: str, download: bool, quick: bool, standin: bool, n_train: in
     if use_standin:
         trx, trY = procedural_gratings(n_train or 5000, seed=seed)
         tex, teY = procedural_gratings(n_test or 1000, seed=seed + 10_000)
-        name, classes = STANDIN_NAME, tuple(f"{18 * c} deg" for c in range(10))
+        name, classes = STANDIN_NAME, tuple(f"{9 * c} deg" for c in range(10))
     else:
         g = torch.Generator().manual_seed(seed)
         if n_train:
