@@ -45,8 +45,12 @@ def _run(method, spec, args) -> Run:
     snaps = sorted({s for s in snaps if s <= epochs} | {0, epochs})
     plane_eps = E.ints(args.plane_epochs, {"full": [0, 100, epochs]}.get(size, [epochs]))
     geo = E.geo_config(sz, args)
+    head = dict(spec["head"])
+    if size != "full":  # narrow backbones (8 * width features): keep the head below the feature dimension so the
+        # head's sphere pullback has full rank (otherwise it factors through fewer dimensions than it has)
+        head["proj_dim"] = min(head["proj_dim"], 4 * sz["width"])
     config = {"size": size, "method": method, "activation": args.activation, **sz, "epochs": epochs,
-              "snapshots": snaps, "plane_epochs": plane_eps, "head": spec["head"], "head_doc": spec["head_doc"],
+              "snapshots": snaps, "plane_epochs": plane_eps, "head": head, "head_doc": spec["head_doc"],
               "optimizer": "SGD", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4,
               "batch_size": args.batch_size or {"full": spec["full_batch"], "quick": 128, "tiny": 32}[size],
               "probe": "multinomial logistic regression, C=1, standardised backbone features",
@@ -58,7 +62,7 @@ def _run(method, spec, args) -> Run:
     run.summary(data=data.name)
     title = f"{method} ({sz['arch']}, width {sz['width']}, {args.activation}) on {data.name}"
     dev = torch.device(args.device)
-    model = spec["cls"](cifar_resnet(sz["arch"], args.activation, None, width=sz["width"]), **spec["head"]).to(dev)
+    model = spec["cls"](cifar_resnet(sz["arch"], args.activation, None, width=sz["width"]), **head).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     t1, t2 = spec["augment"](sz["res"])
     loader = DataLoader(D.TensorImages(data.train_x, data.train_y, t1, t2), batch_size=config["batch_size"],
@@ -81,7 +85,7 @@ def _run(method, spec, args) -> Run:
 
     anchors = E.pick_anchors(data.test_y, geo, seed=args.seed)
     run.summary(anchors=anchors)
-    geo_model = spec["cls"](cifar_resnet(sz["arch"], args.activation, None, width=sz["width"]), **spec["head"])
+    geo_model = spec["cls"](cifar_resnet(sz["arch"], args.activation, None, width=sz["width"]), **head)
     for epoch in run.snapshot_loop(model, opt, snaps, train_epoch):
         key = f"epoch_{epoch}"
         if run.has(key):
