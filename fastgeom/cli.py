@@ -67,7 +67,10 @@ def _add_compute_args(p: argparse.ArgumentParser, spectrum: bool) -> None:
     m.add_argument("--model-args", default="{}", metavar="JSON", help="keyword arguments for the factory (JSON object)")
     m.add_argument("--num-classes", type=int, default=None, help="num_classes= for the factory / torchvision model")
     m.add_argument("--cifar-stem", action="store_true",
-                   help="CIFAR stem on a torchvision ResNet: conv1 3x3 stride 1, max-pool removed")
+                   help="torchvision ResNet (resnet18/34/50/101) with the CIFAR stem: conv1 3x3 stride 1, no max-pool "
+                        "(fastgeom.models.cifar_resnet; --num-classes defaults to 10)")
+    m.add_argument("--activation", choices=("relu", "gelu"), default=None,
+                   help="with --cifar-stem: the activation of every block (default relu, as torchvision)")
     m.add_argument("--checkpoint", metavar="FILE", help="state dict (torch.load(weights_only=True)); "
                    "without it the factory's initialisation under --seed is used")
     m.add_argument("--layer", default=None, help="module name from model.named_modules() (default: the model output)")
@@ -149,31 +152,14 @@ def _load_inputs(args):
     anchors = [data[i] for i in idx]
     if args.path:
         n = args.grid or 64
-        x, coords = _path(slices, anchors, n)
-        return x, ["t"], coords, {"path": list(idx), "grid": n}
+        x = slices.path(anchors[0], anchors[1], n)
+        # t_k of the path: the same path between the numbers 0 and 1
+        t = slices.path(torch.zeros((), dtype=torch.float64), torch.ones((), dtype=torch.float64), n)
+        return x, ["t"], t.reshape(n, 1), {"path": list(idx), "grid": n}
     n = args.grid or 60
-    x, coords = _plane(slices, anchors, n, args.hull)
-    return x, ["a", "b"], coords, {"plane": list(idx), "grid": n, "hull": args.hull}
-
-
-def _path(slices, anchors, n):
-    out = slices.path(anchors[0], anchors[1], n)
-    x, t = out if isinstance(out, tuple) else (out, None)
-    if t is None:
-        import torch
-        t = torch.arange(n, dtype=torch.float64) / n
-    return x, t.reshape(-1, 1).to("cpu", dtype=x.dtype if x.is_floating_point() else None).double()
-
-
-def _plane(slices, anchors, n, hull):
-    out = slices.plane(anchors[0], anchors[1], anchors[2], n, hull=hull)
-    if not isinstance(out, tuple):
-        raise RuntimeError("fastgeom.slices.plane must return (points, (a, b) coordinates)")
-    x, ab = out[0], out[1]
-    import torch
-    if isinstance(ab, (tuple, list)):
-        ab = torch.stack([torch.as_tensor(v).reshape(-1) for v in ab], dim=1)
-    return x, ab.reshape(-1, 2).double()
+    pl = slices.plane(anchors[0], anchors[1], anchors[2], n, hull=args.hull)
+    ab = torch.stack([pl.a, pl.b], dim=1).to(torch.float64)
+    return pl.points, ["a", "b"], ab, {"plane": list(idx), "grid": n, "hull": args.hull}
 
 
 def _columns(args, cmd: str, d_rank: int | None) -> list[str]:
@@ -240,7 +226,7 @@ def _run(cmd: str, args) -> int:
     csv = None
     try:
         torch.manual_seed(args.seed)
-        model = build_model(args.model, margs, args.cifar_stem, args.num_classes)
+        model = build_model(args.model, margs, args.cifar_stem, args.num_classes, args.activation)
         if args.checkpoint:
             load_checkpoint(model, args.checkpoint)
         model = model.to(ctx.device).eval()
@@ -260,7 +246,7 @@ def _run(cmd: str, args) -> int:
         k = None if cmd == "logvol" else (full if args.k is None else min(args.k, full))
         columns = _columns(args, cmd, k) + extra_cols
         meta = {"command": cmd, "columns": columns, "model": args.model, "model_args": margs,
-                "num_classes": args.num_classes, "cifar_stem": args.cifar_stem,
+                "num_classes": args.num_classes, "cifar_stem": args.cifar_stem, "activation": args.activation,
                 "checkpoint_sha1": file_digest(args.checkpoint) if args.checkpoint else None,
                 "seed": args.seed, "layer": args.layer, "pool": args.pool, "target": args.target,
                 "normalize": args.normalize, "method": args.method, "dtype": args.dtype, "rank_tol": args.rank_tol,
@@ -343,6 +329,18 @@ def _cmd_spectrum(args) -> int:
 # ---------------------------------------------------------------------------------------------
 # plot
 
+def plane_image(a, b, v):
+    """Heat map of values v at plane coordinates (a, b) on a regular grid: (image (nb, na) with NaN
+    where no point was evaluated, e.g. outside a convex hull; imshow extent (l, r, bottom, top))."""
+    import numpy as np
+    ua, ub = np.unique(a), np.unique(b)
+    img = np.full((ub.size, ua.size), np.nan)
+    img[np.searchsorted(ub, b), np.searchsorted(ua, a)] = v
+    da = (ua[1] - ua[0]) / 2 if ua.size > 1 else 0.5
+    db = (ub[1] - ub[0]) / 2 if ub.size > 1 else 0.5
+    return img, (float(ua[0] - da), float(ua[-1] + da), float(ub[0] - db), float(ub[-1] + db))
+
+
 def _cmd_plot(args) -> int:
     import os
 
@@ -381,14 +379,8 @@ def _cmd_plot(args) -> int:
             v = v / math.log(10)
             label = "log10 volume element"
         if "a" in cols and "b" in cols:
-            A, B = a[:, cols.index("a")], a[:, cols.index("b")]
-            ua, ub = np.unique(A), np.unique(B)
-            img = np.full((ub.size, ua.size), np.nan)
-            img[np.searchsorted(ub, B), np.searchsorted(ua, A)] = v
-            da = (ua[1] - ua[0]) / 2 if ua.size > 1 else 0.5
-            db = (ub[1] - ub[0]) / 2 if ub.size > 1 else 0.5
-            im = ax.imshow(img, origin="lower", aspect="equal", cmap=args.cmap,
-                           extent=(ua[0] - da, ua[-1] + da, ub[0] - db, ub[-1] + db))
+            img, ext = plane_image(a[:, cols.index("a")], a[:, cols.index("b")], v)
+            im = ax.imshow(img, origin="lower", aspect="equal", cmap=args.cmap, extent=ext)
             fig.colorbar(im, ax=ax, label=label)
             ax.set_xlabel("a")
             ax.set_ylabel("b")

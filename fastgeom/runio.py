@@ -178,20 +178,19 @@ def _torchvision_names() -> list[str]:
         return []
 
 
-def cifar_stem(model: torch.nn.Module, spec: str) -> torch.nn.Module:
-    """CIFAR stem on a torchvision ResNet: conv1 3x3 stride 1 padding 1, no max-pool."""
-    conv = getattr(model, "conv1", None)
-    if not isinstance(conv, torch.nn.Conv2d) or not hasattr(model, "maxpool"):
-        raise InputError(f"--cifar-stem: model {spec!r} has no conv1/maxpool stem (it applies to ResNets)")
-    model.conv1 = torch.nn.Conv2d(conv.in_channels, conv.out_channels, 3, 1, 1, bias=conv.bias is not None)
-    model.maxpool = torch.nn.Identity()
-    return model
-
-
 def build_model(spec: str, kwargs: dict | None = None, cifar: bool = False,
-                num_classes: int | None = None) -> torch.nn.Module:
-    """``MODULE:FACTORY`` / ``path/file.py:FACTORY`` (called with ``kwargs``) or a torchvision model name."""
+                num_classes: int | None = None, activation: str | None = None) -> torch.nn.Module:
+    """``MODULE:FACTORY`` / ``path/file.py:FACTORY`` (called with ``kwargs``) or a torchvision model name.
+
+    With ``cifar`` a torchvision ResNet name gives ``fastgeom.models.cifar_resnet(name, activation,
+    num_classes)`` (3x3 stride-1 stem, no max-pool; activation default ``"relu"`` as in torchvision,
+    ``num_classes`` default 10).
+    """
     kwargs = dict(kwargs or {})
+    if activation is not None and (":" in spec or not cifar):
+        raise InputError(f"--activation {activation}: only for a torchvision ResNet with --cifar-stem")
+    if cifar and ":" in spec:
+        raise InputError(f"--cifar-stem: only for a torchvision ResNet name (resnet18/34/50/101), not {spec!r}")
     if ":" in spec:
         mod, _, fac = spec.rpartition(":")
         if not mod or not fac.isidentifier():
@@ -211,6 +210,13 @@ def build_model(spec: str, kwargs: dict | None = None, cifar: bool = False,
             model = fn(**kwargs)
         except Exception as e:  # noqa: BLE001
             raise InputError(one_line(f"--model {spec}: calling {fac}(**{kwargs}) failed ({type(e).__name__}: {e})")) from None
+    elif cifar:
+        from .models.resnet import ARCHS, cifar_resnet
+        if spec not in ARCHS:
+            raise InputError(f"--model {spec!r} --cifar-stem: choose one of {', '.join(sorted(ARCHS))}")
+        if kwargs:
+            raise InputError(f"--model-args: not used with --cifar-stem (got {kwargs})")
+        model = cifar_resnet(spec, activation=activation or "relu", num_classes=num_classes or 10)
     else:
         names = _torchvision_names()
         if spec not in names:
@@ -226,8 +232,6 @@ def build_model(spec: str, kwargs: dict | None = None, cifar: bool = False,
             raise InputError(one_line(f"--model {spec}: torchvision could not build it ({type(e).__name__}: {e})")) from None
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"--model {spec}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
-    if cifar:
-        model = cifar_stem(model, spec)
     return model
 
 
