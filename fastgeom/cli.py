@@ -14,6 +14,7 @@ import time
 import warnings
 
 EXIT_USAGE = 2
+_WARN_REGISTRY: dict = {}  # re-emitted foreign warnings show once per location
 
 
 class _Parser(argparse.ArgumentParser):
@@ -287,7 +288,8 @@ def _run(cmd: str, args) -> int:
                         if issubclass(ww.category, (RankDeficiencyWarning, PrecisionWarning)):
                             warned[ww.category.__name__] = warned.get(ww.category.__name__, 0) + 1
                         else:  # not ours: let the usual filters show it (once per location)
-                            warnings.warn_explicit(ww.message, ww.category, ww.filename, ww.lineno)
+                            warnings.warn_explicit(ww.message, ww.category, ww.filename, ww.lineno,
+                                                   registry=_WARN_REGISTRY)
                     for j, i in enumerate(b):
                         rows.append([i, *vals[j], *(extra[i].tolist() if extra is not None else [])])
                     bar.update(sum(1 for i in b if i not in done))
@@ -448,6 +450,10 @@ def main(argv=None) -> int:
     except InputError as e:
         print(f"fastgeom: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except MemoryError as e:  # the engine already halved chunk and point batch down to 1
+        from .runio import one_line
+        print(f"fastgeom: error: {one_line(e)} (rows finished so far are kept; rerun to resume)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
