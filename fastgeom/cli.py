@@ -13,6 +13,8 @@ import sys
 import time
 import warnings
 
+from .runio import InputError, one_line
+
 EXIT_USAGE = 2
 _WARN_REGISTRY: dict = {}  # re-emitted foreign warnings show once per location
 
@@ -21,7 +23,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (exit code 2), like every other input error of the CLI."""
 
     def error(self, message):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -49,7 +51,6 @@ DTYPES = ("float64", "float32", "bfloat16", "float16")
 
 def _pool(text: str):
     """'512' -> target size 512; '2x2' or '2,4' -> kernel (2, 2) / (2, 4)."""
-    from .runio import InputError
     t = text.strip().lower().replace("x", ",")
     try:
         vals = [int(v) for v in t.split(",")]
@@ -111,7 +112,7 @@ def _add_compute_args(p: argparse.ArgumentParser, spectrum: bool) -> None:
 
 
 def _check_ranges(args) -> None:
-    from .runio import InputError
+    args.out = str(args.out)
     for name, lo in (("batch_size", 1), ("chunk_size", 1), ("grid", 2), ("num_classes", 1), ("k", 1)):
         v = getattr(args, name, None)
         if v is not None and v < lo:
@@ -134,11 +135,34 @@ def _check_ranges(args) -> None:
         raise InputError("spectrum --method randomized estimates the top singular values: give --k")
 
 
+def validate(args):
+    """Cheap checks of parsed logvol/spectrum options (no files read): (model kwargs, pool, dtype).
+    InputError (one line) on a bad value."""
+    import torch
+
+    from .runio import parse_ints
+    _check_ranges(args)
+    try:
+        margs = json.loads(args.model_args)
+    except json.JSONDecodeError as e:
+        raise InputError(one_line(f"--model-args {args.model_args!r}: not JSON ({e})")) from None
+    if not isinstance(margs, dict):
+        raise InputError(f"--model-args {args.model_args!r}: must be a JSON object such as '{{\"width\": 64}}'")
+    for opt, n in (("path", 2), ("plane", 3)):
+        if getattr(args, opt):
+            parse_ints(getattr(args, opt), n, f"--{opt}")
+    if args.input_shape:
+        parse_ints(args.input_shape, None, "--input-shape", 1)
+    pool = _pool(args.pool) if args.pool else None
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    return margs, pool, dtype
+
+
 def _load_inputs(args):
     """(x (N, *input_shape), extra column names, extra values (N, c) or None, description for the run meta)."""
     import torch
 
-    from .runio import InputError, load_points, parse_ints
+    from .runio import load_points, parse_ints
     shape = parse_ints(args.input_shape, None, "--input-shape", 1) if args.input_shape else None
     if args.points:
         return load_points(args.points, shape), [], None, {"points": "file"}
@@ -208,17 +232,9 @@ def _run(cmd: str, args) -> int:
 
     from . import distributed as D
     from .api import PrecisionWarning, RankDeficiencyWarning, prepare
-    from .runio import InputError, ResultsCSV, build_model, load_checkpoint, one_line, tensor_digest, file_digest
+    from .runio import ResultsCSV, build_model, file_digest, load_checkpoint, tensor_digest
 
-    _check_ranges(args)
-    try:
-        margs = json.loads(args.model_args)
-    except json.JSONDecodeError as e:
-        raise InputError(f"--model-args {args.model_args!r}: not JSON ({e})") from None
-    if not isinstance(margs, dict):
-        raise InputError(f"--model-args {args.model_args!r}: must be a JSON object such as '{{\"width\": 64}}'")
-    pool = _pool(args.pool) if args.pool else None
-    dtype = getattr(torch, args.dtype) if args.dtype else None
+    margs, pool, dtype = validate(args)
     try:
         ctx = D.init(args.device, args.dist_backend, args.dist_timeout)
     except ValueError as e:
@@ -351,7 +367,7 @@ def _cmd_plot(args) -> int:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from .runio import InputError, read_csv
+    from .runio import read_csv
     cols, a = read_csv(args.csv)
     if a.shape[0] == 0:
         raise InputError(f"{args.csv}: has no rows to plot")
@@ -443,7 +459,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from .runio import InputError
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
@@ -451,7 +466,6 @@ def main(argv=None) -> int:
         print(f"fastgeom: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except MemoryError as e:  # the engine already halved chunk and point batch down to 1
-        from .runio import one_line
         print(f"fastgeom: error: {one_line(e)} (rows finished so far are kept; rerun to resume)", file=sys.stderr)
         return 1
 
