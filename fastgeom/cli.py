@@ -378,7 +378,19 @@ def _cmd_plot(args) -> int:
         raise InputError(f"{args.csv}: no column {col!r}; it has {', '.join(cols)}")
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     title = args.title or os.path.basename(args.csv)
-    if col is None and spec_cols:
+    if col is None and spec_cols and "t" in cols:  # spectra along a path: each singular value against t
+        s = a[:, [cols.index(c) for c in spec_cols]]
+        t = a[:, cols.index("t")]
+        idx = np.linspace(0, s.shape[1] - 1, min(s.shape[1], args.max_lines)).round().astype(int)
+        cmap = plt.get_cmap("viridis")
+        for j, i in enumerate(idx):
+            ax.semilogy(t, np.where(s[:, i] > 0, s[:, i], np.nan), color=cmap(j / max(1, len(idx) - 1)), lw=1,
+                        label=spec_cols[i] if len(idx) <= 8 else None)
+        ax.set_xlabel("t")
+        ax.set_ylabel("singular values")
+        if len(idx) <= 8:
+            ax.legend(fontsize="small")
+    elif col is None and spec_cols:
         s = a[:, [cols.index(c) for c in spec_cols]]
         rows = np.linspace(0, s.shape[0] - 1, min(s.shape[0], args.max_lines)).round().astype(int)
         cmap = plt.get_cmap("viridis")
@@ -460,6 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    # torch's own deprecation notice, raised inside torch.func on first use; not the user's business
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
     try:
         return args.func(args)
     except InputError as e:

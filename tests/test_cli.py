@@ -223,7 +223,8 @@ def test_plot_path_plane_spectrum(tmp_path, capsys):
     rows = [[k, a + 10 * b, 2, a, b] for k, (a, b) in enumerate((a, b) for a in ax for b in ax) if a + b < 0.6]
     _write_csv(tmp_path / "q.csv", ["logvol", "rank", "a", "b"], rows)
     _write_csv(tmp_path / "s.csv", ["s1", "s2", "s3"], [[i, 3.0, 1.0, 10.0 ** -i] for i in range(4)])
-    for name in ("p", "q", "s"):
+    _write_csv(tmp_path / "st.csv", ["s1", "s2", "t"], [[i, 3.0 + i, 1.0, i / 5] for i in range(5)])
+    for name in ("p", "q", "s", "st"):
         rc, cap = _run(["plot", tmp_path / f"{name}.csv", "--log10"], capsys)
         assert rc == 0 and f"{name}.png" in cap.out
         img = mpimg.imread(tmp_path / f"{name}.png")
