@@ -23,6 +23,7 @@ import json
 import os
 import re
 import sys
+import warnings
 from collections.abc import Mapping
 from typing import Sequence
 
@@ -48,6 +49,17 @@ def _err(path, problem: str, fix: str = "") -> InputError:
 # --------------------------------------------------------------------------------------------
 # points
 
+def _torch_load(path: str):
+    """torch.load(weights_only=True) on CPU; warnings torch emits while failing on a corrupt file are
+    dropped (the caller reports the failure in one line), those of a successful load are passed on."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return obj
+
+
 POINT_SUFFIXES = (".pt", ".pth", ".npy")
 
 
@@ -72,7 +84,7 @@ def load_tensor_file(path: str, what: str = "points") -> torch.Tensor:
             raise _err(path, f"array has dtype {arr.dtype}, not a real number type", "save a float array")
         return torch.from_numpy(arr)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _torch_load(path)
     except Exception as e:  # noqa: BLE001
         raise _err(path, f"not a readable torch file ({type(e).__name__}: {e})",
                    "write it with torch.save(tensor, path)") from None
@@ -253,7 +265,7 @@ def load_checkpoint(model: torch.nn.Module, path: str) -> None:
     if not os.path.isfile(path):
         raise _err(path, "checkpoint file not found", "check --checkpoint")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _torch_load(path)
     except Exception as e:  # noqa: BLE001
         raise _err(path, f"corrupt or unreadable checkpoint ({type(e).__name__}: {e})",
                    "it must be a state dict saved with torch.save(model.state_dict(), path)") from None

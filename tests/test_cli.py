@@ -201,7 +201,7 @@ def test_resume_refuses_other_settings(files, tmp_path, capsys):
 
 def test_exit_code_2_without_traceback_subprocess(files, tmp_path):
     bad = tmp_path / "bad.pt"
-    bad.write_bytes(os.urandom(64))
+    bad.write_bytes(bytes(range(256)) * 2)  # not a zip, not a pickle
     r = subprocess.run([PY, "-m", "fastgeom", "logvol", "--model", f"{files['net']}:mlp", "--checkpoint", str(bad),
                         "--points", files["pt"], "--out", str(tmp_path / "o.csv")],
                        capture_output=True, text=True, env=env(), timeout=300)
