@@ -112,7 +112,6 @@ def _add_compute_args(p: argparse.ArgumentParser, spectrum: bool) -> None:
 
 
 def _check_ranges(args) -> None:
-    args.out = str(args.out)
     for name, lo in (("batch_size", 1), ("chunk_size", 1), ("grid", 2), ("num_classes", 1), ("k", 1)):
         v = getattr(args, name, None)
         if v is not None and v < lo:
@@ -131,8 +130,13 @@ def _check_ranges(args) -> None:
         raise InputError(f"--{srcs[0]} needs --data FILE, the points it indexes")
     if srcs[0] == "points" and (args.data or args.grid is not None):
         raise InputError("--data/--grid go with --path or --plane, not with --points")
-    if args.method == "randomized" and getattr(args, "k", 1) is None:
-        raise InputError("spectrum --method randomized estimates the top singular values: give --k")
+    if args.method == "randomized":
+        import importlib.util
+        if importlib.util.find_spec("fastgeom.randomized") is None:
+            raise InputError("--method randomized: fastgeom.randomized is not part of this installation; "
+                             "use --method streamed (exact)")
+        if getattr(args, "k", 1) is None:
+            raise InputError("spectrum --method randomized estimates the top singular values: give --k")
 
 
 def validate(args):
@@ -299,7 +303,10 @@ def _run(cmd: str, args) -> int:
                     xb = x[b.start:b.stop].to(ctx.device)
                     with warnings.catch_warnings(record=True) as w:
                         warnings.simplefilter("always")
-                        vals = _evaluate(cmd, model, xb, args, state)
+                        try:
+                            vals = _evaluate(cmd, model, xb, args, state)
+                        except ValueError as e:  # fastgeom's checks (e.g. a Jacobian that is exactly zero)
+                            raise InputError(one_line(f"points {b.start}..{b.stop - 1}: {e}")) from None
                     for ww in w:
                         if issubclass(ww.category, (RankDeficiencyWarning, PrecisionWarning)):
                             warned[ww.category.__name__] = warned.get(ww.category.__name__, 0) + 1

@@ -39,6 +39,13 @@ def slow_mlp(delay=0.15):
     return _Slow(mlp(), delay)
 
 
+def dead():
+    """A map whose Jacobian is exactly zero everywhere."""
+    lin = nn.Linear(5, 3).double()
+    nn.init.zeros_(lin.weight)
+    return lin
+
+
 def not_a_module():
     return 42
 '''

@@ -243,3 +243,29 @@ def test_plane_image_layout():
     for i, a in enumerate(ax):
         for j, b in enumerate(ax):
             assert (np.isnan(img[j, i]) if a + b > 0 else img[j, i] == a + 10 * b)
+
+
+def test_input_shape_and_randomized(files, tmp_path, capsys):
+    import importlib.util
+    base = ["logvol", "--model", f"{files['net']}:mlp", "--points", files["pt"], "--layer", "2", "--quiet"]
+    assert _run(base + ["--out", tmp_path / "a.csv"], capsys)[0] == 0
+    assert _run(base + ["--out", tmp_path / "b.csv", "--input-shape", "1,5"], capsys)[0] == 0  # Linear acts on the last dim
+    (_, a), (_, b) = read_csv(str(tmp_path / "a.csv")), read_csv(str(tmp_path / "b.csv"))
+    np.testing.assert_allclose(a, b, rtol=1e-13)
+    rc, cap = _run(base + ["--out", tmp_path / "c.csv", "--input-shape", "2,3"], capsys)
+    assert rc == 2 and "--input-shape 2,3 needs 6" in cap.err
+    rc, cap = _run(base + ["--out", tmp_path / "r.csv", "--method", "randomized", "--seed", "3"], capsys)
+    if importlib.util.find_spec("fastgeom.randomized") is None:
+        assert rc == 2 and "fastgeom.randomized is not part of this installation" in cap.err
+    else:  # an estimate with an error bar, near the exact value
+        assert rc == 0, cap.err
+        cols, r = read_csv(str(tmp_path / "r.csv"))
+        assert cols == ["index", "logvol", "stderr"] and (r[:, 2] >= 0).all()
+        assert (np.abs(r[:, 1] - a[:, 1]) <= 6 * r[:, 2] + 1e-6).all()
+
+
+def test_error_during_the_run_is_one_line(files, tmp_path, capsys):
+    rc, cap = _run(["logvol", "--model", f"{files['net']}:dead", "--points", files["pt"], "--out", tmp_path / "d.csv",
+                    "--batch-size", 4, "--quiet"], capsys)
+    err = cap.err.strip()
+    assert rc == 2 and "\n" not in err and "points 0..3: " in err and "does not depend on the input" in err
