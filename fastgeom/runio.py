@@ -383,26 +383,28 @@ class ResultsCSV:
     def _read(self) -> None:
         with open(self.path, "rb") as f:
             data = f.read()
-        text = data.decode("utf-8", errors="replace")
-        lines = text.split("\n")
-        if lines[0].strip() != self.header:
-            raise _err(self.path, f"has header {lines[0].strip()[:80]!r} but this run writes {self.header!r}",
+        nl = data.find(b"\n")
+        head = (data if nl < 0 else data[:nl]).decode("utf-8", errors="replace").strip()
+        if head != self.header:
+            raise _err(self.path, f"has header {head[:80]!r} but this run writes {self.header!r}",
                        "use a new --out for a different command or columns")
-        if len(lines) == 1:  # header without its newline
-            with open(self.path, "ab") as f:
-                f.write(b"\n")
-                f.flush()
-                os.fsync(f.fileno())
-            return
-        complete = lines[1:-1]  # the part after the last newline is a torn row (or empty)
-        if lines[-1].strip():
-            # a row without its newline was cut by a kill; drop it so appends start on a fresh line
+        end = data.rfind(b"\n") + 1
+        if nl < 0 or end < len(data):
+            # the bytes after the last newline are a row cut by a kill (or a header without its newline):
+            # drop them, so that appends start on a fresh line
             with open(self.path, "r+b") as f:
-                f.truncate(len(data) - len(lines[-1].encode("utf-8", errors="replace")))
+                if nl < 0:
+                    f.seek(0, os.SEEK_END)
+                    f.write(b"\n")
+                else:
+                    f.truncate(end)
                 f.flush()
                 os.fsync(f.fileno())
+            if nl < 0:
+                return
         ncol = len(self.columns)
-        for ln in complete:
+        for raw in data[nl + 1:end].split(b"\n"):
+            ln = raw.decode("utf-8", errors="replace")
             if not ln.strip():
                 continue
             parts = ln.split(",")

@@ -160,8 +160,9 @@ def test_fuzz_csv_cut_anywhere_resumes(n, data):
         full = open(p, "rb").read()
         header = full.index(b"\n") + 1
         cut = data.draw(st.integers(header, len(full)))
+        junk = data.draw(st.binary(max_size=12).filter(lambda b: b"\n" not in b))  # torn bytes, any encoding
         with open(p, "wb") as f:
-            f.write(full[:cut])
+            f.write(full[:cut] + junk)
         c = ResultsCSV(p, ["logvol", "rank"]).open()
         assert c.done == set(range(full[header:cut].count(b"\n")))
         c.append(rows)
