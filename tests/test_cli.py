@@ -3,7 +3,6 @@ slices, one-line errors with exit code 2, the run description that guards resume
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 
 import numpy as np
@@ -199,6 +198,7 @@ def test_resume_refuses_other_settings(files, tmp_path, capsys):
     assert out.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_exit_code_2_without_traceback_subprocess(files, tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(bytes(range(256)) * 2)  # not a zip, not a pickle

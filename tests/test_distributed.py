@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -37,6 +38,7 @@ def test_single_process_context():
     assert ctx.broadcast({"a": 1}) == {"a": 1} and ctx.gather(3) == [3]
 
 
+@pytest.mark.slow
 def test_torchrun_two_gloo_processes_match_single(tmp_path, capsys):
     net = write_net(tmp_path)
     torch.save(torch.randn(23, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(5)), tmp_path / "x.pt")

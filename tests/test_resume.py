@@ -32,6 +32,7 @@ def _argv(d, net, out, factory="slow_mlp", delay=0.1):
             str(d / "x.pt"), "--out", str(out), "--batch-size", "2", "--layer", "inner.2", "--quiet"]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(setup, tmp_path, capsys):
     d, net = setup
     ref = tmp_path / "ref.csv"
