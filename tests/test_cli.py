@@ -43,8 +43,8 @@ def test_logvol_matches_api_and_dense_reference(files, tmp_path, capsys, layer, 
     out = tmp_path / "lv.csv"
     argv = ["logvol", "--model", f"{files['net']}:mlp", "--points", files[src], "--out", out,
             "--batch-size", 4, "--quiet", "--diagnostics"] + (["--layer", layer] if layer else [])
-    rc, _ = _run(argv, capsys)
-    assert rc == 0
+    rc, cap = _run(argv, capsys)
+    assert rc == 0 and cap.out == "" and cap.err == ""  # --quiet: no bar, no summary
     cols, a = read_csv(str(out))
     assert cols == ["index", "logvol", "rank", "rank_structural", "cond_est", "n_rounding"]
     assert a[:, 0].tolist() == list(range(13))
