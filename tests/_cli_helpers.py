@@ -39,6 +39,13 @@ def slow_mlp(delay=0.15):
     return _Slow(mlp(), delay)
 
 
+def conv(channels=4):
+    """Tiny CNN on (3, 8, 8) images; 'act' is a (channels, 8, 8) feature map to pool."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.GELU(), nn.Conv2d(channels, channels, 3, padding=1),
+                         nn.GELU()).double()
+
+
 def dead():
     """A map whose Jacobian is exactly zero everywhere."""
     lin = nn.Linear(5, 3).double()

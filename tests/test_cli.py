@@ -269,3 +269,25 @@ def test_error_during_the_run_is_one_line(files, tmp_path, capsys):
                     "--batch-size", 4, "--quiet"], capsys)
     err = cap.err.strip()
     assert rc == 2 and "\n" not in err and "points 0..3: " in err and "does not depend on the input" in err
+
+
+def test_conv_pool_checkpoint(files, tmp_path, capsys):
+    """--pool and --checkpoint reach fastgeom.logvol: a CNN layer pooled to 16 numbers, weights from a file."""
+    torch.manual_seed(0)
+    model = runio.build_model(f"{files['net']}:conv")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.7).add_(0.05)  # weights that differ from the factory's
+    torch.save(model.state_dict(), tmp_path / "ck.pt")
+    x = torch.randn(5, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    torch.save(x, tmp_path / "img.pt")
+    out = tmp_path / "c.csv"
+    rc, cap = _run(["logvol", "--model", f"{files['net']}:conv", "--checkpoint", tmp_path / "ck.pt", "--layer", "3",
+                    "--pool", "16", "--points", tmp_path / "img.pt", "--out", out, "--batch-size", 2, "--quiet"], capsys)
+    assert rc == 0, cap.err
+    _, a = read_csv(str(out))
+    ref = fg.logvol(model, x, layer="3", pool=16, method="dense")
+    np.testing.assert_allclose(a[:, 1], ref.numpy(), rtol=1e-11, atol=1e-11)
+    assert (a[:, 2] == 16).all()
+    fresh = fg.logvol(runio.build_model(f"{files['net']}:conv"), x, layer="3", pool=16)
+    assert not np.allclose(a[:, 1], fresh.numpy())  # the checkpoint was used
