@@ -67,7 +67,7 @@ def _add_compute_args(p: argparse.ArgumentParser, spectrum: bool) -> None:
                    help="MODULE:FACTORY or path/to/file.py:FACTORY (a callable returning an nn.Module), "
                         "or a torchvision model name such as resnet34")
     m.add_argument("--model-args", default="{}", metavar="JSON", help="keyword arguments for the factory (JSON object)")
-    m.add_argument("--num-classes", type=int, default=None, help="num_classes= for the factory / torchvision model")
+    m.add_argument("--num-classes", type=int, default=None, metavar="N", help="num_classes= for the factory / torchvision model")
     m.add_argument("--cifar-stem", action="store_true",
                    help="torchvision ResNet (resnet18/34/50/101) with the CIFAR stem: conv1 3x3 stride 1, no max-pool "
                         "(fastgeom.models.cifar_resnet; --num-classes defaults to 10)")
@@ -75,7 +75,7 @@ def _add_compute_args(p: argparse.ArgumentParser, spectrum: bool) -> None:
                    help="with --cifar-stem: the activation of every block (default relu, as torchvision)")
     m.add_argument("--checkpoint", metavar="FILE", help="state dict (torch.load(weights_only=True)); "
                    "without it the factory's initialisation under --seed is used")
-    m.add_argument("--layer", default=None, help="module name from model.named_modules() (default: the model output)")
+    m.add_argument("--layer", default=None, metavar="NAME", help="module name from model.named_modules() (default: the model output)")
     m.add_argument("--pool", type=str, default=None, metavar="N|KHxKW",
                    help="average-pool a (C,H,W) feature to N numbers, or with a KHxKW kernel")
     m.add_argument("--target", choices=("euclidean", "sphere"), default="euclidean",
@@ -86,22 +86,22 @@ def _add_compute_args(p: argparse.ArgumentParser, spectrum: bool) -> None:
     i.add_argument("--data", metavar="FILE", help=".pt or .npy tensor (M, *input_shape) that --path/--plane index")
     i.add_argument("--path", metavar="I,J", help="the 1-D path from data[I] to data[J]")
     i.add_argument("--plane", metavar="I,J,K", help="the plane through data[I], data[J], data[K]")
-    i.add_argument("--grid", type=int, default=None, help="points on the path (default 64) / per plane axis (default 60)")
+    i.add_argument("--grid", type=int, default=None, metavar="N", help="points on the path (default 64) / per plane axis (default 60)")
     i.add_argument("--hull", choices=("affine", "convex"), default="affine",
                    help="plane: the whole [-1,1]^2 patch (affine) or only the triangle (convex)")
     i.add_argument("--input-shape", metavar="C,H,W", help="reshape each point to this shape (e.g. 1,28,28)")
     c = p.add_argument_group("computation")
     c.add_argument("--method", choices=("auto", "dense", "streamed", "randomized"), default="auto")
-    c.add_argument("--chunk-size", type=int, default=None, help="cotangents/tangents per pass (default: from the budget)")
-    c.add_argument("--budget-mb", type=float, default=None, help="memory budget of the streamed engine in MiB")
+    c.add_argument("--chunk-size", type=int, default=None, metavar="K", help="cotangents/tangents per pass (default: from the budget)")
+    c.add_argument("--budget-mb", type=float, default=None, metavar="MB", help="memory budget of the streamed engine in MiB")
     c.add_argument("--dtype", choices=DTYPES, default=None, help="dtype of the network pass (default: the model's)")
-    c.add_argument("--device", default="auto", help="auto (cuda:<local rank> if available), cpu, cuda, cuda:N")
-    c.add_argument("--rank-tol", type=float, default=None, help="drop singular values below RANK_TOL * s_max")
-    c.add_argument("--seed", type=int, default=0, help="seeds the model initialisation and randomized estimators")
-    c.add_argument("--batch-size", type=int, default=16,
+    c.add_argument("--device", default="auto", metavar="DEV", help="auto (cuda:<local rank> if available), cpu, cuda, cuda:N")
+    c.add_argument("--rank-tol", type=float, default=None, metavar="T", help="drop singular values below RANK_TOL * s_max")
+    c.add_argument("--seed", type=int, default=0, metavar="S", help="seeds the model initialisation and randomized estimators")
+    c.add_argument("--batch-size", type=int, default=16, metavar="B",
                    help="points per batch; a batch is the unit of work, of sharding and of saving (default 16)")
     if spectrum:
-        c.add_argument("--k", type=int, default=None, help="number of singular values (default: all; needed for randomized)")
+        c.add_argument("--k", type=int, default=None, metavar="K", help="number of singular values (default: all; needed for randomized)")
     o = p.add_argument_group("output")
     o.add_argument("--out", required=True, metavar="FILE.csv", help="results CSV; rerunning with the same file resumes")
     o.add_argument("--diagnostics", action="store_true", help="add rank_structural, cond_est and n_rounding columns")
