@@ -82,7 +82,7 @@ def prepare(model, x: torch.Tensor, layer: LayerSpec, pool: PoolSpec, dtype,
     if x.shape[0] == 0:
         return fmap, x[0:1].numel() if x.dim() > 1 else 0, 0
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):  # eval: a train-mode BatchNorm must not see (or update on) the probe
             out = fmap(x[:1])
     except (KeyError, TypeError) as e:
         if "feature at layer" in str(e) or "pool must be" in str(e):
