@@ -113,6 +113,8 @@ def _want_progress(progress, B: int) -> bool:
 def jacobian_batches(fmap, x, d_in, d_out, method, chunk_size, progress, budget, desc) -> Iterator:
     """Yield (points slice, float64 J block, info dict) with the chosen exact method."""
     B = x.shape[0]
+    if fmap.dtype is not None and x.dtype != fmap.dtype:
+        x = x.to(fmap.dtype)  # differentiate w.r.t. x in the compute dtype, else J is rounded to x's dtype
     bar = tqdm(total=B, desc=desc, unit="pt", disable=not _want_progress(progress, B), leave=False)
     try:
         if method == "dense":
