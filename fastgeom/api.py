@@ -191,7 +191,7 @@ def _warn(diag: Diagnostics, rank_tol) -> None:
         warnings.warn(
             f"{len(rnd)} point(s) have singular values at the rounding level of {diag.compute_dtype} "
             f"(numerically rank-deficient, so the result may not be resolved in this precision): "
-            f"{_fmt_points(rnd, diag.n_rounding[rnd].tolist(), label="count")} (count of such values in brackets). Criterion: "
+            f"{_fmt_points(rnd, diag.n_rounding[rnd].tolist(), label='count')} (count of such values in brackets). Criterion: "
             "|R_ii| <= max(m, n) * eps * ||pivot column|| in the pivoted QR of J. Compute in float64 (dtype=torch.float64) "
             "or drop them with rank_tol=.", PrecisionWarning, stacklevel=3)
 
