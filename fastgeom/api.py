@@ -90,7 +90,7 @@ def prepare(model, x: torch.Tensor, layer: LayerSpec, pool: PoolSpec, dtype,
         raise ValueError(f"the model rejected points of shape {tuple(x.shape[1:])} (x has shape {tuple(x.shape)}): "
                          f"{type(e).__name__}: {e}. Pass x as (B, *input_shape) with the input shape the model expects.") from e
     except ValueError as e:
-        if str(e).startswith("pool"):
+        if str(e).startswith("pool") or "was not reached by the forward pass" in str(e):
             raise
         raise ValueError(f"the model rejected points of shape {tuple(x.shape[1:])} (x has shape {tuple(x.shape)}): "
                          f"{e}. Pass x as (B, *input_shape) with the input shape the model expects.") from e

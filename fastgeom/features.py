@@ -130,7 +130,8 @@ class FeatureMap:
         finally:
             h.remove()
         if "out" not in box:
-            raise RuntimeError(f"layer {self.layer!r} was not reached by the forward pass of {type(self.model).__name__}")
+            raise ValueError(f"layer {self.layer!r} was not reached by the forward pass of {type(self.model).__name__}; "
+                             "choose a layer that forward() calls (see model.named_modules())")
         return box["out"]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
