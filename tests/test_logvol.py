@@ -245,11 +245,15 @@ def test_empty_batch():
 # ---------------------------------------------------------------- TF32 guard
 
 def _tf32_state():
-    return (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-            torch.get_float32_matmul_precision())
+    """Effective TF32 settings: the fp32_precision API where torch has it, else the legacy flags."""
+    b = torch.backends
+    if hasattr(b.cuda.matmul, "fp32_precision"):
+        return (b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision, b.cudnn.rnn.fp32_precision)
+    return (b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32, torch.get_float32_matmul_precision())
 
 
-def test_tf32_off_during_computation_and_restored():
+def test_tf32_off_during_computation_and_restored_legacy_api():
+    """A user who enabled TF32 with the legacy API (allow_tf32 / set_float32_matmul_precision)."""
     m = mlp(5, 3)
     seen = []
 
@@ -260,24 +264,63 @@ def test_tf32_off_during_computation_and_restored():
         return m(z)
 
     fail = {"on": False}
-    old = _tf32_state()
+    b = torch.backends
+    old = (b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32, torch.get_float32_matmul_precision())
     try:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.set_float32_matmul_precision("medium")
+        b.cuda.matmul.allow_tf32 = True
+        b.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")
         before = _tf32_state()
         fg.logvol(None, torch.randn(2, 5, dtype=D), feat)
         after = _tf32_state()
+        legacy_after = (b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32, torch.get_float32_matmul_precision())
         fail["on"], seen[:] = True, []
         with pytest.raises(RuntimeError, match="failure inside"):
             fg.logvol(None, torch.randn(2, 5, dtype=D), feat)
         after_err = _tf32_state()
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old[0], old[1]
+        b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32 = old[0], old[1]
         torch.set_float32_matmul_precision(old[2])
-    assert before[:2] == (True, True)
     assert after == before and after_err == before
-    assert len(seen) >= 2 and seen[-1] == (False, False, "highest")
+    assert legacy_after == (True, True, "high")  # the user's legacy settings read back unchanged
+    assert len(seen) >= 2
+    off = ("ieee", "ieee", "ieee") if hasattr(b.cuda.matmul, "fp32_precision") else (False, False, "highest")
+    assert seen[-1] == off
+
+
+def test_tf32_guard_with_the_new_fp32_precision_api():
+    """Users of torch's fp32_precision API: torch then refuses legacy allow_tf32 reads (RuntimeError about
+    mixing APIs); logvol must still work, compute in "ieee" and restore the user's settings."""
+    b = torch.backends
+    if not hasattr(b.cuda.matmul, "fp32_precision"):
+        pytest.skip("torch without the fp32_precision API")
+    leaves = [(b.cuda.matmul, "fp32_precision"), (b.cudnn, "fp32_precision"), (b.cudnn.conv, "fp32_precision"),
+              (b.cudnn.rnn, "fp32_precision")]
+    orig = [getattr(o, a) for o, a in leaves]
+    m = mlp(5, 3)
+    seen = []
+
+    def feat(z):
+        seen.append((b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision, b.cudnn.rnn.fp32_precision))
+        return m(z)
+
+    try:
+        b.cuda.matmul.fp32_precision = "tf32"
+        b.cudnn.fp32_precision = "tf32"
+        b.cudnn.conv.fp32_precision = "tf32"
+        b.cudnn.rnn.fp32_precision = "tf32"
+        with pytest.raises(RuntimeError):  # the situation this guards against
+            _ = b.cuda.matmul.allow_tf32
+        x = torch.randn(2, 5, dtype=D)
+        lv = fg.logvol(None, x, feat)
+        after = [getattr(o, a) for o, a in leaves]
+    finally:
+        for (o, a), v in zip(leaves, orig):
+            setattr(o, a, v)
+    assert after == ["tf32"] * 4
+    assert seen[-1] == ("ieee", "ieee", "ieee")
+    assert rel_err(lv, brute_logvol(brute_jacobian(m, x))) < 1e-12
+    _ = b.cuda.matmul.allow_tf32  # legacy reads work again once the originals are back
 
 
 # ---------------------------------------------------------------- OOM back-off (engine level)
