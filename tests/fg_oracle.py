@@ -9,12 +9,13 @@ import torch
 from torch.func import jacrev
 
 
-def brute_jacobian(f, x: torch.Tensor) -> torch.Tensor:
-    """J (B, d_out, d_in) of the per-point flattened f at each point of x (B, *in), one jacrev per point."""
+def brute_jacobian(f, x: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+    """J (B, d_out, d_in) of the per-point flattened f at each point of x (B, *in), one jacrev per point
+    (``chunk_size``: VJPs per vmapped pass, to bound memory for big models)."""
     rows = []
     for i in range(x.shape[0]):
         xi = x[i].detach()
-        Ji = jacrev(lambda z: f(z[None]).reshape(-1))(xi)
+        Ji = jacrev(lambda z: f(z[None]).reshape(-1), chunk_size=chunk_size)(xi)
         rows.append(Ji.reshape(-1, xi.numel()).detach())
     return torch.stack(rows)
 
