@@ -239,9 +239,11 @@ def test_empty_batch():
     for method in ("dense", "streamed"):
         lv = fg.logvol(m, x, method=method)
         assert lv.shape == (0,) and lv.dtype == D
-    assert fg.spectrum(m, x).shape[0] == 0
-    assert fg.jacobian(m, x).shape[0] == 0
+    assert fg.spectrum(m, x).shape == (0, 3)
+    assert fg.jacobian(m, x).shape == (0, 3, 4)
     assert fg.metric(m, x).shape == (0, 4, 4)
+    with pytest.raises(ValueError, match="rejected points of shape"):  # still validated
+        fg.logvol(m, torch.zeros(0, 5, dtype=D))
 
 
 # ---------------------------------------------------------------- TF32 guard
@@ -341,7 +343,7 @@ def _injector(stage, fail_on):
     return inject, state
 
 
-@pytest.mark.parametrize("mode,stage,fail_on", [("reverse", "chunk", {1}), ("reverse", "chunk", {2, 4}),
+@pytest.mark.parametrize("mode,stage,fail_on", [("reverse", "chunk", {1}), ("reverse", "chunk", {1, 2}),
                                                 ("forward", "chunk", {2, 3}), ("reverse", "forward", {1, 2})])
 def test_oom_backoff_gives_identical_results(mode, stage, fail_on):
     d_in, d_out = (11, 6) if mode == "reverse" else (6, 11)
@@ -356,7 +358,16 @@ def test_oom_backoff_gives_identical_results(mode, stage, fail_on):
         streamed.fault_injector = None
     assert state["raised"] == len(fail_on)
     assert d.mode == mode
-    assert torch.equal(lv, clean)
+    # the same rows/columns are recomputed with smaller vmap batches: equal up to rounding
+    assert torch.allclose(lv, clean, rtol=1e-14, atol=0)
+    J_clean = fg.jacobian(m, x, method="streamed", chunk_size=4)
+    inject, _ = _injector(stage, fail_on)
+    streamed.fault_injector = inject
+    try:
+        J = fg.jacobian(m, x, method="streamed", chunk_size=4)
+    finally:
+        streamed.fault_injector = None
+    assert torch.allclose(J, J_clean, rtol=1e-14, atol=1e-16)
     if stage == "chunk":
         assert d.chunk == 4 // 2 ** len(fail_on)  # halved once per injected OOM
     else:
