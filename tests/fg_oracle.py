@@ -39,5 +39,5 @@ def mp_logvol(J: torch.Tensor, dps: int = 300) -> float:
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| / max(|b|, 1) elementwise (relative for large values, absolute near 0)."""
-    a, b = a.to(torch.float64), b.to(torch.float64)
+    a, b = a.detach().to(torch.float64), b.detach().to(torch.float64)
     return float(((a - b).abs() / b.abs().clamp_min(1.0)).max()) if a.numel() else 0.0
