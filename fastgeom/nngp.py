@@ -316,5 +316,6 @@ def amari_wu_volume_element(x, support_vectors, tau: float, base="rbf", s: float
         if not s > 0:
             raise ValueError(f"RBF length scale s must be > 0, got {s!r}")
         c, dc = conformal_factor(x, support_vectors, tau, h)
-        return (c / s) ** x.shape[1] * torch.sqrt(1 + s * s * (dc * dc).sum(-1) / (c * c))
+        # = (c/s)^d sqrt(1 + s^2 |grad c|^2 / c^2), written without 0/0 far from the support vectors
+        return c ** (x.shape[1] - 1) * torch.sqrt(c * c + s * s * (dc * dc).sum(-1)) / s ** x.shape[1]
     return torch.sqrt(torch.linalg.det(amari_wu_metric(x, support_vectors, tau, base, s, h)))

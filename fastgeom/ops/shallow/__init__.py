@@ -65,7 +65,7 @@ def geometry(W, b, x, act, backend: str = "auto", want=("metric", "logvol", "ric
         if "logvol" in want:
             out["logvol"] = reference.log_volume_element(W, b, x, act)
         if "ricci" in want:
-            out["ricci"] = reference.ricci_scalar(W, b, x, act)
+            out["ricci"] = reference.ricci_scalar_auto(W, b, x, act)
         return out
     if impl == "triton":
         from . import triton as _tr
