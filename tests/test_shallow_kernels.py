@@ -29,7 +29,8 @@ def _compare(out, W, b, x, act, rtol_R=1e-9):
     """Log volume: both sides factor diag(s) W / sqrt(n) (kernels by streaming Givens QR), error ~ eps * cond(J).
     The kernels' Ricci scalar is the
     difference |T|^2 - |v|^2 of whitened moments, accurate to eps * (|T|^2 + |v|^2) / n^2 (large when a
-    unit carries a whole direction, e.g. n = d with saturated units; the Gram form cancels those terms exactly)."""
+    unit carries a whole direction, e.g. n = d with saturated units; the reference's G then carries
+    errors ~ eps * cond(J) too)."""
     g, lv, R = out
     gr = ref.metric(W, b, x, act)
     torch.testing.assert_close(g, gr, rtol=1e-12, atol=1e-14)
@@ -38,7 +39,8 @@ def _compare(out, W, b, x, act, rtol_R=1e-9):
     Rr = ref.ricci_scalar(W, b, x, act)
     U, P = ref._whitened(W, b, x, act)
     mag = ((P[:, :, None] * (U * U).sum(-1, keepdim=True) * U).sum(1) ** 2).sum(-1) / W.shape[0] ** 2  # |v|^2/n^2
-    assert ((R - Rr).abs() <= rtol_R * (1 + Rr.abs()) + 1e-13 * mag).all()
+    # both sides carry rounding ~ eps * mag * cond(J) (e.g. n = d, where the true R is 0)
+    assert ((R - Rr).abs() <= rtol_R * (1 + Rr.abs()) + 1e-15 * mag * (1 + condJ)).all()
 
 
 @pytest.mark.parametrize("name,n,d", [("sigmoid", 13, 2), ("tanh", 37, 3), ("gelu", 70, 4), ("z^3", 5, 1),
@@ -52,12 +54,12 @@ def test_triton_matches_reference(name, n, d):
 
 @needs_cpp
 @pytest.mark.parametrize("name", ALL)
-@pytest.mark.parametrize("n,d", [(1, 1), (7, 1), (13, 2), (3, 3), (37, 3), (4, 4), (70, 4)])
+# n = d is left out: there R == 0 exactly and both forms return rounding noise of size eps * |v|^2/n^2 * cond(J)
+# (up to 1e31 for saturated erf units), which is not a comparison (test_square_network_is_flat covers n = d).
+@pytest.mark.parametrize("n,d", [(1, 1), (7, 1), (13, 2), (5, 3), (37, 3), (5, 4), (70, 4)])
 def test_cpp_matches_reference(name, n, d):
     act = A.get(name)
     W, b, x = _net(n, d, 23, seed=3 * n + d)
-    if name == "z^1" and n == d:  # linear square net: R == 0 exactly up to rounding
-        pass
     _compare(torch.ops.fastgeom.shallow_geometry(W, b, x, act.code, act.power, True), W, b, x, act)
 
 
