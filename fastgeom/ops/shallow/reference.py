@@ -66,8 +66,9 @@ def _whitened(W, b, x, act):
     R = torch.linalg.qr(s[:, :, None] * W / math.sqrt(n), mode="r").R  # (t, d, d)
     sing = (torch.diagonal(R, dim1=-2, dim2=-1) == 0).any(-1)
     R = torch.where(sing[:, None, None], torch.full_like(R, float("nan")), R)
-    Ut = torch.linalg.solve_triangular(R.mT, W.T.expand(R.shape[0], d, n), upper=False)  # R^-T W^T
-    return Ut.mT, s * s2
+    eye = torch.eye(d, dtype=R.dtype, device=R.device).expand_as(R)
+    Rinv = torch.linalg.solve_triangular(R, eye, upper=True)  # (t, d, d), tiny
+    return torch.matmul(W, Rinv), s * s2  # U = W R^-1, (t, n, d)
 
 
 def ricci_scalar(W, b, x, act):
@@ -92,9 +93,10 @@ def ricci_scalar_moments(W, b, x, act):
     for sl in _tiles(x.shape[0], 3 * n * d + d ** 3):
         U, P = _whitened(W, b, x[sl], act)
         PU = P[:, :, None] * U
-        T = torch.einsum("tja,tjb,tjc->tabc", PU, U, U)
-        v = torch.einsum("tja,tj->ta", PU, (U * U).sum(-1))
-        out[sl] = ((T * T).sum((1, 2, 3)) - (v * v).sum(-1)) / (n * n)
+        UU = (U[:, :, :, None] * U[:, :, None, :]).reshape(U.shape[0], n, d * d)
+        T = PU.mT @ UU  # (t, d, d*d)
+        v = (PU * (U * U).sum(-1, keepdim=True)).sum(1)
+        out[sl] = ((T * T).sum((1, 2)) - (v * v).sum(-1)) / (n * n)
     return out
 
 
