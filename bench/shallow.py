@@ -171,7 +171,7 @@ def run(dev, repeat, sub, hd_points, widths, write):
     body = "\n".join(lines)
     print(body)
     if write:
-        write_section(f"shallow-{dev.type}", body)
+        write_section("shallow" if dev.type == "cpu" else "shallow-cuda", body)
     return rows
 
 

@@ -7,8 +7,10 @@ fastgeom/ops/shallow/reference.py is the spec. Inputs are padded to 4 input dime
 metric entries are the identity, padded weights zero, so they contribute nothing).
 Runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1 (tests). The interpreter has no
 libdevice, so only tl.exp / tl.sigmoid / tl.erf / tl.sin / tl.cos are used; tanh' = 4 sigmoid(2z) sigmoid(-2z).
-The 20 accumulators of the symmetric third-moment tensor are written out (generated once, by hand-checked
-script) because Triton cannot index lists of tensors.
+The 20 accumulators of the symmetric third-moment tensor (a <= b <= c, squared norm with
+multiplicities 1/3/6) are written out because Triton cannot index lists of tensors. Pass 1 is
+sequential over hidden units (a Givens update per unit, vectorised over the BLOCK_N points); pass 2
+processes BLOCK_H units at a time.
 """
 from __future__ import annotations
 
