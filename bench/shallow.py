@@ -7,7 +7,7 @@ on the autograd metric J^T J). Every timing is a median of ``--repeat`` runs in 
 comes with its max relative error against the float64 reference. Slow baselines are timed on a
 subset of points and scaled linearly (the table says so).
 
-    python bench/shallow.py            # CPU table (about 2-3 minutes on a busy 2-core machine)
+    python bench/shallow.py            # CPU table (about 3-4 minutes on a busy 2-core machine)
     python bench/shallow.py --device cuda   # GPU table (cuda, triton, torch and the baselines)
 
 Results go to bench/RESULTS.md (section "shallow") unless --no-write.
@@ -179,7 +179,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--sub", type=int, default=256, help="points on which the slow baselines are timed (scaled)")
+    p.add_argument("--sub", type=int, default=128, help="points on which the slow baselines are timed (scaled)")
     p.add_argument("--hd-points", type=int, default=None, help="points for 784->2000 (default 8 CPU, 1000 GPU)")
     p.add_argument("--widths", type=int, nargs="+", default=[8, 250, 2000])
     p.add_argument("--no-write", action="store_true")
