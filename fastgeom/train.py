@@ -122,7 +122,7 @@ def full_batch_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tens
     loss = nn.functional.cross_entropy(model(x), y)
     loss.backward()
     opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def minibatch_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
@@ -137,7 +137,7 @@ def minibatch_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tenso
         loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
         loss.backward()
         opt.step()
-        total += float(loss) * idx.numel()
+        total += float(loss.detach()) * idx.numel()
     return total / x.shape[0]
 
 
