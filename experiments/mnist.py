@@ -56,7 +56,7 @@ def config(args) -> dict:
                "plane_snapshots": [0, 20, 200], "path_steps": 64, "plane_grid": 60, "triples": TRIPLES, "pairs": PAIRS}
     else:
         cfg = {"width": 256, "epochs": 60, "snapshots": [0, 5, 20, 60], "plane_snapshots": [0, 60],
-               "path_steps": 64, "plane_grid": 30, "triples": TRIPLES[:2], "pairs": PAIRS}
+               "path_steps": 64, "plane_grid": 24, "triples": TRIPLES[:2], "pairs": PAIRS}
     if args.width:
         cfg["width"] = args.width
     if args.epochs:
