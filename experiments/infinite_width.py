@@ -142,14 +142,14 @@ def monomials(run: Run, cfg: dict) -> dict:
             i = int(torch.nan_to_num(R, nan=float("inf")).argmin())
             out[f"d{d}_sb{sb:g}_k{k}"] = {"radius": r.tolist(), "ricci": R.tolist(), "argmin_radius": float(r[i]),
                                           "min_ricci": float(R[i])}
-        sub = r[1:] if sb == 0 else r
-        fg.plot.curves(sub, {k: v[1:] if sb == 0 else v for k, v in ys.items()}, ax, xlabel="|x|",
+        keep = r >= (0.2 if sb == 0 else 0.0)  # R diverges like |x|^-2k at 0 when sigma_b = 0
+        fg.plot.curves(r[keep], {k: v[keep] for k, v in ys.items()}, ax, xlabel="|x|",
                        ylabel="Ricci scalar R", title=f"monomials z^k, d={d}, sigma_w={sw:g}, sigma_b={sb:g}")
         if sb > 0:
             ax.axvline(K2_XSTAR * sb / sw, color="k", ls=":", lw=0.8)
             ax.text(K2_XSTAR * sb / sw, ax.get_ylim()[0], " k=2 minimum (MATH 4.4)", fontsize=7, va="bottom")
         else:
-            ax.set_yscale("symlog")
+            ax.set_yscale("symlog", linthresh=1e-2)
     run.savefig(fig, "monomials")
     run.record("monomials", out)
     return out

@@ -126,3 +126,22 @@ def test_dirty_mnist_histograms(mnist_res, outdir):
     assert res["figures"] == ["histograms"]
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         _run("dirty_mnist", outdir / "dirty2", "--mnist-out", str(outdir / "nowhere"))
+
+
+def test_plot_layouts_place_values_correctly():
+    import fastgeom.plot as P
+    grid, ax = slices.grid_2d(-1, 1, 7)
+    img = P.grid_image(grid[:, 0], 7)  # x1 varies along columns (horizontal axis), x2 along rows
+    assert (img[0] == ax.numpy()).all() and (img[:, 3] == ax[3].item()).all()
+    with pytest.raises(ValueError, match="49 grid values"):
+        P.grid_image(torch.zeros(10), 7)
+    x = [torch.randn(5, dtype=torch.float64) for _ in range(3)]
+    pl = slices.plane(*x, n=9, hull="convex")
+    im = P.plane_image(pl, pl.lam[:, 2])
+    assert im.shape == (9, 9)
+    assert int((~torch.isnan(torch.as_tensor(im))).sum()) == pl.points.shape[0]
+    # [b, a] indexing: the lambda_3 vertex (b = -1/sqrt 3) is at the bottom rows
+    flat = torch.as_tensor(im).nan_to_num(-1)
+    assert int(flat.max(1).values.argmax()) < 4
+    fig = P.paths_over_epochs({"p": {0: {"t": [0, 0.5], "values": [1.0, 2.0], "classes": [1, 2]}}})
+    assert len(fig.axes) >= 1
