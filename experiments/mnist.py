@@ -94,10 +94,14 @@ def build(cfg):
     return model, opt
 
 
-def geometry(model, x: torch.Tensor, chunk: int = 128) -> torch.Tensor:
-    """Natural-log volume element of the hidden layer (normalised by sqrt(n)) at x (N, 784), in chunks."""
+def geometry(model, x: torch.Tensor, budget_bytes: float = 2.5e8, progress: bool = False, desc: str = "logvol") -> torch.Tensor:
+    """Natural-log volume element of the hidden layer (normalised by sqrt(n)) at x (N, 784), in chunks
+    whose dense float64 Jacobians fit ``budget_bytes``."""
+    chunk = max(4, int(budget_bytes // (model.lin1.out_features * x[0].numel() * 8)))
+    from tqdm.auto import tqdm
+    starts = range(0, x.shape[0], chunk)
     return torch.cat([fg.logvol(model, x[i:i + chunk], layer="act", normalize=True, method="dense", progress=False)
-                      for i in range(0, x.shape[0], chunk)])
+                      for i in tqdm(starts, desc=desc, leave=False, disable=not progress or len(starts) < 2)])
 
 
 def evaluate_paths(model, anchors: dict, cfg) -> dict:
@@ -112,12 +116,12 @@ def evaluate_paths(model, anchors: dict, cfg) -> dict:
     return out
 
 
-def evaluate_planes(model, anchors: dict, cfg) -> dict:
+def evaluate_planes(model, anchors: dict, cfg, progress: bool = False) -> dict:
     out = {}
     for tri in cfg["triples"]:
         for hull in ("convex", "affine"):
             pl = slices.plane(*(anchors[k] for k in tri), n=cfg["plane_grid"], hull=hull)
-            lv = geometry(model, pl.points)
+            lv = geometry(model, pl.points, progress=progress, desc=f"plane {'-'.join(map(str, tri))} {hull}")
             lg = logits(model, pl.points)
             out[f"{'-'.join(map(str, tri))}/{hull}"] = {
                 "log10vol": (lv / LN10).tolist(), "entropy": slices.normalized_entropy(lg).tolist(),
@@ -160,7 +164,7 @@ def main(argv=None) -> dict:
                    "paths": paths, "entropy_logvol_pearson": pearson(paths),
                    "metric_eigenvalues": {str(d): (s[i] ** 2).tolist() for i, d in enumerate(digits)}}
             if ep in cfg["plane_snapshots"]:
-                rec["planes"] = evaluate_planes(model, anchors, cfg)
+                rec["planes"] = evaluate_planes(model, anchors, cfg, run.progress)
             run.record(key, rec)
         recs[ep] = run.results["records"][key]
     figures(run, cfg, recs, anchors)
