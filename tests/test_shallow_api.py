@@ -89,3 +89,10 @@ def test_explicit_unusable_backend_raises_runtime_error(monkeypatch):
     W, b, x = _net(5, 2)
     with pytest.raises(RuntimeError, match="pip install"):
         sh.ricci_scalar(W, b, x, "tanh", backend="cpp")
+
+
+def test_saturated_derivatives_keep_relative_accuracy():
+    z = torch.tensor([-40.0, 40.0], dtype=D64)
+    torch.testing.assert_close(A.get("sigmoid").d1(z), torch.exp(-z.abs()) / (1 + torch.exp(-z.abs())) ** 2, rtol=1e-14, atol=0)
+    torch.testing.assert_close(A.get("tanh").d1(z), 4 * torch.exp(-2 * z.abs()) / (1 + torch.exp(-2 * z.abs())) ** 2,
+                               rtol=1e-14, atol=0)

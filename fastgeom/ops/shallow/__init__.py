@@ -2,11 +2,13 @@
 
 The fused op (``geometry``) evaluates, per point, the metric g (d, d), log volume element and
 true Ricci scalar of Phi(x) = sigma(x W^T + b)/sqrt(n) for small input dimension
-d <= ``FUSED_MAX_D``, in one kernel: pass 1 over hidden units accumulates g, which is factored
-(Cholesky) in registers; pass 2 accumulates the whitened third-moment sums
+d <= ``FUSED_MAX_D``, in one kernel: pass 1 over hidden units is a streaming Givens QR of the rows
+sigma'(z_j) w_j / sqrt(n) (R^T R = g, L = R^T; g is never factored, so cond is not squared); pass 2 accumulates the whitened third-moment sums
 T = sum_j P_j u_j^(x3) and v = sum_j P_j |u_j|^2 u_j (u_j = L^-1 w_j) and finishes
 R = (|T|^2 - |v|^2) / n^2, algebraically equal to the Gram form of MATH 3.5 (see docs/SHALLOW.md).
-Larger d (and activations without a kernel code) use the reference for every backend.
+Larger d, n < d, and activations without a kernel code use the reference for every backend
+(for large d the reference computes the log volume by pivoted QR of diag(sigma') W / sqrt(n) in tiles
+of points, fastgeom.linalg.factor, whose QR itself uses fastgeom._C when built).
 """
 from __future__ import annotations
 
@@ -25,11 +27,14 @@ def _triton_ok(device: torch.device) -> bool:
     return ok and (device.type == "cuda" or not torch.cuda.is_available())
 
 
-def pick(backend: str, act, d: int, device: torch.device) -> str:
-    """Resolve ``backend`` to the implementation that runs: 'torch', 'triton', 'cpp' or 'cuda'."""
+def pick(backend: str, act, d: int, device: torch.device, n: int | None = None) -> str:
+    """Resolve ``backend`` to the implementation that runs: 'torch', 'triton', 'cpp' or 'cuda'.
+
+    The fused kernels need a built-in activation, d <= FUSED_MAX_D and n >= d (an immersion; the
+    pseudo-volume of n < d goes through the reference)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    fusable = act.code is not None and d <= FUSED_MAX_D
+    fusable = act.code is not None and d <= FUSED_MAX_D and (n is None or n >= d)
     if backend == "auto":
         if not fusable:
             return "torch"
@@ -57,7 +62,7 @@ def pick(backend: str, act, d: int, device: torch.device) -> str:
 
 def geometry(W, b, x, act, backend: str = "auto", want=("metric", "logvol", "ricci")):
     """dict with the requested of 'metric' (N, d, d), 'logvol' (N,), 'ricci' (N,) (true convention)."""
-    impl = pick(backend, act, W.shape[1], x.device)
+    impl = pick(backend, act, W.shape[1], x.device, W.shape[0])
     if impl == "torch":
         out = {}
         if "metric" in want:
