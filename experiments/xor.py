@@ -99,7 +99,9 @@ def heat_figure(name, n, recs, axis, x, y, run, true_boundary=None):
         r = recs[ep]
         extra = f", ratio {r['boundary_ratio']:.2f}" if "boundary_ratio" in r else ""
         title = f"epoch {ep} (acc {r['train_accuracy']:.2f}{extra})"
-        common = {"margin": r["margin"], "points": x, "labels": y, "true_boundary": true_boundary}
+        few = x.shape[0] <= 50  # draw the training points only when they do not hide the map
+        common = {"margin": r["margin"], "points": x if few else None, "labels": y if few else None,
+                  "true_boundary": true_boundary}
         row_vol.append({"values": r["log10vol"], "title": title, **common})
         row_r.append({"values": r["ricci"], "symmetric": True, **common})
     fig = fg.plot.heatmap_grid([row_vol, row_r], axis, row_labels=[r"$\log_{10}$ vol", "Ricci scalar R"],
