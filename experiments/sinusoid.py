@@ -73,7 +73,8 @@ def main(argv=None) -> dict:
     def ratio(geo, pts):
         return {"boundary_ratio": boundary_ratio(pts, 10 ** geo["log10vol"], BAND)}
 
-    res = run_toy("sinusoid", run, x, y, cfg, grid, axis, extra_metrics=ratio, true_boundary=data.sinusoid_boundary)
+    res = run_toy("sinusoid", run, x, y, cfg, grid, axis, extra_metrics=ratio, true_boundary=data.sinusoid_boundary,
+                  gif=args.gif)
     summ = {}
     for n, recs in res.items():
         eps = sorted(recs)

@@ -5,6 +5,7 @@ boundary overlaid.
     python -m experiments.xor --quick --out runs/xor-quick     # widths 2, 20;  2000 epochs
     python -m experiments.xor --full  --out runs/xor-full      # widths 2, 250; 2000 epochs, more snapshots
     python -m experiments.xor --tiny  --out /tmp/xor-tiny      # CI smoke run (seconds)
+    (add --gif for an animated GIF of the volume element over the snapshots)
 
 Training: full batch SGD lr 0.02, momentum 0.9, weight decay 1e-4, cross-entropy, float64, all
 weights and biases N(0, 1). Geometry: Phi(x) = sigmoid(W1 x + b1)/sqrt(n) through
@@ -43,6 +44,7 @@ def add_common(p):
     p.add_argument("--tiny", action="store_true", help="CI smoke configuration (a few seconds; used by the tests)")
     p.add_argument("--widths", type=int, nargs="+", default=None, help="hidden widths (default: by mode)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: by mode)")
+    p.add_argument("--gif", action="store_true", help="also write an animated GIF of log10 vol over the snapshots")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: these nets are tiny and extra threads only contend)")
     return p
@@ -62,8 +64,30 @@ def make_optimizer(model, cfg: dict) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
 
 
+def save_gif(run: Run, name: str, recs: dict, axis, true_boundary=None, ms_per_frame: int = 700) -> str:
+    """Animated GIF (PIL) of the log10 vol heat map over the snapshots ``recs`` {epoch: record}."""
+    import io
+
+    import matplotlib.pyplot as plt
+    from PIL import Image
+    vals = [v for r in recs.values() for v in r["log10vol"]]
+    lo, hi = min(vals), max(vals)
+    frames = []
+    for ep in sorted(recs):
+        fig, ax = plt.subplots(figsize=(4.2, 3.6), constrained_layout=True)
+        fg.plot.heatmap(recs[ep]["log10vol"], axis, ax, margin=recs[ep]["margin"], true_boundary=true_boundary,
+                        vmin=lo, vmax=hi, title=f"{name}: epoch {ep}", colorbar=r"$\log_{10}$ vol")
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=80)
+        plt.close(fig)
+        frames.append(Image.open(io.BytesIO(buf.getvalue())).convert("P", palette=Image.Palette.ADAPTIVE))
+    path = os.path.join(run.out, f"{name}.gif")
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=ms_per_frame, loop=0)
+    return path
+
+
 def run_toy(name: str, run: TaggedRun, x: torch.Tensor, y: torch.Tensor, cfg: dict, grid, axis,
-            extra_metrics=None, true_boundary=None) -> dict:
+            extra_metrics=None, true_boundary=None, gif: bool = False) -> dict:
     """Train a 2 -> n -> 2 net per width in cfg["widths"], evaluating the geometry at each snapshot
     (resumable); draws one heat-map figure per width. ``extra_metrics(geometry, grid) -> dict`` adds
     per-snapshot numbers (e.g. boundary_ratio). Returns {width: {epoch: record}}."""
@@ -89,6 +113,8 @@ def run_toy(name: str, run: TaggedRun, x: torch.Tensor, y: torch.Tensor, cfg: di
         out[n] = recs
         fig = heat_figure(name, n, recs, axis, x, y, run, true_boundary)
         run.savefig(fig, f"heatmaps_n{n}")
+        if gif:
+            save_gif(run, f"training_n{n}", recs, axis, true_boundary)
     return out
 
 
@@ -135,7 +161,7 @@ def main(argv=None) -> dict:
     run = TaggedRun("xor", args, cfg)
     x, y = data.xor_data()
     grid, axis = slices.grid_2d(-1.5, 1.5, cfg["n_grid"])
-    res = run_toy("xor", run, x, y, cfg, grid, axis)
+    res = run_toy("xor", run, x, y, cfg, grid, axis, gif=args.gif)
     summ = {}
     for n, recs in res.items():
         last = recs[max(recs)]

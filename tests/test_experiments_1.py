@@ -39,7 +39,7 @@ def outdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def xor_res(outdir):
-    return _run("xor", outdir / "xor")
+    return _run("xor", outdir / "xor", "--gif")
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,9 @@ def test_xor(xor_res, outdir):
     recs = xor_res["records"]
     assert set(recs) == {"n2/epoch_0", "n2/epoch_60", "n8/epoch_0", "n8/epoch_60"}
     assert xor_res["figures"] == ["heatmaps_n2", "heatmaps_n8"]
+    from PIL import Image
+    with Image.open(outdir / "xor" / "training_n8.gif") as gif:
+        assert gif.n_frames == 2  # epochs 0 and 60
     # n = d = 2: the Riemann tensor vanishes identically (MATH 3.5)
     assert max(abs(v) for v in recs["n2/epoch_60"]["ricci"]) < 1e-8
     assert max(abs(v) for v in recs["n8/epoch_60"]["ricci"]) > 1e-3
