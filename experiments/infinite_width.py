@@ -171,9 +171,10 @@ def amari_wu(run: Run, cfg: dict) -> dict:
     near = dist < aw["tau"]
     ratio = float(vol[near].mean() / vol[~near].mean())
     fig, ax = plt.subplots(figsize=(5, 4.2), constrained_layout=True)
-    fg.plot.heatmap(torch.log10(vol), axis, ax, margin=dec, colorbar=r"$\log_{10}$ vol (modified kernel)",
+    lv = torch.log10(vol)
+    fg.plot.heatmap(lv, axis, ax, margin=dec, vmin=float(lv.quantile(0.1)), vmax=float(lv.max()), colorbar=r"$\log_{10}$ vol (modified kernel)",
                     title=f"Amari-Wu: RBF SVM (s={aw['s']}), c(x) on {len(sv)} SVs, tau={aw['tau']}\n"
-                          f"mean vol within tau of an SV / elsewhere = {ratio:.2f} (base kernel: flat)")
+                          f"mean vol within tau of an SV / elsewhere = {ratio:.2f}\n(RBF base kernel alone: constant vol; colours clipped at the 10th percentile)")
     ax.scatter(X[:, 0], X[:, 1], c=y, cmap="coolwarm", s=8, alpha=0.6)
     ax.scatter(sv[:, 0], sv[:, 1], facecolors="none", edgecolors="k", s=30, lw=0.8, label="support vectors")
     ax.legend(fontsize=7, loc="lower left")
