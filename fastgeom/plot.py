@@ -99,7 +99,7 @@ def heatmap_grid(panels: Sequence[Sequence[dict]], axis, *, row_labels: Sequence
                  panel_size=(3.0, 2.7)):
     """Rows x columns of heat maps; each panel is a dict of :func:`heatmap` keyword arguments with
     ``values`` (and optionally ``symmetric``/``margin``/...). Colour limits are shared within a row
-    (robust 1st-99th percentile for symmetric rows). Returns the figure."""
+    (symmetric rows: +-95th percentile of |v|, as curvature has rare huge values where g is nearly singular). Returns the figure."""
     nr, nc = len(panels), max(len(r) for r in panels)
     fig, axes = plt.subplots(nr, nc, figsize=(panel_size[0] * nc + 0.8, panel_size[1] * nr + 0.5),
                              squeeze=False, constrained_layout=True)
@@ -110,7 +110,7 @@ def heatmap_grid(panels: Sequence[Sequence[dict]], axis, *, row_labels: Sequence
             vals = vals[np.isfinite(vals)]
             if vals.size:
                 if row[0].get("symmetric"):
-                    m = float(np.percentile(np.abs(vals), 99)) or 1.0
+                    m = float(np.percentile(np.abs(vals), 95)) or 1.0
                     kw_row = {"vmin": -m, "vmax": m, "cmap": "RdBu_r"}
                 else:
                     kw_row = {"vmin": float(vals.min()), "vmax": float(vals.max())}
