@@ -196,7 +196,7 @@ def figures(run: Run, cfg: dict, recs: dict, anchors: dict) -> None:
                 d = recs[e]["planes"][f"{name}/{hull}"]
                 rows[f"epoch {e}, {hull}"] = {"plane": pl, "classes": d["classes"], "entropy": d["entropy"],
                                               "values": d["log10vol"]}
-        fig = fg.plot.plane_triptych(rows, anchor_names=[str(k) for k in tri],
+        fig = fg.plot.plane_triptych(rows, anchor_names=[str(k) for k in tri], share_values=False,
                                      suptitle=f"plane through test digits {name} ({tag})")
         run.savefig(fig, f"plane_{name}")
     digits = sorted(anchors)

@@ -270,14 +270,15 @@ def plane_panel(plane: Plane, values, ax=None, *, kind: str = "value", title: st
 
 def plane_triptych(planes: Mapping[str, dict], *, anchor_names: Sequence[str] | None = None,
                    suptitle: str | None = None, n_classes: int = 10, value_label: str = r"$\log_{10}$ vol",
-                   panel_size=(3.0, 2.8)):
+                   panel_size=(3.0, 2.8), share_values: bool = True):
     """One row per plane (e.g. "convex hull", "affine hull" or per epoch), three columns: predicted
     class, normalised entropy, value (log10 vol). ``planes[row] = {"plane": Plane, "classes": (P,),
-    "entropy": (P,), "values": (P,)}``. Value colour limits are shared across rows. Returns the figure."""
+    "entropy": (P,), "values": (P,)}``. Value colour limits are shared across rows unless
+    ``share_values=False``. Returns the figure."""
     rows = list(planes)
     allv = np.concatenate([_np(planes[r]["values"]) for r in rows])
     allv = allv[np.isfinite(allv)]
-    vmin, vmax = (float(allv.min()), float(allv.max())) if allv.size else (None, None)
+    vmin, vmax = (float(allv.min()), float(allv.max())) if allv.size and share_values else (None, None)
     fig, axes = plt.subplots(len(rows), 3, figsize=(panel_size[0] * 3 + 0.6, panel_size[1] * len(rows)),
                              squeeze=False, constrained_layout=True)
     for i, r in enumerate(rows):
