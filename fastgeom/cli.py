@@ -450,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     pi.set_defaults(func=_cmd_info)
     pd = sub.add_parser("demo", help="train the sinusoid task and plot its log volume element (CPU, < 1 min)")
     pd.add_argument("--out", default="demo_out")
-    pd.add_argument("--epochs", type=int, default=10000)
+    pd.add_argument("--epochs", type=int, default=1000)
     pd.add_argument("--quiet", action="store_true")
     pd.set_defaults(func=_cmd_demo)
     pl = sub.add_parser("logvol", help="log volume element at many points, to a resumable CSV (torchrun-able)",
