@@ -46,8 +46,8 @@ class Diagnostics:
     extra: dict = field(default_factory=dict)
 
 
-def _fmt_points(idx: list[int], vals: list | None = None, limit: int = 10) -> str:
-    items = [f"{i}" if vals is None else f"{i} (rank {v})" for i, v in zip(idx, vals or [None] * len(idx))]
+def _fmt_points(idx: list[int], vals: list | None = None, limit: int = 10, label: str = "rank") -> str:
+    items = [f"{i}" if vals is None else f"{i} ({label} {v})" for i, v in zip(idx, vals or [None] * len(idx))]
     more = f" and {len(items) - limit} more" if len(items) > limit else ""
     return ", ".join(items[:limit]) + more
 
@@ -79,29 +79,29 @@ def prepare(model, x: torch.Tensor, layer: LayerSpec, pool: PoolSpec, dtype,
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch.dtype such as torch.float64, got {dtype!r}")
     fmap = FeatureMap(model, layer, pool, dtype, target)
-    if x.shape[0] == 0:
-        return fmap, x[0:1].numel() if x.dim() > 1 else 0, 0
+    # probe one point (a zero point when B = 0, so empty results still have the right shapes)
+    xp = x[:1] if x.shape[0] else x.new_zeros((1, *x.shape[1:]))
     try:
-        with torch.no_grad():
-            out = fmap(x[:1])
+        with torch.no_grad(), eval_mode(model):  # eval: a train-mode BatchNorm must not see (or update on) the probe
+            out = fmap(xp)
     except (KeyError, TypeError) as e:
         if "feature at layer" in str(e) or "pool must be" in str(e):
             raise
         raise ValueError(f"the model rejected points of shape {tuple(x.shape[1:])} (x has shape {tuple(x.shape)}): "
                          f"{type(e).__name__}: {e}. Pass x as (B, *input_shape) with the input shape the model expects.") from e
     except ValueError as e:
-        if str(e).startswith("pool"):
+        if str(e).startswith("pool") or "was not reached by the forward pass" in str(e):
             raise
         raise ValueError(f"the model rejected points of shape {tuple(x.shape[1:])} (x has shape {tuple(x.shape)}): "
                          f"{e}. Pass x as (B, *input_shape) with the input shape the model expects.") from e
     except RuntimeError as e:
         raise ValueError(f"the model rejected points of shape {tuple(x.shape[1:])} (x has shape {tuple(x.shape)}): "
                          f"{e}. Pass x as (B, *input_shape) with the input shape the model expects.") from e
-    if target == "sphere" and not bool(torch.isfinite(out).all()):
+    if target == "sphere" and x.shape[0] and not bool(torch.isfinite(out).all()):
         raise ValueError("target='sphere' needs non-zero features, but phi(x) = 0 at the first point")
     if not out.is_floating_point():
         raise TypeError(f"the feature map returns dtype {out.dtype}; it must be floating point to be differentiable")
-    return fmap, x[0].numel(), out.shape[1]
+    return fmap, xp[0].numel(), out.shape[1]
 
 
 def _want_progress(progress, B: int) -> bool:
@@ -113,6 +113,10 @@ def _want_progress(progress, B: int) -> bool:
 def jacobian_batches(fmap, x, d_in, d_out, method, chunk_size, progress, budget, desc) -> Iterator:
     """Yield (points slice, float64 J block, info dict) with the chosen exact method."""
     B = x.shape[0]
+    if B == 0:
+        return
+    if fmap.dtype is not None and x.dtype != fmap.dtype:
+        x = x.to(fmap.dtype)  # differentiate w.r.t. x in the compute dtype, else J is rounded to x's dtype
     bar = tqdm(total=B, desc=desc, unit="pt", disable=not _want_progress(progress, B), leave=False)
     try:
         if method == "dense":
@@ -189,7 +193,7 @@ def _warn(diag: Diagnostics, rank_tol) -> None:
         warnings.warn(
             f"{len(rnd)} point(s) have singular values at the rounding level of {diag.compute_dtype} "
             f"(numerically rank-deficient, so the result may not be resolved in this precision): "
-            f"{_fmt_points(rnd, diag.n_rounding[rnd].tolist())} (count of such values in brackets). Criterion: "
+            f"{_fmt_points(rnd, diag.n_rounding[rnd].tolist(), label='count')} (count of such values in brackets). Criterion: "
             "|R_ii| <= max(m, n) * eps * ||pivot column|| in the pivoted QR of J. Compute in float64 (dtype=torch.float64) "
             "or drop them with rank_tol=.", PrecisionWarning, stacklevel=3)
 
@@ -278,7 +282,7 @@ def spectrum(model, x: torch.Tensor, layer: LayerSpec = None, *, k: int | None =
     fmap, d_in, d_out, results, info, cdt = _exact(model, x, layer, m, pool, chunk_size, dtype, rank_tol,
                                                      progress, budget, backend, "spectrum", target)
     B = x.shape[0]
-    r = min(d_in, d_out) if B else 0
+    r = min(d_in, d_out)
     kk = r if k is None else min(k, r)
     if B == 0:
         out = torch.zeros(0, kk, dtype=torch.float64, device=x.device)
@@ -302,7 +306,7 @@ def jacobian(model, x: torch.Tensor, layer: LayerSpec = None, *, method: str = "
     fmap, d_in, d_out = prepare(model, x, layer, pool, dtype, target)
     B = x.shape[0]
     if B == 0:
-        return torch.zeros(0, 0, x[0:1].numel() if x.dim() > 1 else 0, dtype=torch.float64)
+        return torch.zeros(0, d_out, d_in, dtype=torch.float64, device=x.device)
     out = torch.empty(B, d_out, d_in, dtype=torch.float64, device=x.device)
     with eval_mode(model), no_tf32():
         for sl, J, _ in jacobian_batches(fmap, x, d_in, d_out, m, chunk_size, progress, budget, "jacobian"):

@@ -130,7 +130,8 @@ class FeatureMap:
         finally:
             h.remove()
         if "out" not in box:
-            raise RuntimeError(f"layer {self.layer!r} was not reached by the forward pass of {type(self.model).__name__}")
+            raise ValueError(f"layer {self.layer!r} was not reached by the forward pass of {type(self.model).__name__}; "
+                             "choose a layer that forward() calls (see model.named_modules())")
         return box["out"]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -168,13 +169,31 @@ def eval_mode(model: nn.Module | None):
 
 @contextlib.contextmanager
 def no_tf32():
-    """TF32 off (it destroys small singular values), float32 matmul precision 'highest'; restored after."""
-    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    """TF32 off (it destroys small singular values) for cuBLAS matmuls and cuDNN conv/rnn; restored after.
+
+    With torch's ``fp32_precision`` API (torch >= 2.9) the per-op settings are saved, set to "ieee" and
+    restored: torch refuses legacy ``allow_tf32`` reads once a user has configured that API (RuntimeError
+    about mixing the APIs), and legacy writes do not override it. Older torch: the legacy flags and
+    float32 matmul precision "highest".
+    """
+    mm, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(mm, "fp32_precision") and hasattr(cudnn, "conv"):
+        ops = (mm, cudnn.conv, cudnn.rnn)
+        old = [op.fp32_precision for op in ops]
+        try:
+            for op in ops:
+                op.fp32_precision = "ieee"
+            yield
+        finally:
+            for op, v in zip(ops, old):
+                op.fp32_precision = v
+        return
+    old = (mm.allow_tf32, cudnn.allow_tf32, torch.get_float32_matmul_precision())
+    mm.allow_tf32 = False
+    cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old[0], old[1]
+        mm.allow_tf32, cudnn.allow_tf32 = old[0], old[1]
         torch.set_float32_matmul_precision(old[2])

@@ -99,7 +99,7 @@ def heatmap_grid(panels: Sequence[Sequence[dict]], axis, *, row_labels: Sequence
                  panel_size=(3.0, 2.7)):
     """Rows x columns of heat maps; each panel is a dict of :func:`heatmap` keyword arguments with
     ``values`` (and optionally ``symmetric``/``margin``/...). Colour limits are shared within a row
-    (robust 1st-99th percentile for symmetric rows). Returns the figure."""
+    (symmetric rows: +-95th percentile of |v|, as curvature has rare huge values where g is nearly singular). Returns the figure."""
     nr, nc = len(panels), max(len(r) for r in panels)
     fig, axes = plt.subplots(nr, nc, figsize=(panel_size[0] * nc + 0.8, panel_size[1] * nr + 0.5),
                              squeeze=False, constrained_layout=True)
@@ -110,7 +110,7 @@ def heatmap_grid(panels: Sequence[Sequence[dict]], axis, *, row_labels: Sequence
             vals = vals[np.isfinite(vals)]
             if vals.size:
                 if row[0].get("symmetric"):
-                    m = float(np.percentile(np.abs(vals), 99)) or 1.0
+                    m = float(np.percentile(np.abs(vals), 95)) or 1.0
                     kw_row = {"vmin": -m, "vmax": m, "cmap": "RdBu_r"}
                 else:
                     kw_row = {"vmin": float(vals.min()), "vmax": float(vals.max())}
@@ -270,14 +270,15 @@ def plane_panel(plane: Plane, values, ax=None, *, kind: str = "value", title: st
 
 def plane_triptych(planes: Mapping[str, dict], *, anchor_names: Sequence[str] | None = None,
                    suptitle: str | None = None, n_classes: int = 10, value_label: str = r"$\log_{10}$ vol",
-                   panel_size=(3.0, 2.8)):
+                   panel_size=(3.0, 2.8), share_values: bool = True):
     """One row per plane (e.g. "convex hull", "affine hull" or per epoch), three columns: predicted
     class, normalised entropy, value (log10 vol). ``planes[row] = {"plane": Plane, "classes": (P,),
-    "entropy": (P,), "values": (P,)}``. Value colour limits are shared across rows. Returns the figure."""
+    "entropy": (P,), "values": (P,)}``. Value colour limits are shared across rows unless
+    ``share_values=False``. Returns the figure."""
     rows = list(planes)
     allv = np.concatenate([_np(planes[r]["values"]) for r in rows])
     allv = allv[np.isfinite(allv)]
-    vmin, vmax = (float(allv.min()), float(allv.max())) if allv.size else (None, None)
+    vmin, vmax = (float(allv.min()), float(allv.max())) if allv.size and share_values else (None, None)
     fig, axes = plt.subplots(len(rows), 3, figsize=(panel_size[0] * 3 + 0.6, panel_size[1] * len(rows)),
                              squeeze=False, constrained_layout=True)
     for i, r in enumerate(rows):

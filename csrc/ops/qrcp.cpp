@@ -4,7 +4,8 @@
 // Column norms are downdated as in LAPACK (dlaqp2) and recomputed when cancellation is likely;
 // norms are computed with scaling so graded columns (entries ~1e-200) neither under- nor overflow.
 // Reference: fastgeom/ops/logdet/reference.py::qrcp.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
+#include <torch/library.h>
 #include <ATen/Parallel.h>
 #include <cmath>
 #include <limits>
@@ -90,8 +91,9 @@ void qrcp_one(double* a, int64_t m, int64_t n, double* r, int64_t* perm) {
 std::tuple<at::Tensor, at::Tensor> qrcp_cpu(const at::Tensor& A) {
   TORCH_CHECK(A.dim() == 3, "qrcp: A must be (B, m, n), got ", A.sizes());
   const int64_t B = A.size(0), m = A.size(1), n = A.size(2), k = std::min(m, n);
-  // column-major per matrix: transpose the last two dims and make contiguous
-  auto At = A.to(at::kDouble).transpose(1, 2).contiguous();
+  // column-major per matrix: a float64 copy of A^T, always a fresh buffer (the factorisation works in
+  // place; .contiguous() alone returns A itself when A^T is already contiguous, e.g. m == 1 or n == 1)
+  auto At = A.transpose(1, 2).to(at::kDouble, /*non_blocking=*/false, /*copy=*/true, at::MemoryFormat::Contiguous);
   auto R = at::zeros({B, k, n}, At.options());
   auto perm = at::empty({B, n}, At.options().dtype(at::kLong));
   double* a = At.data_ptr<double>();
