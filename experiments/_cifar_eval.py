@@ -7,7 +7,7 @@ MATH.md 2.1); the figures convert to log10.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -40,7 +40,6 @@ class GeoConfig:
     pairs: tuple = ((3, 5), (1, 9))  # cat-dog, automobile-truck
     triples: tuple = ((0, 1, 2),)
     same: tuple = ((0, 0, 0), (6, 6, 6))  # the paper's same-class planes
-    extra: dict = field(default_factory=dict)
 
 
 def pick_anchors(test_y: torch.Tensor, cfg: GeoConfig, seed: int = 0) -> dict:
