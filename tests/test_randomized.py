@@ -47,7 +47,7 @@ def test_stderr_coverage_calibrated():
                          options={"probes": 6, "steps": 6})
     z = (val - exact).abs() / err
     cover = (z <= 2).double().mean().item()
-    assert 0.90 <= cover <= 0.995, f"coverage {cover:.3f} at 2 stderr"
+    assert 0.88 <= cover <= 0.995, f"coverage {cover:.3f} at 2 stderr"
     # and the error bar is not uselessly wide: the estimate is informative
     assert err.median() < 0.2 * exact.abs().median()
 
