@@ -259,7 +259,7 @@ def main(argv=None):
     args.size = args.size or (32 if full else 8)
     args.points = args.points or (5 if full else 1)
     timeout = args.timeout or (240 if full else 300)
-    chunks = [64] if not full else [64, 128, 256, 512]
+    chunks = [64] if not full else [64, 256]
     budgets = ["4x8", "8x16"] if not full else ["4x16", "8x32", "16x64"]
     dev = torch.device(args.device)
     peak, peak_note = peak_fp32(dev)
@@ -292,14 +292,15 @@ def main(argv=None):
         sections.append(f"**{arch}**, input 3x{args.size}x{args.size} ({args.dtype} network, float64 accumulation), "
                         f"{args.points} point(s), forward {flops / 1e9:.3f} GFLOP, n = min(d_in, d_out) = {n}; "
                         f"roofline peak: {peak_note}\n\n" + table(rows, ref_vals, flops, peak, n))
-    body = (f"`python bench/logvol_resnet.py {'--full' if full else '--quick'}` — {results['device']}\n\n"
-            + "\n\n".join(sections) + "\n\n" + NOTES)
-    os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(results, f, indent=1)
+        # written after every architecture, so a run cut short by a timeout keeps what it measured
+        body = (f"`python bench/logvol_resnet.py {'--full' if full else '--quick'}` — {results['device']}\n\n"
+                + "\n\n".join(sections) + "\n\n" + NOTES)
+        os.makedirs(os.path.dirname(args.json), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+        if not args.no_write:
+            write_section("logvol_resnet" + ("_gpu" if full else ""), body)
     print(body)
-    if not args.no_write:
-        write_section("logvol_resnet" + ("_gpu" if full else ""), body)
 
 
 NOTES = """Notes: randomized rows use common random numbers and (probes x Golub-Kahan steps); passes =

@@ -72,3 +72,13 @@ def test_linearized_jvp_matches_jvp(dtype):
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(fn(T), want, rtol=tol, atol=tol)
     torch.testing.assert_close(out, fmap(x))
+
+
+@pytest.mark.gpu
+def test_fold_and_linearize_on_cuda():
+    net = _block_net().cuda()
+    x = torch.randn(3, 3, 7, 5, dtype=torch.float64, device="cuda")
+    folded, n = fold_batchnorm(net, check=x)
+    assert n == 2
+    torch.testing.assert_close(fg.logvol(folded, x, method="streamed").cpu(),
+                               fg.logvol(net.cpu(), x.cpu(), method="dense"), rtol=1e-10, atol=1e-10)

@@ -104,3 +104,19 @@ def test_spectrum_block_krylov(d_in, d_out):
     # float32 network, float64 accumulation: still close to the float64 reference
     est32 = fg.spectrum(m.float(), x.float(), k=5, method="randomized", seed=1)
     torch.testing.assert_close(est32, exact, rtol=1e-4, atol=0)
+
+
+@pytest.mark.gpu
+def test_randomized_on_cuda_matches_cpu():
+    """Same seed, same probes (drawn on the CPU): CUDA and CPU agree; float64 throughout."""
+    m = _mlp(40, 12, seed=5)
+    x = torch.randn(6, 40, dtype=torch.float64)
+    opts = {"probes": 4, "steps": 12}
+    cpu = fg.logvol(m, x, method="randomized", seed=2, return_stderr=True, options=opts)
+    gpu = fg.logvol(m.cuda(), x.cuda(), method="randomized", seed=2, return_stderr=True, options=opts)
+    torch.testing.assert_close(gpu[0].cpu(), cpu[0], rtol=1e-9, atol=1e-9)
+    exact = fg.logvol(m.cpu(), x, method="dense")
+    exact_gpu = fg.logvol(m.cuda(), x.cuda(), method="streamed")
+    torch.testing.assert_close(exact_gpu.cpu(), exact, rtol=1e-10, atol=1e-10)
+    s = fg.spectrum(m.cuda(), x.cuda(), k=4, method="randomized", seed=0)
+    torch.testing.assert_close(s.cpu(), fg.spectrum(m.cpu(), x, method="dense")[:, :4], rtol=1e-8, atol=0)
