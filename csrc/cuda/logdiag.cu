@@ -1,5 +1,6 @@
 // CUDA twin of csrc/ops/logdiag.cpp: one block per matrix, float64 tree reduction.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
+#include <torch/library.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 

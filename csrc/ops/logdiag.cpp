@@ -1,6 +1,7 @@
 // logdiag_sum(R, k) -> float64 [B]: out[b] = sum_{i < k[b]} log|R[b, i, i]|, accumulated in float64.
 // Reference: fastgeom/ops/logdet/reference.py::logdiag_sum.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
+#include <torch/library.h>
 #include <ATen/Parallel.h>
 #include <cmath>
 

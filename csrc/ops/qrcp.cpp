@@ -4,7 +4,8 @@
 // Column norms are downdated as in LAPACK (dlaqp2) and recomputed when cancellation is likely;
 // norms are computed with scaling so graded columns (entries ~1e-200) neither under- nor overflow.
 // Reference: fastgeom/ops/logdet/reference.py::qrcp.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
+#include <torch/library.h>
 #include <ATen/Parallel.h>
 #include <cmath>
 #include <limits>

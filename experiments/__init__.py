@@ -1,0 +1,1 @@
+"""Experiment drivers: ``python -m experiments.<name> --quick --out DIR`` or ``--full``."""
