@@ -1,6 +1,7 @@
 // CUDA twin of csrc/ops/linearized.cpp: out = d * (a + b), d broadcast over a's leading dims.
 // Grid-stride loop; d (one point batch's activation derivatives) stays in L2 across the tangents.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
+#include <torch/library.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>

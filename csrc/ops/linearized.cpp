@@ -1,6 +1,7 @@
 // dact_add(d, a, b?) -> d * (a + b), d (*S) broadcast over a's leading dims (a, b: (*P, *S)).
 // Reference: fastgeom/ops/linearized/reference.py::dact_add. CUDA twin: csrc/cuda/linearized.cu.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
+#include <torch/library.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
