@@ -45,6 +45,7 @@ PEAK_FP32 = {"H100": 67e12, "H200": 67e12, "A100": 19.5e12, "L40S": 91.6e12, "RT
 # ----------------------------------------------------------------------------------------------
 # model and points
 def build_model(arch: str, checkpoint: str | None):
+    torch.manual_seed(0)  # the same random model in every method's subprocess
     try:
         from fastgeom.models import cifar_resnet
         model = cifar_resnet(arch, activation="gelu", num_classes=None)
