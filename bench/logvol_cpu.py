@@ -8,7 +8,8 @@ Methods, each configuration in its own process (wall time of the Jacobian + log 
 RSS above the post-build baseline, measured by resetting VmHWM through /proc/self/clear_refs):
   jacrev          torch.func.jacrev, unchunked
   jacrev-c{N}     torch.func.jacrev(chunk_size=N); the best of these is "best jacrev"
-  streamed        fastgeom.logvol(method="streamed") with its default memory budget
+  streamed        fastgeom.logvol(method="streamed") with its default memory budget (768 MiB on CPU)
+  streamed-b{M}   the same with budget=M MiB (--budgets)
 Writes the table to bench/RESULTS.md (section logvol_cpu) and JSON to bench/out/logvol_cpu.json.
 
     python bench/logvol_cpu.py                 # ResNet-34 and ResNet-50 (about 15 minutes on 2 cores)
@@ -59,8 +60,9 @@ def worker(arch: str, method: str, res: int) -> dict:
         f = lambda v: model(v[None])[0]  # noqa: E731
         J = torch.func.jacrev(f, chunk_size=chunk)(x[0]).reshape(1, d_out, -1)
         lv = linalg.factor(J, compute_dtype=torch.float32).logvol
-    elif method == "streamed":
-        lv = fg.logvol(model, x, method="streamed", progress=False)
+    elif method.startswith("streamed"):  # "streamed" (default budget) or "streamed-b<MiB>"
+        budget = int(method.split("-b")[1]) * 2**20 if "-b" in method else None
+        lv = fg.logvol(model, x, method="streamed", progress=False, budget=budget)
     else:
         raise ValueError(method)
     dt = time.perf_counter() - t0
@@ -115,16 +117,32 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--archs", default=None, help="comma list, default resnet34,resnet50")
     p.add_argument("--chunks", default="32,64,128")
+    p.add_argument("--budgets", default="", help="extra streamed rows with these budgets (MiB), e.g. 192")
     p.add_argument("--timeout", type=int, default=900)
+    p.add_argument("--render", default=None, help="only re-render the table from JSON files (comma list)")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--methods", default=None, help="explicit comma list of methods (overrides the defaults)")
+    p.add_argument("--json", default=None, help="JSON output path (default bench/out/logvol_cpu.json)")
     a = p.parse_args(argv)
     if a.worker:
         arch, method, res = a.worker
         print(json.dumps(worker(arch, method, int(res))))
         return 0
+    if a.render:
+        rows = [r for f in a.render.split(",") for r in json.load(open(f))]
+        rows.sort(key=lambda r: (r["arch"], not r["method"].startswith("jacrev"), r["method"]))
+        md = table(rows)
+        print(md)
+        if not a.no_write:
+            from _results import write_section
+            write_section("logvol_cpu", md)
+        return 0
     archs = (a.archs or ("resnet18" if a.quick else "resnet34,resnet50")).split(",")
     res = 16 if a.quick else 32
-    methods = ["jacrev"] + [f"jacrev-c{c}" for c in a.chunks.split(",")] + ["streamed"]
+    methods = (["jacrev"] + [f"jacrev-c{c}" for c in a.chunks.split(",") if c] + ["streamed"]
+               + [f"streamed-b{b}" for b in a.budgets.split(",") if b])
+    if a.methods:
+        methods = a.methods.split(",")
     rows = []
     from tqdm.auto import tqdm
     for arch in archs:
@@ -134,7 +152,7 @@ def main(argv=None) -> int:
     md = table(rows)
     print(md)
     os.makedirs(os.path.join(HERE, "out"), exist_ok=True)
-    with open(os.path.join(HERE, "out", "logvol_cpu.json"), "w") as f:
+    with open(a.json or os.path.join(HERE, "out", "logvol_cpu.json"), "w") as f:
         json.dump(rows, f, indent=1)
     if not a.no_write and not a.quick:
         from _results import write_section

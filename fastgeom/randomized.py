@@ -248,8 +248,7 @@ def _point_batches(fmap, x, per_point_vectors: int, points_per_batch, budget):
     B = x.shape[0]
     if points_per_batch is None:
         budget = int(budget or default_budget(x.device))
-        act = saved_bytes_one_point(fmap, x[:1].to(fmap.dtype or x.dtype))
-        act = act[0] if isinstance(act, tuple) else act  # (total, largest) in newer planners
+        act, _ = saved_bytes_one_point(fmap, x[:1].to(fmap.dtype or x.dtype))
         points_per_batch = max(1, budget // max(2 * act * per_point_vectors, 1))
     elif isinstance(points_per_batch, bool) or not isinstance(points_per_batch, int) or points_per_batch < 1:
         raise ValueError(f"options['points_per_batch'] must be a positive int, got {points_per_batch!r}")

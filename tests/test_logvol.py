@@ -205,9 +205,8 @@ def test_dense_and_streamed_agree(d_in, d_out):
     assert diag.points_per_batch == 1
     assert rel_err(lv, dense) < 1e-10
     # and one that batches some but not all points (7 points -> several uneven batches)
-    act = fg.engine.planner.saved_bytes_one_point(fg.features.FeatureMap(m), x[:1])
-    jac = d_in * d_out * 16
-    lv, diag = fg.logvol(m, x, method="streamed", chunk_size=2, budget=3 * (2 * act + jac), return_diagnostics=True)
+    per_point = fg.engine.plan(fg.features.FeatureMap(m), x, d_in, d_out, chunk_size=2, budget=2**40).point_bytes
+    lv, diag = fg.logvol(m, x, method="streamed", chunk_size=2, budget=3 * per_point, return_diagnostics=True)
     assert 1 < diag.points_per_batch < 7
     assert rel_err(lv, dense) < 1e-10
     J1 = fg.jacobian(m, x, method="dense")

@@ -20,6 +20,7 @@ class Plan:
     points: int  # points per batch
     budget: int  # bytes
     act_bytes: int  # saved-activation bytes for one point
+    point_bytes: int = 0  # estimated bytes per point of a batch at this chunk (points = budget // point_bytes)
 
 
 def is_oom(e: BaseException) -> bool:
@@ -95,5 +96,6 @@ def plan(fmap, x: torch.Tensor, d_in: int, d_out: int, chunk_size: int | None = 
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
         chunk = min(chunk_size, passes)
-    points = max(1, min(x.shape[0], budget // max(unit * chunk + act + jac_bytes, 1)))
-    return Plan(mode=mode, chunk=chunk, points=points, budget=budget, act_bytes=act)
+    point_bytes = max(unit * chunk + act + jac_bytes, 1)
+    points = max(1, min(x.shape[0], budget // point_bytes))
+    return Plan(mode=mode, chunk=chunk, points=points, budget=budget, act_bytes=act, point_bytes=point_bytes)
