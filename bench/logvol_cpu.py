@@ -96,7 +96,7 @@ def table(rows: list[dict]) -> str:
         rs = [r for r in rows if r["arch"] == arch and "error" not in r]
         chunked = [r for r in rs if r["method"].startswith("jacrev-c")]
         best = min(chunked, key=lambda r: r["seconds"]) if chunked else None
-        unch = next((r for r in rs if r["method"] == "jacrev"), None)
+        unch = next((r for r in rs if r["method"].split(" ")[0] == "jacrev"), None)
         for r in [r for r in rows if r["arch"] == arch]:
             if "error" in r:
                 lines.append(f"| {arch} | | {r['method']} | {r['error']} | | | | |")
@@ -107,7 +107,8 @@ def table(rows: list[dict]) -> str:
             lines.append(f"| {arch} | {r['d_out']} | {r['method']}{tag} | {r['seconds']:.1f} | {r['extra_rss_mb']:.0f} | "
                          f"{r['logvol']:.4f} | {tr} | {mr} |")
     lines += ["", "Time ratio: wall time / best chunked jacrev; memory ratio: extra peak RSS / unchunked jacrev. "
-              "Each row is its own process; rows of one model ran back to back in one invocation."]
+              "Each row is its own process; rows of one model ran back to back in one invocation unless the "
+              "method says otherwise. Parameters frozen for every method."]
     return "\n".join(lines)
 
 
