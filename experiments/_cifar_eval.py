@@ -162,6 +162,16 @@ def ints(s: str | None, default: list[int]) -> list[int]:
     return default if s is None else [int(v) for v in s.split(",") if v.strip()]
 
 
+def schedule(args, size: str, full_epochs: int, full_snaps: list[int], full_plane_epochs: list[int]):
+    """(epochs, snapshot epochs, plane epochs) for a run of `size` ("full" | "quick" | "tiny"); quick
+    runs train 8 epochs with snapshots 0, 2, 8 and tiny runs 1 epoch; --epochs/--snapshots/--plane-epochs override."""
+    epochs = args.epochs if args.epochs is not None else {"full": full_epochs, "quick": 8, "tiny": 1}[size]
+    snaps = ints(args.snapshots, {"full": full_snaps, "quick": [0, 2, epochs], "tiny": [0, epochs]}[size])
+    snaps = sorted({s for s in snaps if s <= epochs} | {0, epochs})
+    plane_eps = ints(args.plane_epochs, {"full": full_plane_epochs + [epochs]}.get(size, [epochs]))
+    return epochs, snaps, plane_eps
+
+
 def geo_config(sz: dict, args) -> GeoConfig:
     extra = {k: sz[k] for k in ("pairs", "triples", "same") if k in sz}
     return GeoConfig(**extra, path_n=sz["path_n"], plane_n=sz["plane_n"], convex_n=sz["convex_n"], same_n=sz["same_n"],

@@ -39,11 +39,7 @@ def run_ssl(method: str, doc: str, argv=None) -> Run:
 def _run(method, spec, args) -> Run:
     size = E.size_of(args)
     sz = E.SIZES[size]
-    epochs = args.epochs if args.epochs is not None else {"full": 1000, "quick": 8, "tiny": 1}[size]
-    snaps = E.ints(args.snapshots, {"full": [0, 10, 50, 100, 250, 500, 1000], "quick": [0, 2, epochs],
-                                    "tiny": [0, epochs]}[size])
-    snaps = sorted({s for s in snaps if s <= epochs} | {0, epochs})
-    plane_eps = E.ints(args.plane_epochs, {"full": [0, 100, epochs]}.get(size, [epochs]))
+    epochs, snaps, plane_eps = E.schedule(args, size, 1000, [0, 10, 50, 100, 250, 500, 1000], [0, 100])
     geo = E.geo_config(sz, args)
     head = dict(spec["head"])
     if size != "full":  # narrow backbones (8 * width features): keep the head below the feature dimension so the

@@ -43,11 +43,7 @@ def main(argv=None) -> Run:
 def _main(args) -> Run:
     size = E.size_of(args)
     sz = E.SIZES[size]
-    epochs = args.epochs if args.epochs is not None else {"full": 200, "quick": 8, "tiny": 1}[size]
-    snaps = E.ints(args.snapshots, {"full": [0, 1, 5, 20, 50, 100, 200], "quick": [0, 2, epochs],
-                                    "tiny": [0, epochs]}[size])
-    snaps = sorted({s for s in snaps if s <= epochs} | {0, epochs})
-    plane_eps = E.ints(args.plane_epochs, {"full": [0, 20, epochs]}.get(size, [epochs]))
+    epochs, snaps, plane_eps = E.schedule(args, size, 200, [0, 1, 5, 20, 50, 100, 200], [0, 20])
     geo = E.geo_config(sz, args)
     config = {"size": size, "activation": args.activation, **sz, "epochs": epochs, "snapshots": snaps,
               "plane_epochs": plane_eps, "optimizer": "SGD", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4,
