@@ -2,7 +2,8 @@
 # One prepared GPU check (plan on ~10 minutes of a briefly available CUDA machine, no network):
 #   1. install fastgeom against the machine's own torch, CUDA extension built for this GPU;
 #   2. pytest -m gpu (fused kernels on CUDA vs reference, Triton on CUDA, logvol on CUDA vs CPU);
-#   3. the full ResNet benchmark (and bench/shallow.py if present), each under a timeout;
+#   3. the full ResNet benchmark (and bench/shallow.py if present), the randomized cost/accuracy curve
+#      (bench/randomized_path.py --full), each under a timeout;
 #   4. results into $OUT (or bench/out) and bench/RESULTS.md.
 # Usage: bash bench/gpu_check.sh        (PYTHON=... to pick the interpreter)
 set -u
@@ -40,6 +41,14 @@ if [ -f bench/shallow.py ]; then
   stamp "bench/shallow.py"
   timeout 120 $PY bench/shallow.py --full --out "$OUT" || timeout 120 $PY bench/shallow.py || true
 fi
+
+stamp "bench/randomized_path.py --full"
+# ResNet-50 32x32, 64-point path: exact reference + randomized budgets, cheapest first; budgets not started
+# within --max-seconds are skipped (marked in the table); JSON, figure and the randomized_path_full section of
+# RESULTS.md are rewritten after every budget, so a run cut by the timeout keeps what it measured.
+timeout 240 $PY bench/randomized_path.py --full --max-seconds 170 --json "$OUT/randomized_path_full.json"
+echo "randomized_path rc=$?"
+cp bench/img/randomized_path_full.png "$OUT/" 2>/dev/null || true
 
 stamp "write RESULTS.md gpu section"
 $PY - "$OUT" <<'PYEOF'

@@ -12,18 +12,21 @@ unless ``--dtype float64``, accumulation in float64 throughout.
 Exact reference: ``fastgeom.logvol(method="streamed")`` and ``fastgeom.spectrum(method="streamed", k=K)``
 (K = min(k, n), n = min(d_in, d_out)). Randomized sweep, every point of the path with one seed:
 
-- log-det: a (probes, Golub-Kahan steps) grid with ``common_random_numbers=True``. Columns: max over
-  the path of |(r_i - r_0) - (e_i - e_0)| (the difference error the target is about), max and mean
-  |r_i - e_i|, mean stderr, coverage = fraction of points with |r_i - e_i| <= 2 stderr_i;
-- top-K spectrum: an (oversample, iters) grid of block Krylov; max over points and the K values of
-  |s_r - s_e| / s_e.
+- log-det: a (probes, Golub-Kahan steps) grid with ``common_random_numbers=True`` (default: 2, 4, 8
+  probes at about 1/16 .. 1 of the exact passes). Columns: max over the path of
+  |(r_i - r_0) - (e_i - e_0)| (the difference error the target is about), the same between
+  neighbouring points, max and mean |r_i - e_i|, mean stderr, coverage = share of points with
+  |r_i - e_i| <= 2 stderr_i;
+- top-K spectrum: an (oversample, iters) grid of block Krylov (default 8, 16, 32 x 1, 2, 3), on
+  ``--spectrum-points`` evenly spaced points of the path (the exact spectrum adds a Jacobi SVD,
+  slow for large n); max over points and the K values of |s_r - s_e| / s_e.
 
 Cost: passes per point, one forward plus the library's ``passes_logvol`` / ``passes_spectrum``,
 as a fraction of exact's 1 + n; and wall time per point as a fraction of the exact method's own
 time (logvol vs exact logvol, spectrum vs exact spectrum), measured in the same run: the path is cut
 into ``--groups`` contiguous groups, every method times each group, the table gives the median of
-(group time / group size). Under ``--max-seconds`` the remaining budgets (run cheapest first) are
-skipped and marked so.
+(group time / group size). Budgets run cheapest first; under ``--max-seconds`` the log-det budgets
+not started by 0.6 of it and the spectrum work not started by it are skipped and marked so.
 
     python bench/randomized_path.py --quick   # CPU: ResNet-18 on 8x8, 16 points, a few minutes
     python bench/randomized_path.py --full    # GPU: ResNet-50 on 32x32, 64 points (issue 4's setting)
@@ -120,10 +123,12 @@ def timed_groups(fn, xs: torch.Tensor, groups: int):
 
 
 def logvol_errors(r: torch.Tensor, se: torch.Tensor, e: torch.Tensor) -> dict:
-    """Errors of randomized log volumes r (P,) with stderr se (P,) against exact e (P,) along a path."""
+    """Errors of randomized log volumes r (P,) with stderr se (P,) against exact e (P,) along a path:
+    ``diff_err`` to the start point (the target's), ``step_err`` between neighbouring points."""
     d = (r - r[0]) - (e - e[0])
     a = (r - e).abs()
-    return {"diff_err": float(d.abs().max()), "abs_err_max": float(a.max()), "abs_err_mean": float(a.mean()),
+    return {"diff_err": float(d.abs().max()), "step_err": float(d.diff().abs().max()) if len(d) > 1 else 0.0,
+            "abs_err_max": float(a.max()), "abs_err_mean": float(a.mean()),
             "stderr_mean": float(se.mean()), "coverage": float((a <= 2 * se).double().mean())}
 
 
@@ -136,16 +141,19 @@ def spectrum_errors(sr: torch.Tensor, se: torch.Tensor) -> dict:
 
 
 def run_curve(model, xs: torch.Tensor, *, k: int = 32, logvol_grid=None, spectrum_grid=None, seed: int = 0,
-              groups: int = 4, max_seconds: float | None = None, progress: bool | None = None,
-              checkpoint=None) -> dict:
+              groups: int = 4, spectrum_points: int | None = None, max_seconds: float | None = None,
+              logvol_share: float = 0.6, progress: bool | None = None, checkpoint=None) -> dict:
     """Exact reference and the randomized sweep on the path xs (P, *input_shape) of ``model``.
 
-    ``logvol_grid``: [(probes, steps)], ``spectrum_grid``: [(oversample, iters)] (defaults from n:
-    ``logvol_budgets`` / ``spectrum_budgets``). Budgets run cheapest first (log-det and spectrum
-    interleaved); once ``max_seconds`` have passed the rest are marked skipped. ``checkpoint(result)`` is
-    called after every budget (partial results survive a kill). Returns a JSON-able dict: ``config``,
-    ``exact`` (values, top-K spectra, seconds per point, passes 1 + n), ``logvol`` and ``spectrum`` rows
-    (budget, passes, pass_frac, time, time_frac, errors or ``status``) and ``targets`` (``targets``).
+    Two phases. Log-det: exact ``streamed`` logvol of every point, then ``logvol_grid`` [(probes, steps)]
+    cheapest first. Spectrum: exact top-K of ``spectrum_points`` evenly spaced path points (default all;
+    the exact spectrum adds a Jacobi SVD, slow for large n), then ``spectrum_grid`` [(oversample, iters)]
+    cheapest first. Grids default to ``logvol_budgets`` / ``spectrum_budgets`` of n. With ``max_seconds``,
+    log-det budgets not started by ``logvol_share * max_seconds`` and spectrum work not started by
+    ``max_seconds`` are marked skipped. ``checkpoint(result)`` runs after every step (partial results
+    survive a kill). Returns a JSON-able dict: ``config``, ``exact`` (values, top-K spectra, seconds per
+    point, passes 1 + n), ``logvol`` / ``spectrum`` rows (budget, passes, pass_frac, time, time_frac,
+    errors, ``status``) and ``targets`` (see ``targets``).
     """
     import fastgeom as fg
     from fastgeom.features import FeatureMap
@@ -158,67 +166,87 @@ def run_curve(model, xs: torch.Tensor, *, k: int = 32, logvol_grid=None, spectru
     d_in = xs[0].numel()
     n = min(d_in, d_out)
     K = min(k, n)
+    S = P if spectrum_points is None else max(1, min(P, spectrum_points))
+    sidx = torch.linspace(0, P - 1, S).round().long().unique()
     exact_passes = 1 + n
     logvol_grid = list(logvol_grid if logvol_grid is not None else logvol_budgets(n))
     spectrum_grid = list(spectrum_grid if spectrum_grid is not None else spectrum_budgets(n, K))
     show = sys.stderr.isatty() if progress is None else bool(progress)
 
-    # warm-up on one point (allocator, cuDNN / kernel selection), not timed
-    fg.logvol(model, xs[:1], method="streamed", progress=False)
-    fg.logvol(model, xs[:1], method="randomized", seed=seed, options={"probes": 2, "steps": 2})
+    def past(share: float) -> bool:
+        return max_seconds is not None and time.perf_counter() - t_start > share * max_seconds
 
-    e, t_lv = timed_groups(lambda xg: fg.logvol(model, xg, method="streamed", progress=False), xs, groups)
-    s_e, t_sp = timed_groups(lambda xg: fg.spectrum(model, xg, method="streamed", k=K, progress=False), xs, groups)
-    res = {"config": {"points": P, "d_in": d_in, "d_out": d_out, "n": n, "k": K, "seed": seed, "groups": groups,
-                      "device": str(xs.device), "network_dtype": str(next(model.parameters()).dtype)},
-           "exact": {"logvol": e.tolist(), "spectrum": s_e.tolist(), "time_logvol": t_lv, "time_spectrum": t_sp,
-                     "passes": exact_passes},
-           "logvol": [], "spectrum": []}
-
-    jobs = [("logvol", b, 1 + passes_logvol(n, *b)) for b in logvol_grid]
-    jobs += [("spectrum", b, 1 + passes_spectrum(n, K, *b)) for b in spectrum_grid]
-    jobs.sort(key=lambda j: (j[2], j[0]))
-    for kind, b, passes in tqdm(jobs, desc="randomized budgets", disable=not show):
-        row = {"passes": passes, "pass_frac": passes / exact_passes}
-        if kind == "logvol":
-            row.update(probes=b[0], steps=min(b[1], n))
-        else:
-            row.update(oversample=b[0], iters=b[1], block=min(n, K + b[0]))
-        if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
-            row["status"] = f"skipped (past --max-seconds {max_seconds:g})"
-            res[kind].append(row)
-            continue
-        if kind == "logvol":
-            opts = {"probes": b[0], "steps": b[1], "common_random_numbers": True}
-            (r, se), t = timed_groups(lambda xg: fg.logvol(model, xg, method="randomized", return_stderr=True,
-                                                           seed=seed, options=opts, progress=False), xs, groups)
-            row.update(time=t, time_frac=t / t_lv, values=r.tolist(), stderr=se.tolist(), **logvol_errors(r, se, e))
-        else:
-            opts = {"oversample": b[0], "iters": b[1]}
-            s_r, t = timed_groups(lambda xg: fg.spectrum(model, xg, k=K, method="randomized", seed=seed,
-                                                         options=opts, progress=False), xs, groups)
-            row.update(time=t, time_frac=t / t_sp, **spectrum_errors(s_r, s_e))
-        row["status"] = "ok"
-        res[kind].append(row)
+    def save():
         res["targets"] = targets(res)
+        res["seconds"] = time.perf_counter() - t_start
         if checkpoint is not None:
             checkpoint(res)
-    for kind in ("logvol", "spectrum"):
-        res[kind].sort(key=lambda r: r["passes"])
-    res["targets"] = targets(res)
-    res["seconds"] = time.perf_counter() - t_start
+
+    res = {"config": {"points": P, "d_in": d_in, "d_out": d_out, "n": n, "k": K, "seed": seed, "groups": groups,
+                      "spectrum_points": sidx.tolist(), "device": str(xs.device),
+                      "network_dtype": str(next(model.parameters()).dtype)},
+           "exact": {"passes": exact_passes}, "logvol": [], "spectrum": []}
+
+    # warm-up on one point (allocator, cuDNN / kernel selection), not timed
+    fg.logvol(model, xs[:1], method="streamed", progress=False)
+    fg.logvol(model, xs[:1], method="randomized", seed=seed, options={"probes": 2, "steps": 2}, progress=False)
+    e, t_lv = timed_groups(lambda xg: fg.logvol(model, xg, method="streamed", progress=False), xs, groups)
+    res["exact"].update(logvol=e.tolist(), time_logvol=t_lv)
+    save()
+
+    phases = (("logvol", logvol_grid, logvol_share), ("spectrum", spectrum_grid, 1.0))
+    for kind, grid, share in phases:
+        if kind == "logvol":
+            jobs = sorted(((1 + passes_logvol(n, *b), b) for b in grid))
+        else:
+            jobs = sorted(((1 + passes_spectrum(n, K, *b), b) for b in grid))
+            if past(share):
+                res["exact"]["spectrum_status"] = "skipped (time budget)"
+            else:
+                xsp = xs[sidx]
+                s_e, t_sp = timed_groups(lambda xg: fg.spectrum(model, xg, method="streamed", k=K, progress=False),
+                                         xsp, groups)
+                res["exact"].update(spectrum=s_e.tolist(), time_spectrum=t_sp, spectrum_status="ok")
+                save()
+        for passes, b in tqdm(jobs, desc=f"randomized {kind} budgets", disable=not show):
+            row = {"passes": passes, "pass_frac": passes / exact_passes}
+            if kind == "logvol":
+                row.update(probes=b[0], steps=min(b[1], n))
+            else:
+                row.update(oversample=b[0], iters=b[1], block=min(n, K + b[0]))
+            if past(share) or res["exact"].get("spectrum_status", "ok") != "ok":
+                row["status"] = f"skipped (time budget {max_seconds:g} s)"
+                res[kind].append(row)
+                continue
+            if kind == "logvol":
+                opts = {"probes": b[0], "steps": b[1], "common_random_numbers": True}
+                (r, se), t = timed_groups(lambda xg: fg.logvol(model, xg, method="randomized", return_stderr=True,
+                                                               seed=seed, options=opts, progress=False), xs, groups)
+                row.update(time=t, time_frac=t / t_lv, values=r.tolist(), stderr=se.tolist(),
+                           **logvol_errors(r, se, e))
+            else:
+                opts = {"oversample": b[0], "iters": b[1]}
+                s_r, t = timed_groups(lambda xg: fg.spectrum(model, xg, k=K, method="randomized", seed=seed,
+                                                             options=opts, progress=False), xsp, groups)
+                row.update(time=t, time_frac=t / t_sp, **spectrum_errors(s_r, s_e))
+            row["status"] = "ok"
+            res[kind].append(row)
+            save()
+    save()
     return res
 
 
 def targets(res: dict) -> dict:
     """Per target: met (some budget within the pass fraction reaches the error), the best error within
-    the fraction, and the smallest measured pass fraction reaching the error (None if none did)."""
+    the fraction, the smallest measured pass fraction reaching the error (None if none did), and how many
+    budgets within the fraction were planned and measured."""
     out = {}
     for kind, key, (tol, frac) in (("logvol", "diff_err", LOGVOL_TARGET), ("spectrum", "rel_err_max", SPECTRUM_TARGET)):
         ok = [r for r in res[kind] if r.get("status") == "ok"]
         within = [r[key] for r in ok if r["pass_frac"] <= frac]
         reach = [r["pass_frac"] for r in ok if r[key] <= tol]
         out[kind] = {"error": key, "tol": tol, "max_pass_frac": frac, "measured_within": len(within),
+                     "planned_within": sum(r["pass_frac"] <= frac for r in res[kind]),
                      "best_within": min(within) if within else None,
                      "met": bool(within) and min(within) <= tol,
                      "min_frac_reaching_tol": min(reach) if reach else None}
@@ -231,39 +259,55 @@ def _f(v, fmt=".3g"):
     return "n/a" if v is None else format(v, fmt)
 
 
-def verdict(t: dict, what: str, unit: str) -> str:
-    if t["measured_within"] == 0:
-        return (f"{what}: **not measured** — no budget at <= {t['max_pass_frac']:.3g} of the passes ran "
-                "(a top-K spectrum needs at least K(2q+1) passes)" if unit == "rel" else
-                f"{what}: **not measured** at <= {t['max_pass_frac']:.3g} of the passes")
+def verdict(t: dict, what: str, unit: str, floor: float | None = None) -> str:
+    """One line: is the target met; ``floor`` = the smallest pass fraction the method can use at all."""
     tol = f"{t['tol']:g}{' nat' if unit == 'nat' else ' relative'}"
-    reach = ("no measured budget reaches it" if t["min_frac_reaching_tol"] is None else
-             f"the cheapest budget reaching it uses {t['min_frac_reaching_tol']:.3g} of the passes")
-    return (f"{what} (<= {tol} at <= {t['max_pass_frac']:.3g} of the passes): **{'MET' if t['met'] else 'NOT MET'}** "
-            f"here — best error within that pass fraction {_f(t['best_within'])}; {reach}")
+    head = f"{what} (<= {tol} at <= {t['max_pass_frac']:.3g} of the passes): "
+    if t["measured_within"] == 0:
+        if t["planned_within"]:
+            why = "the budgets within that fraction were skipped (time budget)"
+        elif floor is not None and floor > t["max_pass_frac"]:
+            why = f"impossible at this size: the cheapest possible budget needs {floor:.3g} of the passes"
+        else:
+            why = "no budget within that fraction in the grid"
+        return head + f"**NOT MEASURED** — {why}"
+    reach = ("no measured budget reaches the error" if t["min_frac_reaching_tol"] is None else
+             f"the cheapest measured budget reaching the error uses {t['min_frac_reaching_tol']:.3g} of the passes")
+    return head + (f"**{'MET' if t['met'] else 'NOT MET'}** here — best error within that fraction "
+                   f"{_f(t['best_within'])}; {reach}")
 
 
 def markdown(res: dict, cmd: str, device: str, model_desc: str, fig: str | None) -> str:
+    """The RESULTS.md section: setting, target verdicts, the two tables."""
+    from fastgeom.randomized import passes_spectrum
     c, ex, tg = res["config"], res["exact"], res["targets"]
+    e = ex["logvol"]
+    sp = (f"streamed spectrum (top {c['k']}, on {len(c['spectrum_points'])} of the points) "
+          f"{ex['time_spectrum']:.3g} s / point" if ex.get("spectrum_status") == "ok" else
+          f"exact spectrum {ex.get('spectrum_status', 'not run')}")
     lines = [f"`{cmd}` — {device}", "",
              f"{model_desc}; straight path of {c['points']} points between two N(0, 1) inputs; d_in = {c['d_in']}, "
              f"d_out = {c['d_out']}, n = {c['n']}; exact = 1 + n = {ex['passes']} passes per point, "
-             f"streamed logvol {ex['time_logvol']:.3g} s / point, streamed spectrum (top {c['k']}) "
-             f"{ex['time_spectrum']:.3g} s / point. Run time {res.get('seconds', float('nan')):.0f} s.", "",
+             f"streamed logvol {ex['time_logvol']:.3g} s / point, {sp}. Exact log volume along the path: "
+             f"{min(e):.1f} to {max(e):.1f} nat (largest step between neighbours "
+             f"{max(abs(b - a) for a, b in zip(e, e[1:])):.3g} nat). Run time {res['seconds']:.0f} s.", "",
              "- " + verdict(tg["logvol"], "Log-det differences along the path", "nat"),
-             "- " + verdict(tg["spectrum"], f"Top-{c['k']} singular values", "rel"), "",
+             "- " + verdict(tg["spectrum"], f"Top-{c['k']} singular values", "rel",
+                            (1 + passes_spectrum(c["n"], c["k"], 0, 1)) / ex["passes"]), "",
              "Log-det: SLQ with common random numbers (probes x Golub-Kahan steps). diff error = max_i "
-             "|(r_i - r_0) - (e_i - e_0)|; coverage = share of points with |r_i - e_i| <= 2 stderr.", "",
-             "| probes x steps | passes / point | pass fraction | time fraction | diff error (nat) | max abs error | "
-             "mean abs error | mean stderr | coverage |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|(r_i - r_0) - (e_i - e_0)| (differences to the path's start, the target's measure); neighbour "
+             "error = the same for consecutive points; coverage = share of points with |r_i - e_i| <= 2 stderr.", "",
+             "| probes x steps | passes / point | pass fraction | time fraction | diff error (nat) | neighbour error | "
+             "max abs error | mean abs error | mean stderr | coverage |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["logvol"]:
         b = f"{r['probes']} x {r['steps']}"
         if r["status"] != "ok":
-            lines.append(f"| {b} | {r['passes']} | {r['pass_frac']:.3f} | {r['status']} | | | | | |")
+            lines.append(f"| {b} | {r['passes']} | {r['pass_frac']:.3f} | {r['status']} | | | | | | |")
             continue
         lines.append(f"| {b} | {r['passes']} | {r['pass_frac']:.3f} | {r['time_frac']:.3f} | {r['diff_err']:.3g} | "
-                     f"{r['abs_err_max']:.3g} | {r['abs_err_mean']:.3g} | {r['stderr_mean']:.3g} | {r['coverage']:.0%} |")
+                     f"{r['step_err']:.3g} | {r['abs_err_max']:.3g} | {r['abs_err_mean']:.3g} | {r['stderr_mean']:.3g} | "
+                     f"{r['coverage']:.0%} |")
     lines += ["", f"Top-{c['k']} spectrum: randomized block Krylov, block = k + oversample, q = iters; error = max over "
               f"points and the {c['k']} values of |s_r - s_e| / s_e.", "",
               "| oversample x iters | block | passes / point | pass fraction | time fraction | max rel error | "
@@ -276,8 +320,10 @@ def markdown(res: dict, cmd: str, device: str, model_desc: str, fig: str | None)
         lines.append(f"| {b} | {r['block']} | {r['passes']} | {r['pass_frac']:.3f} | {r['time_frac']:.3f} | "
                      f"{r['rel_err_max']:.3g} | {r['rel_err_median']:.3g} |")
     lines += ["", "Pass fraction = (1 + randomized passes) / (1 + n), one pass = one JVP or VJP of one vector at one "
-              "point, the 1 = the forward pass; time fraction = median seconds per point / the exact method's "
-              f"(median over {c['groups']} groups of the path, measured in this run)."]
+              "point, the 1 = the forward pass. Time fraction = median seconds per point / the exact method's "
+              f"(logvol vs streamed logvol, spectrum vs streamed spectrum, which includes a Jacobi SVD), each the "
+              f"median over {c['groups']} groups of the path measured in this run; each call gets a group, so "
+              "randomized steps batch (points in the group) x (probes or block) vectors."]
     if fig:
         lines += ["", f"![error vs pass fraction]({os.path.relpath(fig, HERE)})"]
     return "\n".join(lines)
@@ -302,11 +348,11 @@ def figure(res: dict, path: str, title: str) -> None:
             ax.plot(xs, ys, "o-", color=plt.get_cmap("viridis")(i / 3), label=f"{group} {g}")
             for r, x, y in zip(rs, xs, ys):
                 ax.annotate(f"{lab[0]}{r[lab]}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        if kind == "logvol":
-            ab = sorted((r for r in rows), key=lambda r: r["pass_frac"])
-            if ab:
-                ax.plot([r["pass_frac"] for r in ab], [r["abs_err_mean"] for r in ab], "x", color="0.6",
-                        label="mean |abs error|")
+        if kind == "logvol" and rows:
+            ax.plot([r["pass_frac"] for r in rows], [r["abs_err_mean"] for r in rows], "x", color="0.6",
+                    label="mean |abs error|")
+            ax.plot([r["pass_frac"] for r in rows], [max(r["step_err"], 1e-16) for r in rows], "+", color="tab:orange",
+                    label="neighbour error")
         ax.axhline(tol, color="crimson", ls="--", lw=1)
         ax.axvline(frac, color="crimson", ls="--", lw=1)
         x_lo = min([r["pass_frac"] for r in rows] + [frac]) / 2
@@ -319,6 +365,8 @@ def figure(res: dict, path: str, title: str) -> None:
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6.5)
         ys_all = [max(r[key], 1e-16) for r in rows] + [tol]
+        if kind == "logvol":
+            ys_all += [max(r["step_err"], 1e-16) for r in rows] + [r["abs_err_mean"] for r in rows]
         ax.set_ylim(min(ys_all) / 3, max(ys_all) * 3)
         ax.set_xlim(x_lo, max([r["pass_frac"] for r in rows] + [1.0]) * 1.5)
     fig.suptitle(title, fontsize=9)
@@ -351,7 +399,11 @@ def main(argv=None):
     ap.add_argument("--logvol-budgets", nargs="*", default=None, help="probes x steps, e.g. 4x16 8x32")
     ap.add_argument("--spectrum-budgets", nargs="*", default=None, help="oversample x iters, e.g. 8x2")
     ap.add_argument("--groups", type=int, default=4, help="path groups timed separately (medians)")
-    ap.add_argument("--max-seconds", type=float, default=None, help="skip the budgets not started by then")
+    ap.add_argument("--spectrum-points", type=int, default=None,
+                    help="evenly spaced path points for the spectra (default: all; 8 with --full)")
+    ap.add_argument("--max-seconds", type=float, default=None,
+                    help="time budget: log-det budgets not started by 0.6 of it, spectrum work not started by it, "
+                         "are skipped")
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 with --quick)")
@@ -386,25 +438,34 @@ def main(argv=None):
     model_desc = (f"**{arch}** (GELU, {'checkpoint ' + args.checkpoint if args.checkpoint else 'random init'}, "
                   f"{args.dtype} network, float64 accumulation), input 3x{size}x{size}")
 
-    def dump(res):
+    spts = args.spectrum_points or (8 if full else None)
+    title = f"randomized vs exact: {arch}, 3x{size}x{size}, {npts}-point path ({dev.type})"
+    cmd = ("python bench/randomized_path.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
+    section = "randomized_path" + ("" if label == "quick" else f"_{label}")
+
+    def dump(res, final=False):
+        """JSON, figure and RESULTS.md section; called after every step, so partial runs keep their results."""
         out = dict(res, meta={"arch": arch, "size": size, "dtype": args.dtype, "device": device, "label": label,
-                              "argv": sys.argv[1:] if argv is None else list(argv)})
+                              "finished": final, "argv": sys.argv[1:] if argv is None else list(argv)})
         os.makedirs(os.path.dirname(os.path.abspath(jpath)), exist_ok=True)
         with open(jpath, "w") as f:
             json.dump(out, f, indent=1)
+        if not res["logvol"] and not res["spectrum"]:
+            return None
+        figure(res, fpath, title + f", n = {res['config']['n']}")
+        body = markdown(res, cmd, device, model_desc, fpath)
+        if not final:
+            body = "**Partial run** (interrupted before the end; what was measured so far):\n\n" + body
+        if not args.no_write:
+            write_section(section, f"## Randomized cost/accuracy along a path (`bench/randomized_path.py`, {label})"
+                                   "\n\n" + body)
+        return body
 
     print(f"[randomized_path] {arch} {size}x{size}, {npts} points on {dev} ...", file=sys.stderr, flush=True)
     res = run_curve(model, xs, k=args.k, logvol_grid=lg, spectrum_grid=sg, seed=args.seed, groups=args.groups,
-                    max_seconds=args.max_seconds, progress=True, checkpoint=dump)
-    dump(res)
-    title = f"randomized vs exact: {arch}, 3x{size}x{size}, n = {res['config']['n']}, {npts}-point path ({dev.type})"
-    figure(res, fpath, title)
-    cmd = "python bench/randomized_path.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    body = markdown(res, cmd.strip(), device, model_desc, fpath)
-    if not args.no_write:
-        write_section("randomized_path" + ("" if label == "quick" else f"_{label}"),
-                      f"## Randomized cost/accuracy along a path (`bench/randomized_path.py`, {label})\n\n" + body)
-    print(body)
+                    spectrum_points=spts, max_seconds=args.max_seconds, progress=True, checkpoint=dump)
+    body = dump(res, final=True)
+    print(body or json.dumps(res['targets']))
 
 
 if __name__ == "__main__":
