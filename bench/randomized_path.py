@@ -13,7 +13,7 @@ Exact reference: ``fastgeom.logvol(method="streamed")`` and ``fastgeom.spectrum(
 (K = min(k, n), n = min(d_in, d_out)). Randomized sweep, every point of the path with one seed:
 
 - log-det: a (probes, Golub-Kahan steps) grid with ``common_random_numbers=True`` (default: 2, 4, 8
-  probes at about 1/16 .. 1 of the exact passes). Columns: max over the path of
+  probes at about 1/16, 1/8, 1/4, 1/2, 1 of the exact passes; up to 1/2 with ``--full``). Columns: max over the path of
   |(r_i - r_0) - (e_i - e_0)| (the difference error the target is about), the same between
   neighbouring points, max and mean |r_i - e_i|, mean stderr, coverage = share of points with
   |r_i - e_i| <= 2 stderr_i;
@@ -71,7 +71,10 @@ def path_points(shape: tuple[int, ...], points: int, seed: int = 0) -> torch.Ten
     return path(xa, xb, points, include_end=True)
 
 
-def logvol_budgets(n: int, probes=(2, 4, 8), fractions=(1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)) -> list[tuple[int, int]]:
+FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
+
+
+def logvol_budgets(n: int, probes=(2, 4, 8), fractions=FRACTIONS) -> list[tuple[int, int]]:
     """(probes, steps) whose 1 + passes_logvol is about ``fraction`` * (1 + n), steps in [2, n], deduplicated."""
     out = []
     for p in probes:
@@ -141,14 +144,16 @@ def spectrum_errors(sr: torch.Tensor, se: torch.Tensor) -> dict:
 
 
 def run_curve(model, xs: torch.Tensor, *, k: int = 32, logvol_grid=None, spectrum_grid=None, seed: int = 0,
-              groups: int = 4, spectrum_points: int | None = None, max_seconds: float | None = None,
+              logvol_fractions=FRACTIONS, groups: int = 4, spectrum_points: int | None = None,
+              max_seconds: float | None = None,
               logvol_share: float = 0.6, progress: bool | None = None, checkpoint=None) -> dict:
     """Exact reference and the randomized sweep on the path xs (P, *input_shape) of ``model``.
 
     Two phases. Log-det: exact ``streamed`` logvol of every point, then ``logvol_grid`` [(probes, steps)]
     cheapest first. Spectrum: exact top-K of ``spectrum_points`` evenly spaced path points (default all;
     the exact spectrum adds a Jacobi SVD, slow for large n), then ``spectrum_grid`` [(oversample, iters)]
-    cheapest first. Grids default to ``logvol_budgets`` / ``spectrum_budgets`` of n. With ``max_seconds``,
+    cheapest first. Grids default to ``logvol_budgets(n, fractions=logvol_fractions)`` /
+    ``spectrum_budgets(n, k)``. With ``max_seconds``,
     log-det budgets not started by ``logvol_share * max_seconds`` and spectrum work not started by
     ``max_seconds`` are marked skipped. ``checkpoint(result)`` runs after every step (partial results
     survive a kill). Returns a JSON-able dict: ``config``, ``exact`` (values, top-K spectra, seconds per
@@ -159,6 +164,8 @@ def run_curve(model, xs: torch.Tensor, *, k: int = 32, logvol_grid=None, spectru
     from fastgeom.features import FeatureMap
     from fastgeom.randomized import passes_logvol, passes_spectrum
 
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be a positive int (path groups timed separately), got {groups!r}")
     t_start = time.perf_counter()
     P = xs.shape[0]
     with torch.no_grad():
@@ -169,7 +176,7 @@ def run_curve(model, xs: torch.Tensor, *, k: int = 32, logvol_grid=None, spectru
     S = P if spectrum_points is None else max(1, min(P, spectrum_points))
     sidx = torch.linspace(0, P - 1, S).round().long().unique()
     exact_passes = 1 + n
-    logvol_grid = list(logvol_grid if logvol_grid is not None else logvol_budgets(n))
+    logvol_grid = list(logvol_grid if logvol_grid is not None else logvol_budgets(n, fractions=logvol_fractions))
     spectrum_grid = list(spectrum_grid if spectrum_grid is not None else spectrum_budgets(n, K))
     show = sys.stderr.isatty() if progress is None else bool(progress)
 
@@ -439,6 +446,7 @@ def main(argv=None):
                   f"{args.dtype} network, float64 accumulation), input 3x{size}x{size}")
 
     spts = args.spectrum_points or (8 if full else None)
+    fracs = FRACTIONS[:-1] if full else FRACTIONS  # GPU time: up to 1/2 of the exact passes
     title = f"randomized vs exact: {arch}, 3x{size}x{size}, {npts}-point path ({dev.type})"
     cmd = ("python bench/randomized_path.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     section = "randomized_path" + ("" if label == "quick" else f"_{label}")
@@ -463,7 +471,7 @@ def main(argv=None):
 
     print(f"[randomized_path] {arch} {size}x{size}, {npts} points on {dev} ...", file=sys.stderr, flush=True)
     res = run_curve(model, xs, k=args.k, logvol_grid=lg, spectrum_grid=sg, seed=args.seed, groups=args.groups,
-                    spectrum_points=spts, max_seconds=args.max_seconds, progress=True, checkpoint=dump)
+                    logvol_fractions=fracs, spectrum_points=spts, max_seconds=args.max_seconds, progress=True, checkpoint=dump)
     body = dump(res, final=True)
     print(body or json.dumps(res['targets']))
 

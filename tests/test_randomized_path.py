@@ -115,5 +115,7 @@ def test_time_budget_marks_skipped(one_torch_thread):
     assert res["exact"]["spectrum_status"].startswith("skipped")
     assert [r["status"].startswith("skipped") for r in res["logvol"] + res["spectrum"]] == [True, True]
     md = rp.markdown(res, "c", "d", "m", None)
+    with pytest.raises(ValueError, match="groups must be a positive int"):
+        rp.run_curve(model, xs, groups=0)
     assert "exact spectrum skipped" in md and "NOT MEASURED** — the budgets within that fraction were skipped" in md
     assert "**NOT MEASURED** — impossible at this size" in md  # top-4 of n = 16 needs >= 13 of 17 passes
