@@ -46,7 +46,7 @@ stamp "bench/randomized_path.py --full"
 # ResNet-50 32x32, 64-point path: exact reference + randomized budgets, cheapest first; budgets not started
 # within --max-seconds are skipped (marked in the table); JSON, figure and the randomized_path_full section of
 # RESULTS.md are rewritten after every budget, so a run cut by the timeout keeps what it measured.
-timeout 240 $PY bench/randomized_path.py --full --max-seconds 170 --json "$OUT/randomized_path_full.json"
+timeout 210 $PY bench/randomized_path.py --full --max-seconds 150 --json "$OUT/randomized_path_full.json"
 echo "randomized_path rc=$?"
 cp bench/img/randomized_path_full.png "$OUT/" 2>/dev/null || true
 
