@@ -252,11 +252,13 @@ def targets(res: dict) -> dict:
         ok = [r for r in res[kind] if r.get("status") == "ok"]
         within = [r[key] for r in ok if r["pass_frac"] <= frac]
         reach = [r["pass_frac"] for r in ok if r[key] <= tol]
+        top = max(ok, key=lambda r: r["pass_frac"], default=None)
         out[kind] = {"error": key, "tol": tol, "max_pass_frac": frac, "measured_within": len(within),
                      "planned_within": sum(r["pass_frac"] <= frac for r in res[kind]),
                      "best_within": min(within) if within else None,
                      "met": bool(within) and min(within) <= tol,
-                     "min_frac_reaching_tol": min(reach) if reach else None}
+                     "min_frac_reaching_tol": min(reach) if reach else None,
+                     "largest_frac": top["pass_frac"] if top else None, "error_at_largest": top[key] if top else None}
     return out
 
 
@@ -278,7 +280,8 @@ def verdict(t: dict, what: str, unit: str, floor: float | None = None) -> str:
         else:
             why = "no budget within that fraction in the grid"
         return head + f"**NOT MEASURED** — {why}"
-    reach = ("no measured budget reaches the error" if t["min_frac_reaching_tol"] is None else
+    reach = (f"no measured budget reaches the error, up to the largest ({t['largest_frac']:.3g} of the passes, "
+             f"error {_f(t['error_at_largest'])})" if t["min_frac_reaching_tol"] is None else
              f"the cheapest measured budget reaching the error uses {t['min_frac_reaching_tol']:.3g} of the passes")
     return head + (f"**{'MET' if t['met'] else 'NOT MET'}** here — best error within that fraction "
                    f"{_f(t['best_within'])}; {reach}")
@@ -303,7 +306,10 @@ def markdown(res: dict, cmd: str, device: str, model_desc: str, fig: str | None)
                             (1 + passes_spectrum(c["n"], c["k"], 0, 1)) / ex["passes"]), "",
              "Log-det: SLQ with common random numbers (probes x Golub-Kahan steps). diff error = max_i "
              "|(r_i - r_0) - (e_i - e_0)| (differences to the path's start, the target's measure); neighbour "
-             "error = the same for consecutive points; coverage = share of points with |r_i - e_i| <= 2 stderr.", "",
+             "error = the same for consecutive points; coverage = share of points with |r_i - e_i| <= 2 stderr. "
+             "The difference error has two parts: Gauss-quadrature bias (falls with steps, largely shared by "
+             "neighbouring points) and Hutchinson probe noise (falls as 1/sqrt(probes); common random numbers "
+             "cancel it only where log(K^T K) barely changes between the two points).", "",
              "| probes x steps | passes / point | pass fraction | time fraction | diff error (nat) | neighbour error | "
              "max abs error | mean abs error | mean stderr | coverage |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -313,10 +319,10 @@ def markdown(res: dict, cmd: str, device: str, model_desc: str, fig: str | None)
             lines.append(f"| {b} | {r['passes']} | {r['pass_frac']:.3f} | {r['status']} | | | | | | |")
             continue
         lines.append(f"| {b} | {r['passes']} | {r['pass_frac']:.3f} | {r['time_frac']:.3f} | {r['diff_err']:.3g} | "
-                     f"{r['step_err']:.3g} | {r['abs_err_max']:.3g} | {r['abs_err_mean']:.3g} | {r['stderr_mean']:.3g} | "
-                     f"{r['coverage']:.0%} |")
-    lines += ["", f"Top-{c['k']} spectrum: randomized block Krylov, block = k + oversample, q = iters; error = max over "
-              f"points and the {c['k']} values of |s_r - s_e| / s_e.", "",
+                     f"{r['step_err']:.3g} | {r['abs_err_max']:.3g} | {r['abs_err_mean']:.3g} | "
+                     f"{r['stderr_mean']:.3g} | {r['coverage']:.0%} |")
+    lines += ["", f"Top-{c['k']} spectrum: randomized block Krylov, block = k + oversample, q = iters; error = max "
+              f"over points and the {c['k']} values of |s_r - s_e| / s_e.", "",
               "| oversample x iters | block | passes / point | pass fraction | time fraction | max rel error | "
               "median (over points) of max rel error |", "|---|---|---|---|---|---|---|"]
     for r in res["spectrum"]:
@@ -334,6 +340,12 @@ def markdown(res: dict, cmd: str, device: str, model_desc: str, fig: str | None)
     if fig:
         lines += ["", f"![error vs pass fraction]({os.path.relpath(fig, HERE)})"]
     return "\n".join(lines)
+
+
+def model_description(meta: dict) -> str:
+    ck = meta.get("checkpoint")
+    return (f"**{meta['arch']}** (GELU, {'checkpoint ' + ck if ck else 'random init'}, {meta['dtype']} network, "
+            f"float64 accumulation), input 3x{meta['size']}x{meta['size']}")
 
 
 def figure(res: dict, path: str, title: str) -> None:
@@ -420,6 +432,8 @@ def main(argv=None):
     ap.add_argument("--json", default=None)
     ap.add_argument("--fig", default=None)
     ap.add_argument("--no-write", action="store_true", help="do not touch bench/RESULTS.md")
+    ap.add_argument("--render", default=None, metavar="JSON",
+                    help="only redo the figure and RESULTS.md section from a saved JSON (e.g. a GPU run's)")
     args = ap.parse_args(argv)
 
     full = args.full
@@ -436,44 +450,58 @@ def main(argv=None):
     fpath = args.fig or os.path.join(HERE, "img", f"randomized_path_{label}.png")
 
     from _results import device_line, write_section
+    section = "randomized_path" + ("" if label == "quick" else f"_{label}")
+
+    def publish(res, meta, final=True):
+        """Figure and RESULTS.md section from a result and its meta; returns the markdown body."""
+        fig = fpath
+        title = (f"randomized vs exact: {meta['arch']}, 3x{meta['size']}x{meta['size']}, "
+                 f"{res['config']['points']}-point path ({res['config']['device']}), n = {res['config']['n']}")
+        figure(res, fig, title)
+        body = markdown(res, "python bench/randomized_path.py " + " ".join(meta["argv"]), meta["device"],
+                        model_description(meta), fig)
+        if not final:
+            body = "**Partial run** (interrupted before the end; what was measured so far):\n\n" + body
+        if not args.no_write:
+            write_section(section, f"## Randomized cost/accuracy along a path (`bench/randomized_path.py`, "
+                                   f"{meta['label']})\n\n" + body)
+        return body
+
+    if args.render:
+        with open(args.render) as f:
+            saved = json.load(f)
+        meta = saved.pop("meta")
+        section = "randomized_path" + ("" if meta["label"] == "quick" else f"_{meta['label']}")
+        fpath = args.fig or os.path.join(HERE, "img", f"randomized_path_{meta['label']}.png")
+        saved["targets"] = targets(saved)
+        print(publish(saved, meta, final=meta.get("finished", True)))
+        return
+
     from logvol_resnet import build_model
     device = device_line()
     model = build_model(arch, args.checkpoint).to(dev, getattr(torch, args.dtype))
     xs = path_points((3, size, size), npts, args.seed).to(dev, getattr(torch, args.dtype))
     lg = _budget_list(args.logvol_budgets, "--logvol-budgets") if args.logvol_budgets is not None else None
     sg = _budget_list(args.spectrum_budgets, "--spectrum-budgets") if args.spectrum_budgets is not None else None
-    model_desc = (f"**{arch}** (GELU, {'checkpoint ' + args.checkpoint if args.checkpoint else 'random init'}, "
-                  f"{args.dtype} network, float64 accumulation), input 3x{size}x{size}")
-
     spts = args.spectrum_points or (8 if full else None)
     fracs = FRACTIONS[:-1] if full else FRACTIONS  # GPU time: up to 1/2 of the exact passes
-    title = f"randomized vs exact: {arch}, 3x{size}x{size}, {npts}-point path ({dev.type})"
-    cmd = ("python bench/randomized_path.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
-    section = "randomized_path" + ("" if label == "quick" else f"_{label}")
+    meta = {"arch": arch, "size": size, "dtype": args.dtype, "checkpoint": args.checkpoint, "device": device,
+            "label": label, "argv": sys.argv[1:] if argv is None else list(argv)}
 
     def dump(res, final=False):
         """JSON, figure and RESULTS.md section; called after every step, so partial runs keep their results."""
-        out = dict(res, meta={"arch": arch, "size": size, "dtype": args.dtype, "device": device, "label": label,
-                              "finished": final, "argv": sys.argv[1:] if argv is None else list(argv)})
         os.makedirs(os.path.dirname(os.path.abspath(jpath)), exist_ok=True)
         with open(jpath, "w") as f:
-            json.dump(out, f, indent=1)
-        if not res["logvol"] and not res["spectrum"]:
-            return None
-        figure(res, fpath, title + f", n = {res['config']['n']}")
-        body = markdown(res, cmd, device, model_desc, fpath)
-        if not final:
-            body = "**Partial run** (interrupted before the end; what was measured so far):\n\n" + body
-        if not args.no_write:
-            write_section(section, f"## Randomized cost/accuracy along a path (`bench/randomized_path.py`, {label})"
-                                   "\n\n" + body)
-        return body
+            json.dump(dict(res, meta=dict(meta, finished=final)), f, indent=1)
+        if res["logvol"] or res["spectrum"]:
+            return publish(res, meta, final)
+        return None
 
     print(f"[randomized_path] {arch} {size}x{size}, {npts} points on {dev} ...", file=sys.stderr, flush=True)
     res = run_curve(model, xs, k=args.k, logvol_grid=lg, spectrum_grid=sg, seed=args.seed, groups=args.groups,
-                    logvol_fractions=fracs, spectrum_points=spts, max_seconds=args.max_seconds, progress=True, checkpoint=dump)
-    body = dump(res, final=True)
-    print(body or json.dumps(res['targets']))
+                    logvol_fractions=fracs, spectrum_points=spts, max_seconds=args.max_seconds, progress=True,
+                    checkpoint=dump)
+    print(dump(res, final=True) or json.dumps(res["targets"]))
 
 
 if __name__ == "__main__":

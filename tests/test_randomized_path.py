@@ -103,6 +103,7 @@ def test_targets_and_report(curve, tmp_path):
     assert fig.stat().st_size > 1000
     md = rp.markdown(res, "cmd", "device", "model", str(fig))
     assert "**NOT MEASURED** — impossible at this size" in md  # top-4 of n = 16 needs >= 13 of 17 passes
+    assert "**NOT MEASURED** — no budget within that fraction in the grid" in md  # log-det: >= 16 of 17 passes
     assert md.count("\n| 3 x ") == 2 and md.count("\n| 4 x 1 |") == 1
 
 
@@ -119,3 +120,16 @@ def test_time_budget_marks_skipped(one_torch_thread):
         rp.run_curve(model, xs, groups=0)
     assert "exact spectrum skipped" in md and "NOT MEASURED** — the budgets within that fraction were skipped" in md
     assert "**NOT MEASURED** — impossible at this size" in md  # top-4 of n = 16 needs >= 13 of 17 passes
+
+
+def test_render_from_saved_json(curve, tmp_path, capsys):
+    import json
+    _, _, res = curve
+    meta = {"arch": "resnet18", "size": 8, "dtype": "float64", "device": "test device", "label": "t",
+            "argv": ["--label", "t"], "finished": False}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(dict(res, meta=meta)))
+    rp.main(["--render", str(path), "--no-write", "--fig", str(tmp_path / "r.png")])
+    out = capsys.readouterr().out
+    assert out.startswith("**Partial run**") and "`python bench/randomized_path.py --label t` — test device" in out
+    assert (tmp_path / "r.png").stat().st_size > 1000
