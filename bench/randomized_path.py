@@ -31,6 +31,7 @@ not started by 0.6 of it and the spectrum work not started by it are skipped and
     python bench/randomized_path.py --quick   # CPU: ResNet-18 on 8x8, 16 points, a few minutes
     python bench/randomized_path.py --full    # GPU: ResNet-50 on 32x32, 64 points (issue 4's setting)
     python bench/randomized_path.py --arch resnet50 --size 16 --points 8 --label medium   # overrides
+    python bench/randomized_path.py --render out/randomized_path_full.json   # table + figure from a saved run
 
 Writes JSON (``--json``, default bench/data/randomized_path_<label>.json), a figure of error against
 pass fraction with the target lines (``--fig``, default bench/img/randomized_path_<label>.png) and the
