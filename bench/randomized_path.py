@@ -153,7 +153,7 @@ def run_curve(model, xs: torch.Tensor, *, k: int = 32, logvol_grid=None, spectru
     Two phases. Log-det: exact ``streamed`` logvol of every point, then ``logvol_grid`` [(probes, steps)]
     cheapest first. Spectrum: exact top-K of ``spectrum_points`` evenly spaced path points (default all;
     the exact spectrum adds a Jacobi SVD, slow for large n), then ``spectrum_grid`` [(oversample, iters)]
-    cheapest first. Grids default to ``logvol_budgets(n, fractions=logvol_fractions)`` /
+    cheapest first (the exact spectrum is skipped when the grid is empty). Grids default to ``logvol_budgets(n, fractions=logvol_fractions)`` /
     ``spectrum_budgets(n, k)``. With ``max_seconds``,
     log-det budgets not started by ``logvol_share * max_seconds`` and spectrum work not started by
     ``max_seconds`` are marked skipped. ``checkpoint(result)`` runs after every step (partial results
@@ -195,9 +195,9 @@ def run_curve(model, xs: torch.Tensor, *, k: int = 32, logvol_grid=None, spectru
                       "network_dtype": str(next(model.parameters()).dtype)},
            "exact": {"passes": exact_passes}, "logvol": [], "spectrum": []}
 
-    # warm-up on one point (allocator, cuDNN / kernel selection), not timed
-    fg.logvol(model, xs[:1], method="streamed", progress=False)
-    fg.logvol(model, xs[:1], method="randomized", seed=seed, options={"probes": 2, "steps": 2}, progress=False)
+    if xs.is_cuda:  # warm-up on one point (allocator, cuDNN / kernel selection), not timed
+        fg.logvol(model, xs[:1], method="streamed", progress=False)
+        fg.logvol(model, xs[:1], method="randomized", seed=seed, options={"probes": 2, "steps": 2}, progress=False)
     e, t_lv = timed_groups(lambda xg: fg.logvol(model, xg, method="streamed", progress=False), xs, groups)
     res["exact"].update(logvol=e.tolist(), time_logvol=t_lv)
     save()
@@ -208,7 +208,9 @@ def run_curve(model, xs: torch.Tensor, *, k: int = 32, logvol_grid=None, spectru
             jobs = sorted(((1 + passes_logvol(n, *b), b) for b in grid))
         else:
             jobs = sorted(((1 + passes_spectrum(n, K, *b), b) for b in grid))
-            if past(share):
+            if not jobs:
+                res["exact"]["spectrum_status"] = "not run (no spectrum budgets)"
+            elif past(share):
                 res["exact"]["spectrum_status"] = "skipped (time budget)"
             else:
                 xsp = xs[sidx]

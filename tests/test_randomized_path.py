@@ -107,7 +107,7 @@ def test_targets_and_report(curve, tmp_path):
     assert md.count("\n| 3 x ") == 2 and md.count("\n| 4 x 1 |") == 1
 
 
-def test_time_budget_marks_skipped(one_torch_thread):
+def test_time_budget_and_empty_grid(one_torch_thread):
     model = cifar_resnet("resnet18", activation="gelu", num_classes=None, width=2).eval()
     xs = rp.path_points((3, 8, 8), 2, seed=0)
     res = rp.run_curve(model, xs, k=4, logvol_grid=[(1, 1)], spectrum_grid=[(4, 1)], groups=1, max_seconds=0.0,
@@ -116,6 +116,9 @@ def test_time_budget_marks_skipped(one_torch_thread):
     assert res["exact"]["spectrum_status"].startswith("skipped")
     assert [r["status"].startswith("skipped") for r in res["logvol"] + res["spectrum"]] == [True, True]
     md = rp.markdown(res, "c", "d", "m", None)
+    res = rp.run_curve(model, xs, k=4, logvol_grid=[(1, 1)], spectrum_grid=[], groups=1, progress=False)
+    assert res["exact"]["spectrum_status"] == "not run (no spectrum budgets)" and res["spectrum"] == []
+    assert res["logvol"][0]["status"] == "ok" and "exact spectrum not run" in rp.markdown(res, "c", "d", "m", None)
     with pytest.raises(ValueError, match="groups must be a positive int"):
         rp.run_curve(model, xs, groups=0)
     assert "exact spectrum skipped" in md and "NOT MEASURED** — the budgets within that fraction were skipped" in md
