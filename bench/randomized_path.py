@@ -153,8 +153,8 @@ def run_curve(model, xs: torch.Tensor, *, k: int = 32, logvol_grid=None, spectru
     Two phases. Log-det: exact ``streamed`` logvol of every point, then ``logvol_grid`` [(probes, steps)]
     cheapest first. Spectrum: exact top-K of ``spectrum_points`` evenly spaced path points (default all;
     the exact spectrum adds a Jacobi SVD, slow for large n), then ``spectrum_grid`` [(oversample, iters)]
-    cheapest first (the exact spectrum is skipped when the grid is empty). Grids default to ``logvol_budgets(n, fractions=logvol_fractions)`` /
-    ``spectrum_budgets(n, k)``. With ``max_seconds``,
+    cheapest first (the exact spectrum is skipped when the grid is empty). Grids default to
+    ``logvol_budgets(n, fractions=logvol_fractions)`` / ``spectrum_budgets(n, k)``. With ``max_seconds``,
     log-det budgets not started by ``logvol_share * max_seconds`` and spectrum work not started by
     ``max_seconds`` are marked skipped. ``checkpoint(result)`` runs after every step (partial results
     survive a kill). Returns a JSON-able dict: ``config``, ``exact`` (values, top-K spectra, seconds per
@@ -257,7 +257,7 @@ def targets(res: dict) -> dict:
         reach = [r["pass_frac"] for r in ok if r[key] <= tol]
         top = max(ok, key=lambda r: r["pass_frac"], default=None)
         out[kind] = {"error": key, "tol": tol, "max_pass_frac": frac, "measured_within": len(within),
-                     "planned_within": sum(r["pass_frac"] <= frac for r in res[kind]),
+                     "planned_within": sum(r["pass_frac"] <= frac for r in res[kind]), "planned": len(res[kind]),
                      "best_within": min(within) if within else None,
                      "met": bool(within) and min(within) <= tol,
                      "min_frac_reaching_tol": min(reach) if reach else None,
@@ -276,6 +276,8 @@ def verdict(t: dict, what: str, unit: str, floor: float | None = None) -> str:
     tol = f"{t['tol']:g}{' nat' if unit == 'nat' else ' relative'}"
     head = f"{what} (<= {tol} at <= {t['max_pass_frac']:.3g} of the passes): "
     if t["measured_within"] == 0:
+        if not t.get("planned", 1):
+            return head + "**NOT MEASURED** — no budgets in this run"
         if t["planned_within"]:
             why = "the budgets within that fraction were skipped (time budget)"
         elif floor is not None and floor > t["max_pass_frac"]:
@@ -324,17 +326,20 @@ def markdown(res: dict, cmd: str, device: str, model_desc: str, fig: str | None)
         lines.append(f"| {b} | {r['passes']} | {r['pass_frac']:.3f} | {r['time_frac']:.3f} | {r['diff_err']:.3g} | "
                      f"{r['step_err']:.3g} | {r['abs_err_max']:.3g} | {r['abs_err_mean']:.3g} | "
                      f"{r['stderr_mean']:.3g} | {r['coverage']:.0%} |")
-    lines += ["", f"Top-{c['k']} spectrum: randomized block Krylov, block = k + oversample, q = iters; error = max "
-              f"over points and the {c['k']} values of |s_r - s_e| / s_e.", "",
-              "| oversample x iters | block | passes / point | pass fraction | time fraction | max rel error | "
-              "median (over points) of max rel error |", "|---|---|---|---|---|---|---|"]
-    for r in res["spectrum"]:
-        b = f"{r['oversample']} x {r['iters']}"
-        if r["status"] != "ok":
-            lines.append(f"| {b} | {r['block']} | {r['passes']} | {r['pass_frac']:.3f} | {r['status']} | | |")
-            continue
-        lines.append(f"| {b} | {r['block']} | {r['passes']} | {r['pass_frac']:.3f} | {r['time_frac']:.3f} | "
-                     f"{r['rel_err_max']:.3g} | {r['rel_err_median']:.3g} |")
+    if not res["spectrum"]:
+        lines += ["", "Top-k spectrum: not run (no spectrum budgets)."]
+    else:
+        lines += ["", f"Top-{c['k']} spectrum: randomized block Krylov, block = k + oversample, q = iters; error = max "
+                  f"over points and the {c['k']} values of |s_r - s_e| / s_e.", "",
+                  "| oversample x iters | block | passes / point | pass fraction | time fraction | max rel error | "
+                  "median (over points) of max rel error |", "|---|---|---|---|---|---|---|"]
+        for r in res["spectrum"]:
+            b = f"{r['oversample']} x {r['iters']}"
+            if r["status"] != "ok":
+                lines.append(f"| {b} | {r['block']} | {r['passes']} | {r['pass_frac']:.3f} | {r['status']} | | |")
+                continue
+            lines.append(f"| {b} | {r['block']} | {r['passes']} | {r['pass_frac']:.3f} | {r['time_frac']:.3f} | "
+                         f"{r['rel_err_max']:.3g} | {r['rel_err_median']:.3g} |")
     lines += ["", "Pass fraction = (1 + randomized passes) / (1 + n), one pass = one JVP or VJP of one vector at one "
               "point, the 1 = the forward pass. Time fraction = median seconds per point / the exact method's "
               f"(logvol vs streamed logvol, spectrum vs streamed spectrum, which includes a Jacobi SVD), each the "

@@ -116,13 +116,16 @@ def test_time_budget_and_empty_grid(one_torch_thread):
     assert res["exact"]["spectrum_status"].startswith("skipped")
     assert [r["status"].startswith("skipped") for r in res["logvol"] + res["spectrum"]] == [True, True]
     md = rp.markdown(res, "c", "d", "m", None)
-    res = rp.run_curve(model, xs, k=4, logvol_grid=[(1, 1)], spectrum_grid=[], groups=1, progress=False)
-    assert res["exact"]["spectrum_status"] == "not run (no spectrum budgets)" and res["spectrum"] == []
-    assert res["logvol"][0]["status"] == "ok" and "exact spectrum not run" in rp.markdown(res, "c", "d", "m", None)
-    with pytest.raises(ValueError, match="groups must be a positive int"):
-        rp.run_curve(model, xs, groups=0)
     assert "exact spectrum skipped" in md and "NOT MEASURED** — the budgets within that fraction were skipped" in md
     assert "**NOT MEASURED** — impossible at this size" in md  # top-4 of n = 16 needs >= 13 of 17 passes
+
+    res = rp.run_curve(model, xs, k=4, logvol_grid=[(1, 1)], spectrum_grid=[], groups=1, progress=False)
+    assert res["exact"]["spectrum_status"] == "not run (no spectrum budgets)" and res["spectrum"] == []
+    md = rp.markdown(res, "c", "d", "m", None)
+    assert res["logvol"][0]["status"] == "ok" and "exact spectrum not run" in md
+    assert "values (<= 0.001 relative at <= 0.125 of the passes): **NOT MEASURED** — no budgets in this run" in md
+    with pytest.raises(ValueError, match="groups must be a positive int"):
+        rp.run_curve(model, xs, groups=0)
 
 
 def test_render_from_saved_json(curve, tmp_path, capsys):
