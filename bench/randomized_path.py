@@ -369,6 +369,8 @@ def figure(res: dict, path: str, title: str) -> None:
                f"max rel. error, top-{res['config']['k']} singular values"))
     for ax, (kind, group, key, lab, (tol, frac), ylabel) in zip(axes, panels):
         rows = [r for r in res[kind] if r.get("status") == "ok"]
+        if not rows:
+            ax.text(0.5, 0.5, "not measured in this run", transform=ax.transAxes, ha="center", fontsize=9)
         for i, g in enumerate(sorted({r[group] for r in rows})):
             rs = sorted((r for r in rows if r[group] == g), key=lambda r: r["pass_frac"])
             xs, ys = [r["pass_frac"] for r in rs], [max(r[key], 1e-16) for r in rs]
