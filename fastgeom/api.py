@@ -1,4 +1,4 @@
-"""Public entry points: logvol, spectrum, jacobian, metric (exact methods: "dense", "streamed")."""
+"""Public entry points: logvol, spectrum, jacobian, metric (exact methods: "dense", "streamed", "linearized")."""
 from __future__ import annotations
 
 import math
@@ -11,10 +11,10 @@ import torch
 from tqdm.auto import tqdm
 
 from . import linalg
-from .engine import jacobian_blocks, jacobian_dense, plan
+from .engine import is_oom, jacobian_blocks, jacobian_dense, plan
 from .features import FeatureMap, LayerSpec, PoolSpec, eval_mode, no_tf32
 
-EXACT_METHODS = ("dense", "streamed")
+EXACT_METHODS = ("dense", "streamed", "linearized")
 METHODS = ("auto",) + EXACT_METHODS + ("randomized",)
 
 
@@ -125,19 +125,58 @@ def jacobian_batches(fmap, x, d_in, d_out, method, chunk_size, progress, budget,
             bar.update(B)
             yield slice(0, B), J, info
             return
+        linearize = None
+        if method == "linearized":
+            linearize = _linear_pass(fmap, x, d_out)
+        elif method == "auto":
+            try:  # the linearised engine when the model traces and validates, else torch.func's
+                linearize = _linear_pass(fmap, x, d_out)
+            except Exception as e:  # noqa: BLE001 - any failure of the optional fast path falls back
+                if is_oom(e):
+                    raise
+                linearize = None
+        engine = "linearized" if linearize is not None else "streamed"
         p = plan(fmap, x, d_in, d_out, chunk_size=chunk_size, budget=budget)
-        info = {"mode": p.mode, "chunk": p.chunk, "points": p.points}
-        for sl, J in jacobian_blocks(fmap, x, d_out, p, progress=bar.update):
-            info = {"mode": p.mode, "chunk": p.chunk, "points": p.points}
+        info = {"mode": p.mode, "chunk": p.chunk, "points": p.points, "engine": engine}
+        for sl, J in jacobian_blocks(fmap, x, d_out, p, progress=bar.update, linearize=linearize):
+            info = {"mode": p.mode, "chunk": p.chunk, "points": p.points, "engine": engine}
             yield sl, J, info
     finally:
         bar.close()
 
 
+def _linear_pass(fmap, x: torch.Tensor, d_out: int):
+    """``linearize(xb, mode)`` of the linearised engine (engine/linear_net.py), validated at the first
+    point against the model itself: the feature and one random VJP must agree with torch.func's to
+    float rounding (1e-4 relative in float32), else LinearizeError (the traced graph is not the model)."""
+    from .engine.linear_net import LinearGraph, LinearizeError
+    graph = LinearGraph(fmap)
+    x1 = x[:1]
+    lin = graph.linearize(x1)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    c = torch.randn(1, 1, d_out, generator=gen, dtype=torch.float64).to(device=x.device, dtype=lin.out_dtype)
+    with torch.enable_grad():
+        want, pull = torch.func.vjp(fmap, x1.to(lin.feature.dtype))
+        want_g = pull(c[0])[0]
+    got_g = lin.vjp(c)[0]
+    tol = 1e-2 if want.dtype in (torch.float16, torch.bfloat16) else 1e-4
+
+    def rel(a, b):
+        return float((a - b).abs().max() / b.abs().max().clamp_min(torch.finfo(b.dtype).tiny))
+
+    err = max(rel(lin.feature, want.detach()), rel(got_g, want_g))
+    if not err <= tol:
+        raise LinearizeError(f"the traced, linearised model differs from the model at the first point "
+                             f"(relative error {err:.1e} > {tol}): torch.fx did not capture what the model "
+                             "computes (e.g. control flow on values, hooks); use method='streamed'")
+    return lambda xb, mode: graph.linearize(xb)
+
+
 def _resolve_method(method: str, allowed=METHODS) -> str:
+    """The method to run; "auto" stays "auto" (exact: linearized when the model traces, else streamed)."""
     if method not in allowed:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(repr(m) for m in allowed)}")
-    return "streamed" if method == "auto" else method
+    return method
 
 
 def _exact(model, x, layer, method, pool, chunk_size, dtype, rank_tol, progress, budget, backend, desc,
@@ -174,7 +213,7 @@ def _merge(results, B, d_in, d_out, method, info, compute_dtype, target="euclide
     diag = Diagnostics(rank=dev_fields["rank"], rank_structural=dev_fields["rank_structural"],
                        full_rank=min(d_in, d_out - (target == "sphere")), cond_est=dev_fields["cond_est"],
                        n_rounding=dev_fields["n_rounding"], dynamic_pivoting=dev_fields["dynamic_pivoting"],
-                       method=method, mode=info["mode"], compute_dtype=compute_dtype, d_in=d_in, d_out=d_out,
+                       method=info.get("engine", method), mode=info["mode"], compute_dtype=compute_dtype, d_in=d_in, d_out=d_out,
                        chunk=info["chunk"], points_per_batch=info["points"])
     return diag, dev_fields["logvol"], cores
 
@@ -211,8 +250,13 @@ def logvol(model, x: torch.Tensor, layer: LayerSpec = None, *, method: str = "au
         x: ``Tensor[B, *input_shape]`` (floating point, finite). ``B = 0`` gives an empty result.
         layer: a name from ``model.named_modules()``, a callable ``x -> features``, or None (model output).
             The feature is the layer's output flattened per point.
-        method: ``"auto"`` (= ``"streamed"``), ``"dense"`` (torch.func reference) or ``"streamed"``
-            (exact, chunked VJPs/JVPs within a memory budget, halving on out-of-memory).
+        method: ``"auto"`` (exact: ``"linearized"`` when the model traces and the traced pass agrees
+            with torch.func at the first point, else ``"streamed"``; ``Diagnostics.method`` says which),
+            ``"dense"`` (torch.func reference), ``"streamed"``
+            (exact, chunked VJPs/JVPs within a memory budget, halving on out-of-memory) or
+            ``"linearized"`` (exact, streamed through the torch.fx-traced network linearised once per
+            point batch: BatchNorm folded, activation derivatives stored, fused residual steps;
+            needs a traceable model, see ``engine/linear_net.py``).
         pool: average-pool a (C, H, W) feature: target size ``N`` (int), kernel ``(kh, kw)`` or
             ``{"kernel": k}`` (see ``features.pool_window``).
         chunk_size: cotangents/tangents per pass (default: from ``budget``).

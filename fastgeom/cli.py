@@ -91,7 +91,7 @@ def _add_compute_args(p: argparse.ArgumentParser, spectrum: bool) -> None:
                    help="plane: the whole [-1,1]^2 patch (affine) or only the triangle (convex)")
     i.add_argument("--input-shape", metavar="C,H,W", help="reshape each point to this shape (e.g. 1,28,28)")
     c = p.add_argument_group("computation")
-    c.add_argument("--method", choices=("auto", "dense", "streamed", "randomized"), default="auto")
+    c.add_argument("--method", choices=("auto", "dense", "streamed", "linearized", "randomized"), default="auto")
     c.add_argument("--chunk-size", type=int, default=None, metavar="K", help="cotangents/tangents per pass (default: from the budget)")
     c.add_argument("--budget-mb", type=float, default=None, metavar="MB", help="memory budget of the streamed engine in MiB")
     c.add_argument("--dtype", choices=DTYPES, default=None, help="dtype of the network pass (default: the model's)")

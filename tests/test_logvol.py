@@ -67,7 +67,7 @@ def inner_conv2(m):
 # ---------------------------------------------------------------- MLPs vs brute force
 
 @pytest.mark.parametrize("d_in,d_out", [(7, 3), (3, 7), (6, 6)], ids=["submersion", "immersion", "square"])
-@pytest.mark.parametrize("method", ["dense", "streamed", "auto"])
+@pytest.mark.parametrize("method", ["dense", "streamed", "linearized", "auto"])
 def test_mlp_vs_brute_force(d_in, d_out, method):
     m = mlp(d_in, d_out)
     x = torch.randn(5, d_in, dtype=D)
@@ -103,7 +103,7 @@ def test_cnn_train_mode_equals_eval_and_is_restored():
     m.train()
     m.block.bn2.eval()  # a submodule in its own mode must keep it
     buffers = {k: v.clone() for k, v in m.named_buffers()}
-    for method in ("dense", "streamed"):
+    for method in ("dense", "streamed", "linearized"):
         lv = fg.logvol(m, x, method=method)
         assert rel_err(lv, ref) < 1e-12, method
     assert m.training and m.block.training and m.drop.training and m.block.bn1.training
@@ -196,10 +196,11 @@ def test_dense_and_streamed_agree(d_in, d_out):
     x = torch.randn(7, d_in, dtype=D)
     dense = fg.logvol(m, x, method="dense")
     want_mode = "reverse" if d_out <= d_in else "forward"
-    for chunk in (1, 2, 3, 4, 100, None):
-        lv, diag = fg.logvol(m, x, method="streamed", chunk_size=chunk, return_diagnostics=True)
-        assert diag.mode == want_mode
-        assert rel_err(lv, dense) < 1e-10, chunk
+    for method in ("streamed", "linearized"):
+        for chunk in (1, 2, 3, 4, 100, None):
+            lv, diag = fg.logvol(m, x, method=method, chunk_size=chunk, return_diagnostics=True)
+            assert diag.mode == want_mode and diag.method == method
+            assert rel_err(lv, dense) < 1e-10, (method, chunk)
     # a budget so small that points are batched 1 by 1
     lv, diag = fg.logvol(m, x, method="streamed", chunk_size=3, budget=1, return_diagnostics=True)
     assert diag.points_per_batch == 1
@@ -344,15 +345,16 @@ def _injector(stage, fail_on):
 
 @pytest.mark.parametrize("mode,stage,fail_on", [("reverse", "chunk", {1}), ("reverse", "chunk", {1, 2}),
                                                 ("forward", "chunk", {2, 3}), ("reverse", "forward", {1, 2})])
-def test_oom_backoff_gives_identical_results(mode, stage, fail_on):
+@pytest.mark.parametrize("method", ["streamed", "linearized"])
+def test_oom_backoff_gives_identical_results(mode, stage, fail_on, method):
     d_in, d_out = (11, 6) if mode == "reverse" else (6, 11)
     m = mlp(d_in, d_out, hidden=13)
     x = torch.randn(5, d_in, dtype=D)
-    clean = fg.logvol(m, x, method="streamed", chunk_size=4)
+    clean = fg.logvol(m, x, method=method, chunk_size=4)
     inject, state = _injector(stage, fail_on)
     streamed.fault_injector = inject
     try:
-        lv, d = fg.logvol(m, x, method="streamed", chunk_size=4, return_diagnostics=True)
+        lv, d = fg.logvol(m, x, method=method, chunk_size=4, return_diagnostics=True)
     finally:
         streamed.fault_injector = None
     assert state["raised"] == len(fail_on)
