@@ -10,6 +10,9 @@ RSS above the post-build baseline, measured by resetting VmHWM through /proc/sel
   jacrev-c{N}     torch.func.jacrev(chunk_size=N); the best of these is "best jacrev"
   streamed        fastgeom.logvol(method="streamed") with its default memory budget (768 MiB on CPU)
   streamed-b{M}   the same with budget=M MiB (--budgets)
+  linearized      fastgeom.logvol(method="linearized"): the traced network linearised once (BatchNorm
+                  folded, activation derivatives stored, NHWC transposed convolutions); -b{M} as above
+--repeat N runs the whole method list N times, interleaved, and the table shows per-method medians.
 Writes the table to bench/RESULTS.md (section logvol_cpu) and JSON to bench/out/logvol_cpu.json.
 
     python bench/logvol_cpu.py                 # ResNet-34 and ResNet-50 (about 15 minutes on 2 cores)
@@ -60,9 +63,9 @@ def worker(arch: str, method: str, res: int) -> dict:
         f = lambda v: model(v[None])[0]  # noqa: E731
         J = torch.func.jacrev(f, chunk_size=chunk)(x[0]).reshape(1, d_out, -1)
         lv = linalg.factor(J, compute_dtype=torch.float32).logvol
-    elif method.startswith("streamed"):  # "streamed" (default budget) or "streamed-b<MiB>"
+    elif method.startswith(("streamed", "linearized")):  # "<method>" (default budget) or "<method>-b<MiB>"
         budget = int(method.split("-b")[1]) * 2**20 if "-b" in method else None
-        lv = fg.logvol(model, x, method="streamed", progress=False, budget=budget)
+        lv = fg.logvol(model, x, method=method.split("-")[0], progress=False, budget=budget)
     else:
         raise ValueError(method)
     dt = time.perf_counter() - t0
@@ -87,8 +90,28 @@ def run_one(arch: str, method: str, res: int, timeout: int) -> dict:
     return r
 
 
+def medians(rows: list[dict]) -> list[dict]:
+    """One row per (arch, method): median seconds and extra RSS over repeats (``runs``); errors kept."""
+    import statistics
+    out, groups = [], {}
+    for r in rows:
+        groups.setdefault((r["arch"], r["method"]), []).append(r)
+    for (arch, method), rs in groups.items():
+        ok = [r for r in rs if "error" not in r]
+        if not ok:
+            out.append(rs[0])
+            continue
+        m = dict(ok[0])
+        m["seconds"] = statistics.median(r["seconds"] for r in ok)
+        m["extra_rss_mb"] = statistics.median(r["extra_rss_mb"] for r in ok)
+        m["runs"] = len(ok)
+        out.append(m)
+    return out
+
+
 def table(rows: list[dict]) -> str:
     from _results import device_line
+    rows = medians(rows)
     lines = [f"## Exact log volume on CPU, one point (`bench/logvol_cpu.py`)", "", device_line(), "",
              "| model | d_out | method | wall s | extra RSS MB | logvol | vs best jacrev (time) | vs jacrev unchunked (memory) |",
              "|---|---|---|---|---|---|---|---|"]
@@ -103,7 +126,7 @@ def table(rows: list[dict]) -> str:
                 continue
             tr = f"{r['seconds'] / best['seconds']:.2f}x" if best else ""
             mr = f"{r['extra_rss_mb'] / unch['extra_rss_mb']:.3f}x" if unch and unch["extra_rss_mb"] > 0 else ""
-            tag = " (best)" if best is r else ""
+            tag = (" (best)" if best is r else "") + (f" (median of {r['runs']})" if r.get("runs", 1) > 1 else "")
             lines.append(f"| {arch} | {r['d_out']} | {r['method']}{tag} | {r['seconds']:.1f} | {r['extra_rss_mb']:.0f} | "
                          f"{r['logvol']:.4f} | {tr} | {mr} |")
     lines += ["", "Time ratio: wall time / best chunked jacrev; memory ratio: extra peak RSS / unchunked jacrev. "
@@ -124,6 +147,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--methods", default=None, help="explicit comma list of methods (overrides the defaults)")
     p.add_argument("--json", default=None, help="JSON output path (default bench/out/logvol_cpu.json)")
+    p.add_argument("--repeat", type=int, default=1, help="run the method list this many times, interleaved")
     a = p.parse_args(argv)
     if a.worker:
         arch, method, res = a.worker
@@ -140,14 +164,14 @@ def main(argv=None) -> int:
         return 0
     archs = (a.archs or ("resnet18" if a.quick else "resnet34,resnet50")).split(",")
     res = 16 if a.quick else 32
-    methods = (["jacrev"] + [f"jacrev-c{c}" for c in a.chunks.split(",") if c] + ["streamed"]
+    methods = (["jacrev"] + [f"jacrev-c{c}" for c in a.chunks.split(",") if c] + ["streamed", "linearized"]
                + [f"streamed-b{b}" for b in a.budgets.split(",") if b])
     if a.methods:
         methods = a.methods.split(",")
     rows = []
     from tqdm.auto import tqdm
     for arch in archs:
-        for m in tqdm(methods, desc=arch):
+        for m in tqdm(methods * a.repeat, desc=arch):
             rows.append(run_one(arch, m, res, a.timeout))
             print(json.dumps(rows[-1]), flush=True)
     md = table(rows)

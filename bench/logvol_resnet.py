@@ -6,8 +6,9 @@ Every method runs in its own subprocess (so peak CPU RSS is per method; on GPU
 - ``paper``: ``torch.autograd.functional.jacobian(..., create_graph=True)``, one backward per output
   (the original authors' code path; only where it fits);
 - ``jacrev`` unchunked and ``jacrev@c`` at several chunk sizes (the best one is marked);
-- fastgeom ``dense``, ``streamed`` reverse (VJPs) and forward (JVPs), and ``randomized`` at several
-  (probes, steps) budgets (value +- stderr).
+- fastgeom ``dense``, ``streamed`` reverse (VJPs) and forward (JVPs), ``linearized`` (the same through
+  the traced network linearised once: BatchNorm folded, activation derivatives stored, fused residual
+  steps) in both modes, and ``randomized`` at several (probes, steps) budgets (value +- stderr).
 
 Columns: median seconds per point; peak memory above the model-loaded baseline; passes per point
 (one JVP or VJP of one vector); |error| against a float64 fastgeom ``streamed`` reference; fraction
@@ -130,6 +131,7 @@ def run_method(method: str, arch: str, size: int, npts: int, dev: torch.device, 
     import fastgeom as fg
     from fastgeom.api import no_tf32
     from fastgeom.engine import jacobian_blocks, plan
+    from fastgeom.engine.linear_net import LinearGraph
     from fastgeom.features import FeatureMap
     from fastgeom import linalg, randomized
 
@@ -166,10 +168,14 @@ def run_method(method: str, arch: str, size: int, npts: int, dev: torch.device, 
             elif method == "dense":
                 v = float(fg.logvol(model, xi, method="dense", progress=False)[0])
                 passes = n
-            elif method.startswith("streamed"):
+            elif method.startswith(("streamed", "linearized")):
                 mode = "forward" if method.endswith("fwd") else "reverse"
                 p = plan(fmap, xi, d_in, d_out, mode=mode)
-                (_, J), = list(jacobian_blocks(fmap, xi, d_out, p))
+                lin = None
+                if method.startswith("linearized"):  # traced once per call, as fastgeom.logvol does
+                    graph = LinearGraph(fmap)
+                    lin = (lambda xb, _m: graph.linearize(xb))
+                (_, J), = list(jacobian_blocks(fmap, xi, d_out, p, linearize=lin))
                 v = float(linalg.factor(J).logvol[0])
                 passes = d_out if mode == "reverse" else d_in
             elif method.startswith("randomized"):
@@ -306,7 +312,8 @@ def main(argv=None):
     for arch in archs:
         args.arch_one = arch
         methods = args.methods or (["paper", "jacrev"] + [f"jacrev@{c}" for c in chunks] +
-                                   ["dense", "streamed", "streamed-fwd"] + [f"randomized@{b}" for b in budgets])
+                                   ["dense", "streamed", "streamed-fwd", "linearized", "linearized-fwd"]
+                                   + [f"randomized@{b}" for b in budgets])
         if full and arch == "resnet50" and args.methods is None:
             methods.remove("paper")  # > 80 GB per point (the authors' report)
         flops = forward_flops(arch, args.size)
@@ -320,10 +327,11 @@ def main(argv=None):
             print(f"    {r.get('status')} {r.get('times', '')}", file=sys.stderr, flush=True)
             rows.append(r)
         if args.dtype == "float32" and full:
-            print(f"[{arch}] streamed float64 timing ...", file=sys.stderr, flush=True)
-            r = spawn("streamed", args, "float64", timeout)
-            r["method"] = "streamed (float64 network)"
-            rows.append(r)
+            for m in ("streamed", "linearized"):
+                print(f"[{arch}] {m} float64 timing ...", file=sys.stderr, flush=True)
+                r = spawn(m, args, "float64", timeout)
+                r["method"] = f"{m} (float64 network)"
+                rows.append(r)
         n = min(3 * args.size ** 2, rows[0].get("d_out", 0) or (512 if arch in ("resnet18", "resnet34") else 2048))
         results["archs"][arch] = {"rows": rows, "reference": ref, "forward_flops": flops, "n": n}
         sections.append(f"**{arch}**, input 3x{args.size}x{args.size} ({args.dtype} network, float64 accumulation), "
