@@ -312,7 +312,8 @@ def main(argv=None):
     for arch in archs:
         args.arch_one = arch
         methods = args.methods or (["paper", "jacrev"] + [f"jacrev@{c}" for c in chunks] +
-                                   ["dense", "streamed", "streamed-fwd", "linearized", "linearized-fwd"]
+                                   ["dense", "streamed", "streamed-fwd", "linearized"]
+                                   + ([] if full else ["linearized-fwd"])
                                    + [f"randomized@{b}" for b in budgets])
         if full and arch == "resnet50" and args.methods is None:
             methods.remove("paper")  # > 80 GB per point (the authors' report)
@@ -349,8 +350,11 @@ def main(argv=None):
 
 
 NOTES = """Notes: randomized rows use common random numbers and (probes x Golub-Kahan steps); passes =
-probes * (2 * steps - 1). "auto" stays exact (= streamed): at these sizes the randomized budgets that
-give sub-nat accuracy need as many passes as the exact engine (n), so they are not faster here.
+probes * (2 * steps - 1). "auto" stays exact (linearized when the model traces, else streamed): at these
+sizes the randomized budgets that give sub-nat accuracy need as many passes as the exact engine (n), so
+they are not faster here (bench/randomized_path.py has the cost/accuracy curve). linearized = streamed
+through the traced network linearised once (BatchNorm folded, stored activation derivatives, fused
+residual steps; NHWC on CPU).
 Peak memory is above the process's baseline after the model is loaded (CPU: max RSS, so it includes
 allocator caching; GPU: max_memory_allocated)."""
 
