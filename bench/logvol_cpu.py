@@ -109,7 +109,7 @@ def medians(rows: list[dict]) -> list[dict]:
     return out
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], note: str = "") -> str:
     from _results import device_line
     rows = medians(rows)
     lines = [f"## Exact log volume on CPU, one point (`bench/logvol_cpu.py`)", "", device_line(), "",
@@ -131,7 +131,7 @@ def table(rows: list[dict]) -> str:
                          f"{r['logvol']:.4f} | {tr} | {mr} |")
     lines += ["", "Time ratio: wall time / best chunked jacrev; memory ratio: extra peak RSS / unchunked jacrev. "
               "Each row is its own process; rows of one model ran back to back in one invocation unless the "
-              "method says otherwise. Parameters frozen for every method."]
+              "method says otherwise. Parameters frozen for every method."] + ([note] if note else [])
     return "\n".join(lines)
 
 
@@ -148,6 +148,7 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default=None, help="explicit comma list of methods (overrides the defaults)")
     p.add_argument("--json", default=None, help="JSON output path (default bench/out/logvol_cpu.json)")
     p.add_argument("--repeat", type=int, default=1, help="run the method list this many times, interleaved")
+    p.add_argument("--note", default="", help="a sentence appended to the table's caption (e.g. the machine load)")
     a = p.parse_args(argv)
     if a.worker:
         arch, method, res = a.worker
@@ -156,7 +157,7 @@ def main(argv=None) -> int:
     if a.render:
         rows = [r for f in a.render.split(",") for r in json.load(open(f))]
         rows.sort(key=lambda r: (r["arch"], not r["method"].startswith("jacrev"), r["method"]))
-        md = table(rows)
+        md = table(rows, a.note)
         print(md)
         if not a.no_write:
             from _results import write_section
@@ -174,7 +175,7 @@ def main(argv=None) -> int:
         for m in tqdm(methods * a.repeat, desc=arch):
             rows.append(run_one(arch, m, res, a.timeout))
             print(json.dumps(rows[-1]), flush=True)
-    md = table(rows)
+    md = table(rows, a.note)
     print(md)
     os.makedirs(os.path.join(HERE, "out"), exist_ok=True)
     with open(a.json or os.path.join(HERE, "out", "logvol_cpu.json"), "w") as f:
