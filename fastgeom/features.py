@@ -141,6 +141,10 @@ class FeatureMap:
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"the feature at layer {self.layer!r} is a {type(out).__name__}, not a Tensor; "
                             "choose a layer whose output is a single tensor, or pass a callable feature map")
+        return self.post(out)
+
+    def post(self, out: torch.Tensor) -> torch.Tensor:
+        """The layer's output (B, *feature_shape) -> features (B, d_out): pool, flatten, sphere projection."""
         if self.pool is not None:
             if self._window == "unset":
                 self._window = pool_window(tuple(out.shape[1:]), self.pool)

@@ -151,18 +151,6 @@ class LinearGraph:
         self.input = ph[0].name
 
     # ------------------------------------------------------------------------------------------
-    def _post(self, y: torch.Tensor) -> torch.Tensor:
-        """The feature map's own pooling, flattening and sphere projection (FeatureMap.__call__)."""
-        fm = self.fmap
-        if fm.pool is not None:
-            from ..features import pool_window
-            win = pool_window(tuple(y.shape[1:]), fm.pool)
-            y = F.avg_pool2d(y, kernel_size=win, stride=win)
-        y = y.reshape(y.shape[0], -1)
-        if fm.target == "sphere":
-            y = y / torch.linalg.vector_norm(y, dim=1, keepdim=True)
-        return y
-
     def _classify(self, node: fx.Node, args, kwargs, carried: list[int]):
         """(rule, data) for a node whose tensor arguments at positions `carried` carry the tangent."""
         if node.op == "call_module":
@@ -283,8 +271,8 @@ class LinearGraph:
                                  "use method='streamed'")
         y = env[res.name]
         with torch.enable_grad():
-            feat, post_vjp = _vjp(self._post, y)
-        post_jvp = (lambda t, _y=y: _jvp(self._post, (_y,), (t,))[1])
+            feat, post_vjp = _vjp(self.fmap.post, y)
+        post_jvp = (lambda t, _y=y: _jvp(self.fmap.post, (_y,), (t,))[1])
         return Linearization(self.input, tuple(x.shape[1:]), steps, res.name, feat.detach(), post_vjp, post_jvp,
                              self.channels_last)
 
