@@ -73,7 +73,7 @@ if want bench; then
   echo "logvol_resnet rc=$?"
 
   stamp "bench/vjp_chunk.py on CUDA"
-  timeout 30 $PY bench/vjp_chunk.py --device cuda --K 256 --pairs 5 --json "$OUT/vjp_chunk_gpu.json"
+  timeout 60 $PY bench/vjp_chunk.py --device cuda --K 256 --pairs 5 --json "$OUT/vjp_chunk_gpu.json"
   echo "vjp_chunk rc=$?"
 
   stamp "bench/shallow.py --device cuda"
@@ -84,7 +84,7 @@ if want bench; then
   # ResNet-50 32x32, 64-point path: exact reference + randomized budgets, cheapest first; budgets not started
   # within --max-seconds are skipped (marked in the table); JSON, figure and the randomized_path_full section
   # of RESULTS.md are rewritten after every budget, so a run cut by the timeout keeps what it measured.
-  timeout 150 $PY bench/randomized_path.py --full --max-seconds 110 --json "$OUT/randomized_path_full.json"
+  timeout 130 $PY bench/randomized_path.py --full --max-seconds 95 --json "$OUT/randomized_path_full.json"
   echo "randomized_path rc=$?"
   cp bench/img/randomized_path_full.png "$OUT/" 2>/dev/null || true
 fi
