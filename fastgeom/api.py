@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from . import linalg
 from .engine import is_oom, jacobian_blocks, jacobian_dense, plan
+from .engine.linear_net import validated_linearize
 from .features import FeatureMap, LayerSpec, PoolSpec, eval_mode, no_tf32
 
 EXACT_METHODS = ("dense", "streamed", "linearized")
@@ -127,10 +128,10 @@ def jacobian_batches(fmap, x, d_in, d_out, method, chunk_size, progress, budget,
             return
         linearize = None
         if method == "linearized":
-            linearize = _linear_pass(fmap, x, d_out)
+            linearize = validated_linearize(fmap, x, d_out)
         elif method == "auto":
             try:  # the linearised engine when the model traces and validates, else torch.func's
-                linearize = _linear_pass(fmap, x, d_out)
+                linearize = validated_linearize(fmap, x, d_out)
             except Exception as e:  # noqa: BLE001 - any failure of the optional fast path falls back
                 if is_oom(e):
                     raise
@@ -143,33 +144,6 @@ def jacobian_batches(fmap, x, d_in, d_out, method, chunk_size, progress, budget,
             yield sl, J, info
     finally:
         bar.close()
-
-
-def _linear_pass(fmap, x: torch.Tensor, d_out: int):
-    """``linearize(xb, mode)`` of the linearised engine (engine/linear_net.py), validated at the first
-    point against the model itself: the feature and one random VJP must agree with torch.func's to
-    float rounding (1e-4 relative in float32), else LinearizeError (the traced graph is not the model)."""
-    from .engine.linear_net import LinearGraph, LinearizeError
-    graph = LinearGraph(fmap)
-    x1 = x[:1]
-    lin = graph.linearize(x1)
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    c = torch.randn(1, 1, d_out, generator=gen, dtype=torch.float64).to(device=x.device, dtype=lin.out_dtype)
-    with torch.enable_grad():
-        want, pull = torch.func.vjp(fmap, x1.to(lin.feature.dtype))
-        want_g = pull(c[0])[0]
-    got_g = lin.vjp(c)[0]
-    tol = 1e-2 if want.dtype in (torch.float16, torch.bfloat16) else 1e-4
-
-    def rel(a, b):
-        return float((a - b).abs().max() / b.abs().max().clamp_min(torch.finfo(b.dtype).tiny))
-
-    err = max(rel(lin.feature, want.detach()), rel(got_g, want_g))
-    if not err <= tol:
-        raise LinearizeError(f"the traced, linearised model differs from the model at the first point "
-                             f"(relative error {err:.1e} > {tol}): torch.fx did not capture what the model "
-                             "computes (e.g. control flow on values, hooks); use method='streamed'")
-    return lambda xb, mode: graph.linearize(xb)
 
 
 def _resolve_method(method: str, allowed=METHODS) -> str:

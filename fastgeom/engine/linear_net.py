@@ -29,6 +29,9 @@ On CPU the copy and the directions are kept channels-last (NHWC): oneDNN's trans
 convolutions are 10-30% faster in that layout; a model whose code needs NCHW-contiguous tensors
 (``x.view(B, -1)``) is switched back to NCHW on the first failure.
 
+``validated_linearize(fmap, x, d_out)`` (what the API calls) checks the traced pass at the first point
+against torch.func (feature and one random VJP) before any work is done with it.
+
 Models that ``torch.fx`` cannot trace (data-dependent control flow) raise ``LinearizeError``;
 ``method="auto"`` then uses the autograd engine. The reference is ``torch.func.vjp`` / ``jvp`` of
 the feature map itself (tests/test_linear_net.py).
@@ -310,6 +313,32 @@ class LinearGraph:
             return _jvp(f, primals, ts)[1]
 
         return (val.detach() if isinstance(val, torch.Tensor) else val), (vjp_fn, jvp_fn), names
+
+
+def validated_linearize(fmap, x: torch.Tensor, d_out: int):
+    """``linearize(xb, mode)`` of the linearised engine (engine/linear_net.py), validated at the first
+    point against the model itself: the feature and one random VJP must agree with torch.func's to
+    float rounding (1e-4 relative in float32), else LinearizeError (the traced graph is not the model)."""
+    graph = LinearGraph(fmap)
+    x1 = x[:1]
+    lin = graph.linearize(x1)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    c = torch.randn(1, 1, d_out, generator=gen, dtype=torch.float64).to(device=x.device, dtype=lin.out_dtype)
+    with torch.enable_grad():
+        want, pull = torch.func.vjp(fmap, x1.to(lin.feature.dtype))
+        want_g = pull(c[0])[0]
+    got_g = lin.vjp(c)[0]
+    tol = 1e-2 if want.dtype in (torch.float16, torch.bfloat16) else 1e-4
+
+    def rel(a, b):
+        return float((a - b).abs().max() / b.abs().max().clamp_min(torch.finfo(b.dtype).tiny))
+
+    err = max(rel(lin.feature, want.detach()), rel(got_g, want_g))
+    if not err <= tol:
+        raise LinearizeError(f"the traced, linearised model differs from the model at the first point "
+                             f"(relative error {err:.1e} > {tol}): torch.fx did not capture what the model "
+                             "computes (e.g. control flow on values, hooks); use method='streamed'")
+    return lambda xb, mode: graph.linearize(xb)
 
 
 class Linearization:
