@@ -57,6 +57,7 @@ import torch
 from .._ext import INSTALL_HINT, ext, triton_status
 
 BACKENDS = ("auto", "torch", "cpp", "cuda", "triton")
+_BACKEND_DEVICE = {"cpp": "cpu", "cuda": "cuda"}  # an explicit backend of these names implies the device
 
 Predicate = Callable[..., "str | None"]
 
@@ -98,10 +99,13 @@ class Impl:
     def answers(self, backend: str) -> bool:
         return backend in (self.serves or (self.name,))
 
-    def why_not(self, device: torch.device, dtype: torch.dtype | None, auto: bool, **ctx) -> str | None:
-        if auto and self.auto_devices is not None and device.type not in self.auto_devices:
+    def why_not(self, device: torch.device, dtype: torch.dtype | None, backend: str = "auto", **ctx) -> str | None:
+        if backend == "auto" and self.auto_devices is not None and device.type not in self.auto_devices:
             return f"auto uses it only on {'/'.join(self.auto_devices)} tensors"
-        return self.available(device, dtype, **ctx)
+        why = self.available(device, dtype, **ctx)
+        if why is None and backend in _BACKEND_DEVICE and device.type != _BACKEND_DEVICE[backend]:
+            return f"backend {backend!r} needs {_BACKEND_DEVICE[backend]} tensors, got {device.type}"
+        return why
 
 
 @dataclass
@@ -123,7 +127,7 @@ class Op:
         """[(impl name, None or the reason it cannot run)] for the candidates ``backend`` may take, in order."""
         check_backend(backend)
         auto = backend == "auto"
-        return [(i.name, i.why_not(device, dtype, auto, **ctx)) for i in self.impls if auto or i.answers(backend)]
+        return [(i.name, i.why_not(device, dtype, backend, **ctx)) for i in self.impls if auto or i.answers(backend)]
 
     def select(self, backend: str, device: torch.device, dtype: torch.dtype | None = None, **ctx) -> Impl:
         """The candidate that runs for ``backend`` here; raises RuntimeError naming why when none can."""
@@ -133,7 +137,7 @@ class Op:
         for impl in self.impls:
             if not (auto or impl.answers(backend)):
                 continue
-            why = impl.why_not(device, dtype, auto, **ctx)
+            why = impl.why_not(device, dtype, backend, **ctx)
             if why is None:
                 return impl
             reasons.append(f"{impl.name}: {why}")

@@ -1,6 +1,6 @@
 """Torch reference (the spec) of the fused "stored activation derivative x (tangent + residual)" op.
 
-In a network linearised at a point (``fastgeom.engine.linearize``) every elementwise activation
+In a network linearised at a point (``fastgeom.engine.linear_net``) every elementwise activation
 becomes a multiplication by its stored derivative d = act'(pre-activation), and a residual block's
 output act(h + skip) has tangent d * (t_h + t_skip). Reverse mode needs the transpose: the
 cotangent c of that output gives the same cotangent d * c to both branches, and at a block input
@@ -34,8 +34,3 @@ def dact_add(d: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None = None) ->
     check(d, a, b)
     return d * (a if b is None else a + b)
 
-
-def dact_add_t(d: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """Transpose of (a, b) -> dact_add(d, a, b): the cotangent d * c, shared by a and b."""
-    check(d, c, None)
-    return d * c
