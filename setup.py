@@ -72,6 +72,9 @@ def _extensions():
 
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "ops", "*.cpp")))
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    # headers: a change to any of them rebuilds the extension (ninja also tracks them by depfile)
+    headers = sorted(glob.glob(os.path.join("csrc", "**", "*.h"), recursive=True)
+                     + glob.glob(os.path.join("csrc", "**", "*.cuh"), recursive=True))
     nvcc = os.path.join(cx.CUDA_HOME, "bin", "nvcc") if cx.CUDA_HOME else None
     have_nvcc = bool(nvcc and os.path.exists(nvcc))
     cuda_torch = torch.version.cuda is not None
@@ -110,11 +113,11 @@ def _extensions():
         macros.append(("FASTGEOM_WITH_CUDA", "1"))
         ext = cx.CUDAExtension(
             "fastgeom._C", sources + cuda_sources, include_dirs=include_dirs, define_macros=macros,
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]})
+            depends=headers, extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]})
     else:
         ext = cx.CppExtension(
             "fastgeom._C", sources, include_dirs=include_dirs[:1], define_macros=macros,
-            extra_compile_args={"cxx": cxx_flags})
+            depends=headers, extra_compile_args={"cxx": cxx_flags})
     print(f"fastgeom: building fastgeom._C (cuda={with_cuda}) from {len(ext.sources)} sources")
 
     required = ext_flag == "1" or cuda_flag == "1"

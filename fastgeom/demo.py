@@ -18,20 +18,7 @@ import time
 
 import torch
 
-
-def sinusoid_data(n: int = 400, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """x ~ U([-1, 1]^2), y = 1[x2 > 0.6 sin(7 x1 - 1)] (MATH.md 7.2)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 2, generator=g, dtype=torch.float64) * 2 - 1
-    y = (x[:, 1] > 0.6 * torch.sin(7 * x[:, 0] - 1)).long()
-    return x, y
-
-
-def boundary_ratio(grid: torch.Tensor, vol: torch.Tensor, width: float = 0.15) -> float:
-    """Mean volume element within `width` of the true boundary over the mean elsewhere."""
-    dist = (grid[:, 1] - 0.6 * torch.sin(7 * grid[:, 0] - 1)).abs()
-    near = dist < width
-    return float(vol[near].mean() / vol[~near].mean())
+from .sinusoid import boundary_ratio, sinusoid_boundary, sinusoid_data
 
 
 def run(out_dir: str = "demo_out", epochs: int = 1000, n_grid: int = 80, width: int = 20, seed: int = 0,
@@ -67,7 +54,7 @@ def run(out_dir: str = "demo_out", epochs: int = 1000, n_grid: int = 80, width: 
                       "boundary_ratio": boundary_ratio(grid, lv.exp())}
     def title(t, s):
         return f"{t} (epoch {s['epoch']}, train acc {s['accuracy']:.2f})"
-    truth = lambda t: 0.6 * torch.sin(7 * t - 1)  # noqa: E731
+    truth = sinusoid_boundary
     panels = [[{"values": s["log10vol"], "margin": s["margin"], "true_boundary": truth, "title": title(t, s)}
                for t, s in snaps.items()],
               [{"values": s["ricci"], "margin": s["margin"], "true_boundary": truth, "symmetric": True}

@@ -46,7 +46,19 @@ def info() -> dict:
     for b in ("torch", "cpp", "cuda", "triton"):
         ok, why = backend_usable(b)
         d["backends"][b] = {"usable": ok, "detail": why}
+    d["ops"] = _op_choices()
     return d
+
+
+def _op_choices() -> dict:
+    """{op: {device type: the implementation ``backend="auto"`` runs for float64 tensors there}}."""
+    from .activations import get
+    from .ops import linearized, logdet, shallow
+
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    ctx = {shallow.GEOMETRY.name: {"act": get("tanh"), "d": 2, "n": 16}}
+    return {op.name: {dev.type: op.pick("auto", dev, torch.float64, **ctx.get(op.name, {})) for dev in devices}
+            for op in logdet.OPS + linearized.OPS + shallow.OPS}
 
 
 def format_info(d: dict | None = None) -> str:
@@ -61,4 +73,7 @@ def format_info(d: dict | None = None) -> str:
     lines.append("backends:")
     for b, s in d["backends"].items():
         lines.append(f"  {b:7s} {'usable' if s['usable'] else 'unusable':9s} {s['detail']}")
+    lines.append("ops (what backend='auto' runs, float64):")
+    for op, picks in d.get("ops", {}).items():
+        lines.append(f"  {op:17s} " + "  ".join(f"{dev}: {impl}" for dev, impl in picks.items()))
     return "\n".join(lines)

@@ -170,3 +170,24 @@ def test_explicit_cuda_backend_without_cuda_raises():
         pytest.skip("CUDA backend is usable here")
     with pytest.raises(RuntimeError, match=r"backend 'cuda' is not usable here.*FASTGEOM_BUILD_CUDA=1"):
         logdet.logdiag_sum(torch.ones(1, 2, 2, dtype=D), torch.tensor([2]), backend="cuda")
+
+
+_JVP_SCRIPT = r"""
+import warnings
+warnings.simplefilter("always")
+import torch
+import fastgeom
+from torch.func import jvp
+x = torch.randn(3, dtype=torch.float64)
+jvp(torch.tanh, (x,), (x,))  # the first forward-mode call imports torch's jvp decompositions
+print("OK")
+"""
+
+
+def test_no_torch_jit_script_deprecation_warning_from_forward_mode():
+    """torch's decompositions_for_jvp runs torch.jit.script at import: fastgeom keeps that FutureWarning quiet."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", _JVP_SCRIPT], capture_output=True, text=True, env=env, cwd=ROOT,
+                         timeout=300)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr
+    assert "jit.script" not in out.stderr, out.stderr
