@@ -27,7 +27,6 @@ import torch
 
 from experiments.common import parser
 from experiments.xor import TaggedRun, add_common, run_toy
-
 from fastgeom import data, slices
 from fastgeom.sinusoid import BAND, boundary_ratio
 

@@ -4,6 +4,7 @@
 family for ``fastgeom.info()``. Per-op choices (and the errors for an explicit backend that cannot run)
 live in ``fastgeom.ops.dispatch``.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -12,6 +13,7 @@ import importlib.util
 import os
 import sys
 import warnings
+from typing import Any
 
 import torch
 
@@ -23,8 +25,8 @@ INSTALL_HINT = (
 
 
 class _Ext:
-    def __init__(self):
-        self.module = None
+    def __init__(self) -> None:
+        self.module: Any = None
         self.error: str | None = None
         if os.environ.get("FASTGEOM_DISABLE_EXT", "0") == "1":
             self.error = "disabled by FASTGEOM_DISABLE_EXT=1"
@@ -70,7 +72,9 @@ class _QuietJvpDecompositions(importlib.abc.MetaPathFinder):
 
         def quiet_exec(module):
             with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+                warnings.filterwarnings(
+                    "ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning
+                )
                 exec_module(module)
 
         spec.loader.exec_module = quiet_exec  # type: ignore[method-assign]
@@ -91,7 +95,10 @@ def triton_status() -> tuple[bool, str]:
         return True, f"triton {triton.__version__} on {torch.cuda.get_device_name()}"
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         return True, f"triton {triton.__version__} interpreter (TRITON_INTERPRET=1, CPU)"
-    return False, f"triton {triton.__version__} installed, but no CUDA device (set TRITON_INTERPRET=1 to interpret on CPU)"
+    return (
+        False,
+        f"triton {triton.__version__} installed, but no CUDA device (set TRITON_INTERPRET=1 to interpret on CPU)",
+    )
 
 
 def backend_usable(backend: str, device: torch.device | None = None) -> tuple[bool, str]:
@@ -111,4 +118,3 @@ def backend_usable(backend: str, device: torch.device | None = None) -> tuple[bo
     if backend == "triton":
         return triton_status()
     raise ValueError(f"unknown backend {backend!r}; choose one of 'torch', 'cpp', 'cuda', 'triton', 'auto'")
-

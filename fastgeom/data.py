@@ -1,6 +1,8 @@
 """Data for the experiments: toy tasks (MATH.md 7.1-7.2), MNIST, Dirty-MNIST, and the offline
 stand-ins quick mode uses.
 
+Research utility for the experiments (experiments/), not part of fastgeom's API: no stability promise.
+
 * :func:`xor_data`, :func:`sinusoid_data` and :func:`sinusoid_boundary` (re-exported from ``fastgeom.sinusoid``).
 * :func:`mnist` loads MNIST through ``torchvision.datasets.MNIST`` under ``root`` (``download=True``
   fetches it); missing files raise :class:`DatasetMissing` saying how to get them.

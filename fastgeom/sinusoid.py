@@ -3,6 +3,7 @@
 Research utility, not API: x ~ U([-1, 1]^2) labelled by y = 1[x2 > 0.6 sin(7 x1 - 1)];
 ``boundary_ratio`` measures how much a volume element concentrates near that true boundary.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,6 +29,7 @@ def boundary_ratio(grid: torch.Tensor, vol: torch.Tensor, width: float = BAND) -
     (vertical distance), over its mean elsewhere; about 1 when the volume ignores the boundary."""
     near = (grid[:, 1] - sinusoid_boundary(grid[:, 0])).abs() < width
     if not near.any() or near.all():
-        raise ValueError(f"boundary_ratio: no grid points {'near' if not near.any() else 'away from'} "
-                         f"the boundary (width {width})")
+        raise ValueError(
+            f"boundary_ratio: no grid points {'near' if not near.any() else 'away from'} the boundary (width {width})"
+        )
     return float(vol[near].mean() / vol[~near].mean())

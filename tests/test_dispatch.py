@@ -1,5 +1,6 @@
 """fastgeom.ops.dispatch: every op's auto choice, explicit impossible backends raising with the reason,
 recording() of what ran, and the CPU compiled ops against their references (incl. extreme arguments)."""
+
 import threading
 
 import pytest
@@ -81,7 +82,7 @@ def test_explicit_impossible_backends_name_the_reason(monkeypatch):
     if has_ext:
         with pytest.raises(RuntimeError, match=r"cpp: the fused kernels need input dimension d <= 4, got d = 9"):
             shallow.pick("cpp", A.get("tanh"), 9, CPU, 20)
-        custom = A.Activation("cube", lambda z: z ** 3, lambda z: 3 * z ** 2, lambda z: 6 * z)
+        custom = A.Activation("cube", lambda z: z**3, lambda z: 3 * z**2, lambda z: 6 * z)
         with pytest.raises(RuntimeError, match="no fused kernel for the activation 'cube'"):
             shallow.pick("cpp", custom, 2, CPU)
     _no_ext(monkeypatch)
@@ -150,7 +151,9 @@ def test_cpp_qrcp_and_logdiag_sum_agree_with_the_references(shape):
     assert torch.equal(p1, p2)
     d1, d2 = torch.diagonal(R1, dim1=-2, dim2=-1), torch.diagonal(R2, dim1=-2, dim2=-1)
     one = torch.ones_like(d2)
-    torch.testing.assert_close(d1 / torch.where(d2 == 0, one, d2), torch.where(d2 == 0, 0 * one, one), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        d1 / torch.where(d2 == 0, one, d2), torch.where(d2 == 0, 0 * one, one), rtol=1e-12, atol=0
+    )
     # saturated diagonals (1e-300 .. 1e300) and k beyond the diagonal / negative
     R = torch.diag_embed(torch.tensor([[1e300, 1e-300, -1.0], [0.5, 1e-200, 1e200]], dtype=D))
     k = torch.tensor([5, -1])

@@ -1,4 +1,5 @@
-"""Fused dact_add (d * (a + b), its own transpose): Triton (interpreter on CPU), compiled CUDA vs the torch reference."""
+"""Fused dact_add (d * (a + b), its own transpose): Triton (interpreter on CPU), compiled CUDA vs the reference."""
+
 import pytest
 import torch
 
@@ -40,6 +41,7 @@ def test_reference_matches_float64_spec(dtype, ds, as_, with_b):
 def test_triton_interpreter_vs_reference(dtype, ds, as_, noncontig):
     pytest.importorskip("triton")
     from fastgeom.ops.linearized import triton as T
+
     d, a, b = _inputs(ds, as_, dtype, noncontig=noncontig)
     for bb in (b, None):
         torch.testing.assert_close(T.dact_add(d, a, bb, block=256), ref.dact_add(d, a, bb), **TOL[dtype])
@@ -58,6 +60,7 @@ def test_saturated_arguments(dtype):
     assert torch.isfinite(want).all() and want[1].eq(0).all()
     pytest.importorskip("triton")
     from fastgeom.ops.linearized import triton as T
+
     torch.testing.assert_close(T.dact_add(d, a, b, block=4), want, rtol=0, atol=0)
 
 

@@ -1,6 +1,7 @@
 """Triton qrcp (fastgeom/ops/logdet/triton.py; the interpreter on CPU) against the torch reference at
 odd sizes, with tiles smaller than the matrix, graded, rank-deficient and zero columns (small sizes:
 the interpreter is slow). On a GPU the same comparisons run at larger sizes (marked gpu)."""
+
 import pytest
 import torch
 

@@ -44,6 +44,7 @@ a candidate answers to (default: its own name), e.g. a Triton kernel that is the
 of an op without a compiled CUDA twin serves ``("triton", "cuda")``; ``auto_devices`` restricts where
 auto may take it (the Triton interpreter on CPU runs only when asked for by name).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -61,8 +62,9 @@ _BACKEND_DEVICE = {"cpp": "cpu", "cuda": "cuda"}  # an explicit backend of these
 
 Predicate = Callable[..., "str | None"]
 
-_RECORDS: contextvars.ContextVar[tuple[dict[str, str], ...]] = contextvars.ContextVar("fastgeom_dispatch_records",
-                                                                                     default=())
+_RECORDS: contextvars.ContextVar[tuple[dict[str, str], ...]] = contextvars.ContextVar(
+    "fastgeom_dispatch_records", default=()
+)
 
 
 @contextlib.contextmanager
@@ -122,8 +124,9 @@ class Op:
         names = [i.name for i in self.impls]
         self.impls.insert(names.index(before) if before in names else len(self.impls), impl)
 
-    def candidates(self, device: torch.device, dtype: torch.dtype | None = None,
-                   backend: str = "auto", **ctx) -> list[tuple[str, str | None]]:
+    def candidates(
+        self, device: torch.device, dtype: torch.dtype | None = None, backend: str = "auto", **ctx
+    ) -> list[tuple[str, str | None]]:
         """[(impl name, None or the reason it cannot run)] for the candidates ``backend`` may take, in order."""
         check_backend(backend)
         auto = backend == "auto"
@@ -143,17 +146,28 @@ class Op:
             reasons.append(f"{impl.name}: {why}")
         if not reasons:
             have = sorted({b for i in self.impls for b in (i.serves or (i.name,))})
-            raise RuntimeError(f"backend {backend!r} is not usable here: op {self.name!r} has no {backend!r} "
-                               f"implementation (it has {', '.join(map(repr, have))})")
-        raise RuntimeError(f"backend {backend!r} is not usable here for op {self.name!r} on "
-                           f"{device.type} {dtype}: " + "; ".join(reasons))
+            raise RuntimeError(
+                f"backend {backend!r} is not usable here: op {self.name!r} has no {backend!r} "
+                f"implementation (it has {', '.join(map(repr, have))})"
+            )
+        raise RuntimeError(
+            f"backend {backend!r} is not usable here for op {self.name!r} on "
+            f"{device.type} {dtype}: " + "; ".join(reasons)
+        )
 
     def pick(self, backend: str, device: torch.device, dtype: torch.dtype | None = None, **ctx) -> str:
         """Name of the candidate :meth:`select` returns."""
         return self.select(backend, device, dtype, **ctx).name
 
-    def __call__(self, *args, backend: str = "auto", device: torch.device, dtype: torch.dtype | None = None,
-                 ctx: dict | None = None, **kwargs):
+    def __call__(
+        self,
+        *args,
+        backend: str = "auto",
+        device: torch.device,
+        dtype: torch.dtype | None = None,
+        ctx: dict | None = None,
+        **kwargs,
+    ):
         impl = self.select(backend, device, dtype, **(ctx or {}))
         out = impl.fn(*args, **kwargs)
         record(self.name, impl.name)
@@ -167,6 +181,7 @@ def check_backend(backend: str) -> None:
 
 # ---- availability predicates -------------------------------------------------------------------
 
+
 def always(device: torch.device, dtype: torch.dtype | None = None, **ctx) -> str | None:
     return None
 
@@ -175,39 +190,48 @@ def _ext_missing(op: str) -> str | None:
     if not ext.ok:
         return f"fastgeom._C not loaded ({ext.error}); to get it, {INSTALL_HINT}"
     if not ext.has_op(op):
-        return (f"fastgeom._C was built without the {op} op; rebuild the extension "
-                "(`FASTGEOM_BUILD_CUDA=0 python setup.py build_ext --inplace`)")
+        return (
+            f"fastgeom._C was built without the {op} op; rebuild the extension "
+            "(`FASTGEOM_BUILD_CUDA=0 python setup.py build_ext --inplace`)"
+        )
     return None
 
 
 def compiled_cpu(op: str) -> Predicate:
     """fastgeom._C has ``op`` and the tensors are on the CPU."""
+
     def pred(device: torch.device, dtype: torch.dtype | None = None, **ctx) -> str | None:
         if device.type != "cpu":
             return f"runs on CPU tensors, got {device.type}"
         return _ext_missing(op)
+
     return pred
 
 
 def compiled_cuda(op: str) -> Predicate:
     """fastgeom._C was built with CUDA, has ``op``, and the tensors are on a CUDA device."""
+
     def pred(device: torch.device, dtype: torch.dtype | None = None, **ctx) -> str | None:
         why = _ext_missing(op)
         if why is not None:
             return why
         if not ext.with_cuda:
-            return ("fastgeom._C was built without CUDA; to get it, reinstall with "
-                    "FASTGEOM_BUILD_CUDA=1 (see the install table in README.md)")
+            return (
+                "fastgeom._C was built without CUDA; to get it, reinstall with "
+                "FASTGEOM_BUILD_CUDA=1 (see the install table in README.md)"
+            )
         if not torch.cuda.is_available():
             return "no CUDA device visible"
         if device.type != "cuda":
             return f"needs CUDA tensors, got {device.type}"
         return None
+
     return pred
 
 
 def triton_on_device() -> Predicate:
     """Triton importable, and a CUDA tensor (or a CPU tensor under TRITON_INTERPRET=1 without a GPU)."""
+
     def pred(device: torch.device, dtype: torch.dtype | None = None, **ctx) -> str | None:
         ok, why = triton_status()
         if not ok:
@@ -215,26 +239,31 @@ def triton_on_device() -> Predicate:
         if device.type == "cuda" or (device.type == "cpu" and not torch.cuda.is_available()):
             return None
         return f"needs CUDA tensors, got {device.type}"
+
     return pred
 
 
 def dtypes(*allowed: torch.dtype) -> Predicate:
     """The tensors' dtype is one of ``allowed``."""
+
     def pred(device: torch.device, dtype: torch.dtype | None = None, **ctx) -> str | None:
         if dtype is not None and dtype not in allowed:
             return f"supports {', '.join(str(d) for d in allowed)}, got {dtype}"
         return None
+
     return pred
 
 
 def all_of(*preds: Predicate) -> Predicate:
     """Available when every predicate is; the first reason otherwise."""
+
     def pred(device: torch.device, dtype: torch.dtype | None = None, **ctx) -> str | None:
         for p in preds:
             why = p(device, dtype, **ctx)
             if why is not None:
                 return why
         return None
+
     return pred
 
 

@@ -6,6 +6,7 @@ Candidates, in ``auto`` order (``fastgeom.ops.dispatch``):
   GPU; it also serves ``backend="cuda"``, there being no compiled CUDA twin), ``torch`` (``reference.py``).
 - ``logdiag_sum``: ``cuda`` (csrc/cuda/logdiag.cu), ``cpp`` (csrc/ops/logdiag.cpp), ``torch``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,6 +21,7 @@ def _qrcp_cpp(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _qrcp_triton(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     from . import triton as _tr
+
     return _tr.qrcp(A)
 
 
@@ -27,17 +29,23 @@ def _logdiag_compiled(R: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return torch.ops.fastgeom.logdiag_sum(R, k.to(R.device))
 
 
-QRCP = _d.Op("qrcp", [
-    _d.Impl("cpp", _qrcp_cpp, _d.compiled_cpu("qrcp")),
-    _d.Impl("triton", _qrcp_triton, _d.triton_on_device(), serves=("triton", "cuda"), auto_devices=("cuda",)),
-    _d.Impl("torch", reference.qrcp, _d.always),
-])
+QRCP = _d.Op(
+    "qrcp",
+    [
+        _d.Impl("cpp", _qrcp_cpp, _d.compiled_cpu("qrcp")),
+        _d.Impl("triton", _qrcp_triton, _d.triton_on_device(), serves=("triton", "cuda"), auto_devices=("cuda",)),
+        _d.Impl("torch", reference.qrcp, _d.always),
+    ],
+)
 
-LOGDIAG_SUM = _d.Op("logdiag_sum", [
-    _d.Impl("cuda", _logdiag_compiled, _d.compiled_cuda("logdiag_sum")),
-    _d.Impl("cpp", _logdiag_compiled, _d.compiled_cpu("logdiag_sum")),
-    _d.Impl("torch", reference.logdiag_sum, _d.always),
-])
+LOGDIAG_SUM = _d.Op(
+    "logdiag_sum",
+    [
+        _d.Impl("cuda", _logdiag_compiled, _d.compiled_cuda("logdiag_sum")),
+        _d.Impl("cpp", _logdiag_compiled, _d.compiled_cpu("logdiag_sum")),
+        _d.Impl("torch", reference.logdiag_sum, _d.always),
+    ],
+)
 
 OPS = (QRCP, LOGDIAG_SUM)
 

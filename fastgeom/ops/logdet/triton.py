@@ -11,6 +11,7 @@ go to the lowest column index, as ``torch.argmax`` in the reference.
 Returns (R (B, min(m, n), n), perm (B, n)) with A[..., perm] = Q R and |R_ii| non-increasing.
 Runs on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (the tests).
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,8 +34,7 @@ def _ssq_update(scale, ssq, x):
 
 
 @triton.jit
-def _qrcp_kernel(a_ptr, v_ptr, nrm_ptr, perm_ptr, m, n, kmax,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _qrcp_kernel(a_ptr, v_ptr, nrm_ptr, perm_ptr, m, n, kmax, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     a = a_ptr + pid * m * n  # row-major (m, n)
     v = v_ptr + pid * m  # Householder vector scratch (m,)
@@ -149,7 +149,9 @@ def _qrcp_kernel(a_ptr, v_ptr, nrm_ptr, perm_ptr, m, n, kmax,
         tl.debug_barrier()
 
 
-def qrcp(A: torch.Tensor, block_m: int = 32, block_n: int = 32, num_warps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+def qrcp(
+    A: torch.Tensor, block_m: int = 32, block_n: int = 32, num_warps: int = 4
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Column-pivoted Householder QR of A (B, m, n) (any float dtype; computed in float64): (R, perm)."""
     if A.dim() != 3:
         raise ValueError(f"qrcp: A must be (B, m, n), got shape {tuple(A.shape)}")

@@ -1,15 +1,19 @@
-"""Shallow-network geometry op: candidates ``cuda``, ``triton`` (CUDA tensors), ``cpp``, ``torch`` (fastgeom.ops.dispatch).
+"""Shallow-network geometry op; candidates ``cuda``, ``triton`` (CUDA tensors), ``cpp``, ``torch`` (ops.dispatch).
 
 The fused op (``geometry``) evaluates, per point, the metric g (d, d), log volume element and
 true Ricci scalar of Phi(x) = sigma(x W^T + b)/sqrt(n) for small input dimension
 d <= ``FUSED_MAX_D``, in one kernel: pass 1 over hidden units is a streaming Givens QR of the rows
-sigma'(z_j) w_j / sqrt(n) (R^T R = g, L = R^T; g is never factored, so cond is not squared); pass 2 accumulates the whitened third-moment sums
-T = sum_j P_j u_j^(x3) and v = sum_j P_j |u_j|^2 u_j (u_j = L^-1 w_j) and finishes
-R = (|T|^2 - |v|^2) / n^2, algebraically equal to the Gram form of MATH 3.5 (see docs/SHALLOW.md).
-Larger d, n < d, and activations without a kernel code run the reference: ``auto`` takes it, an
-explicit fused backend raises naming the rule (for large d the reference computes the log volume by pivoted QR of diag(sigma') W / sqrt(n) in tiles
-of points, fastgeom.linalg.factor, whose QR itself uses fastgeom._C when built).
+sigma'(z_j) w_j / sqrt(n) (R^T R = g, L = R^T; g is never factored, so cond is not squared); pass 2
+accumulates the whitened third-moment sums T = sum_j P_j u_j^(x3) and v = sum_j P_j |u_j|^2 u_j
+(u_j = L^-1 w_j) and finishes R = (|T|^2 - |v|^2) / n^2, algebraically equal to the Gram form of
+MATH 3.5 (see docs/SHALLOW.md).
+
+Larger d, n < d, and activations without a kernel code run the reference (``fusable`` says why):
+``auto`` takes it, an explicit fused backend raises naming the rule. For large d the reference
+computes the log volume by pivoted QR of diag(sigma') W / sqrt(n) in tiles of points
+(fastgeom.linalg.factor, whose QR itself uses fastgeom._C when built).
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,8 +26,9 @@ BACKENDS = _d.BACKENDS
 OP = "shallow_geometry"
 
 
-def fusable(device: torch.device, dtype: torch.dtype | None = None, *, act=None, d: int = 0,
-            n: int | None = None, **ctx) -> str | None:
+def fusable(
+    device: torch.device, dtype: torch.dtype | None = None, *, act=None, d: int = 0, n: int | None = None, **ctx
+) -> str | None:
     """The fused kernels need a built-in activation, d <= FUSED_MAX_D and n >= d (an immersion; the
     pseudo-volume of n < d goes through the reference)."""
     if act is None or act.code is None:
@@ -48,22 +53,27 @@ def _torch(W, b, x, act, want):
 
 def _triton(W, b, x, act, want):
     from . import triton as _tr
+
     g, lv, R = _tr.geometry(W, b, x, act.code, act.power, "ricci" in want)
     return {"metric": g, "logvol": lv, "ricci": R}
 
 
 def _compiled(W, b, x, act, want):
-    g, lv, R = torch.ops.fastgeom.shallow_geometry(W.contiguous(), b.contiguous(), x.contiguous(),
-                                                   int(act.code), int(act.power), "ricci" in want)
+    g, lv, R = torch.ops.fastgeom.shallow_geometry(
+        W.contiguous(), b.contiguous(), x.contiguous(), int(act.code), int(act.power), "ricci" in want
+    )
     return {"metric": g, "logvol": lv, "ricci": R}
 
 
-GEOMETRY = _d.Op(OP, [
-    _d.Impl("cuda", _compiled, _d.all_of(fusable, _d.compiled_cuda(OP))),
-    _d.Impl("triton", _triton, _d.all_of(fusable, _d.triton_on_device()), auto_devices=("cuda",)),
-    _d.Impl("cpp", _compiled, _d.all_of(fusable, _d.compiled_cpu(OP))),
-    _d.Impl("torch", _torch, _d.always),
-])
+GEOMETRY = _d.Op(
+    OP,
+    [
+        _d.Impl("cuda", _compiled, _d.all_of(fusable, _d.compiled_cuda(OP))),
+        _d.Impl("triton", _triton, _d.all_of(fusable, _d.triton_on_device()), auto_devices=("cuda",)),
+        _d.Impl("cpp", _compiled, _d.all_of(fusable, _d.compiled_cpu(OP))),
+        _d.Impl("torch", _torch, _d.always),
+    ],
+)
 
 OPS = (GEOMETRY,)
 
@@ -76,6 +86,15 @@ def pick(backend: str, act, d: int, device: torch.device, n: int | None = None) 
 
 def geometry(W, b, x, act, backend: str = "auto", want=("metric", "logvol", "ricci")):
     """dict with the requested of 'metric' (N, d, d), 'logvol' (N,), 'ricci' (N,) (true convention)."""
-    res = GEOMETRY(W, b, x, act, want, backend=backend, device=x.device, dtype=x.dtype,
-                   ctx={"act": act, "d": W.shape[1], "n": W.shape[0]})
+    res = GEOMETRY(
+        W,
+        b,
+        x,
+        act,
+        want,
+        backend=backend,
+        device=x.device,
+        dtype=x.dtype,
+        ctx={"act": act, "d": W.shape[1], "n": W.shape[0]},
+    )
     return {k: res[k] for k in want}
