@@ -2,6 +2,10 @@
 odd sizes, with tiles smaller than the matrix, graded, rank-deficient and zero columns (small sizes:
 the interpreter is slow). On a GPU the same comparisons run at larger sizes (marked gpu)."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -10,6 +14,7 @@ from fastgeom.ops.logdet import reference
 
 T = pytest.importorskip("fastgeom.ops.logdet.triton")
 D = torch.float64
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _check(A, R1, p1, rtol=1e-12):
@@ -83,3 +88,37 @@ def test_gpu_matches_reference(shape):
     _check(A, R1.cpu(), p1.cpu(), rtol=1e-11)
     R2, _ = logdet.qrcp(A.cuda(), backend="cuda")
     torch.testing.assert_close(R2.cpu(), R1.cpu(), rtol=0, atol=0)
+
+
+_COMPILE_SCRIPT = r"""
+import triton
+from triton.backends import backends
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from fastgeom.ops.logdet.triton import _qrcp_kernel
+if "nvidia" not in backends:
+    print("SKIP triton without its CUDA backend")
+    raise SystemExit(0)
+sig = {"a_ptr": "*fp64", "v_ptr": "*fp64", "nrm_ptr": "*fp64", "perm_ptr": "*i64", "m": "i32", "n": "i32",
+       "kmax": "i32", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr"}
+src = ASTSource(fn=_qrcp_kernel, signature=sig, constexprs={"BLOCK_M": 32, "BLOCK_N": 32})
+k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+print("OK", "cubin" in k.asm, k.asm["ptx"].count("bar.sync"))
+"""
+
+
+@pytest.mark.slow
+def test_compiles_for_sm90_without_a_gpu():
+    """The interpreter does not type-check like the compiler: compile the kernel to a cubin for sm_90
+    (H100/H200) ahead of time, no GPU needed (a process without TRITON_INTERPRET), and check that it
+    synchronises its phases (bar.sync)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run(
+        [sys.executable, "-c", _COMPILE_SCRIPT], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    if out.stdout.startswith("SKIP"):
+        pytest.skip(out.stdout.strip())
+    ok, has_cubin, n_sync = out.stdout.split()[-3:]
+    assert has_cubin == "True" and int(n_sync) >= 8, out.stdout
