@@ -50,7 +50,7 @@ def mobilenet_v3_small():
 
 def efficientnet_b0():
     torch.manual_seed(0)
-    return _prep(tvm.efficientnet_b0(num_classes=10), (3, 32, 32))
+    return _prep(tvm.efficientnet_b0(num_classes=10), (3, 16, 16))
 
 
 def regnet_y_400mf():
@@ -92,7 +92,7 @@ def vit_small_config():
 class TupleBranch(nn.Module):
     """h = lin(x) + scale * branch(x) with a tuple-returning module (MHA / LSTM / GRU) on tokens (T, E)."""
 
-    def __init__(self, kind: str, scale: float = 1.0, E: int = 4):
+    def __init__(self, kind: str, scale: float = 1.0, E: int = 4, out: int = 3):
         super().__init__()
         self.kind, self.scale = kind, scale
         self.lin = nn.Linear(E, E)
@@ -102,7 +102,7 @@ class TupleBranch(nn.Module):
             self.mod = nn.LSTM(E, E, batch_first=True)
         else:
             self.mod = nn.GRU(E, E, batch_first=True)
-        self.out = nn.Linear(E, 3)
+        self.out = nn.Linear(E, out)
 
     def forward(self, x):
         if self.kind == "mha":
@@ -112,9 +112,19 @@ class TupleBranch(nn.Module):
         return self.out(torch.tanh(self.lin(x) + self.scale * b)).flatten(1)
 
 
-def tuple_branch(kind: str, scale: float = 1.0, T: int = 3, E: int = 4):
+def tuple_branch(kind: str, scale: float = 1.0, T: int = 3, E: int = 4, out: int = 3):
+    """d_in = T*E, d_out = T*out (out > E: an immersion, forward mode by default)."""
     torch.manual_seed(0)
-    return _prep(TupleBranch(kind, scale, E), (T, E))
+    return _prep(TupleBranch(kind, scale, E, out), (T, E))
+
+
+def vit_tokens():
+    """A one-block ViT whose token layer (17 x 64 = 1088) is larger than its 3 x 16 x 16 = 768 input:
+    forward mode through nn.MultiheadAttention. Returns (model, x, layer)."""
+    torch.manual_seed(0)
+    m, x = _prep(VisionTransformer(image_size=16, patch_size=4, num_layers=1, num_heads=2, hidden_dim=64, mlp_dim=32,
+                                   num_classes=10), (3, 16, 16), points=1)
+    return m, x, "encoder.layers.encoder_layer_0"
 
 
 FAMILIES = {

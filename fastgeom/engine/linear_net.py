@@ -315,10 +315,14 @@ class LinearGraph:
                                                          ln.get("eps", 1e-5))
             if node.target in _ADD | _SUB and len(args) == 2 and not kwargs:
                 rule = "add" if node.target in _ADD else "sub"
+                # broadcasting (e.g. (P, 6) - (P, 1)): the full shapes, so that cotangents are summed back
+                out = torch.broadcast_shapes(*[tuple(a.shape) for a in args if isinstance(a, torch.Tensor)])
+                in_shapes = [tuple(args[i].shape) for i in carried]
+                bcast = None if all(sh == tuple(out) for sh in in_shapes) else (in_shapes, tuple(out))
                 if len(carried) == 2:
-                    return rule, None
+                    return rule, bcast
                 if carried == [0] or (carried == [1] and rule == "add"):
-                    return "identity", None
+                    return "identity", bcast
             if node.target in _MUL and len(args) == 2 and not kwargs and all(
                     isinstance(a, (torch.Tensor, int, float)) and not isinstance(a, bool) for a in args):
                 shapes = {i: tuple(args[i].shape) for i in carried}
@@ -601,11 +605,11 @@ class Linearization:
                 xhat, rstd, w, dims = st.data
                 self._send(pending, st.inputs[0], _layer_norm_core(xhat, rstd, dims, c * w if w is not None else c))
             elif st.rule in ("identity", "add"):
-                for name in st.inputs:
-                    self._send(pending, name, c)
+                for j, name in enumerate(st.inputs):
+                    self._send(pending, name, _unbroadcast(c, st.data, j))
             elif st.rule == "sub":
-                self._send(pending, st.inputs[0], c)
-                self._send(pending, st.inputs[1], -c)
+                self._send(pending, st.inputs[0], _unbroadcast(c, st.data, 0))
+                self._send(pending, st.inputs[1], -_unbroadcast(c, st.data, 1))
             elif st.rule == "batchlinear":
                 zero = c.new_zeros((K * P,) + self._shape_of(st.inputs[0]))
                 with torch.enable_grad():
@@ -668,10 +672,11 @@ class Linearization:
         if st.rule == "layernorm":
             return _layer_norm_tangent(st.data, ins[0])
         if st.rule == "identity":
-            return ins[0]
+            return ins[0] if st.data is None else ins[0].expand((K,) + st.data[1])
         if st.rule == "add":
             # act(h + skip): leave the sum to the activation's fused dact_add when it is the only user
-            return _Deferred(ins[0], ins[1]) if self._single_act_user(st) else ins[0] + ins[1]
+            fuse = st.data is None and self._single_act_user(st)
+            return _Deferred(ins[0], ins[1]) if fuse else ins[0] + ins[1]
         if st.rule == "sub":
             return ins[0] - ins[1]
         if st.rule == "batchlinear":
@@ -723,6 +728,13 @@ class _Deferred:
 
     def value(self):
         return self.a + self.b
+
+
+def _unbroadcast(c: torch.Tensor, bcast, j: int) -> torch.Tensor:
+    """The cotangent c (K, *out) of a broadcasting add/sub summed to the shape of its j-th carried input."""
+    if bcast is None:
+        return c
+    return c.sum_to_size((c.shape[0],) + bcast[0][j])
 
 
 def _sum(cs: list) -> torch.Tensor:
