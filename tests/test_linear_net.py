@@ -323,3 +323,9 @@ def test_tuple_valued_nodes_are_never_constants():
     torch.manual_seed(0)
     m = Tuples().to(D).eval()
     _check_against_torch_func(FeatureMap(m), torch.randn(2, 3, 4, dtype=D))
+
+
+def test_relu_closed_form_derivative_matches_autograd_at_zero_and_both_sides():
+    x = torch.tensor([-1.0, -0.0, 0.0, 1e-300, 2.0], dtype=D)
+    torch.testing.assert_close(linear_net._relu_derivative(x), linear_net._elementwise_derivative(torch.relu, x),
+                               rtol=0, atol=0)

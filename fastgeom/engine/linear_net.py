@@ -234,6 +234,20 @@ def _elementwise_derivative(fn: Callable, x: torch.Tensor) -> torch.Tensor:
         return pull(torch.ones_like(y))[0]
 
 
+def _is_relu(node: fx.Node, fn, args, kwargs) -> bool:
+    """A plain ReLU (module, function or method), whose derivative needs no autograd call."""
+    if len(args) != 1 or any(v is not False for v in kwargs.values()):
+        return False
+    if node.op == "call_module":
+        return type(fn) is nn.ReLU
+    return node.target in (F.relu, torch.relu, "relu")
+
+
+def _relu_derivative(x: torch.Tensor) -> torch.Tensor:
+    """relu'(x) = 1 where x > 0, else 0 (torch's threshold_backward: 0 at x = 0 too)."""
+    return (x > 0).to(x.dtype)
+
+
 def _is_float_tensor(v) -> bool:
     return isinstance(v, torch.Tensor) and v.is_floating_point()
 
@@ -391,7 +405,8 @@ class LinearGraph:
                 in_names = [node.args[i].name for i in carried]
                 if rule == "act":
                     act = (lambda t, _f=fn, _a=args, _k=kwargs: _f(t, *_a[1:], **_k))
-                    data = _elementwise_derivative(act, args[0])
+                    data = (_relu_derivative(args[0]) if _is_relu(node, fn, args, kwargs)
+                            else _elementwise_derivative(act, args[0]))
                     val = fn(*args, **kwargs)
                 elif rule == "func":
                     kind, val, data, in_names = self._func_node(node, fn, carries, composites, env)
