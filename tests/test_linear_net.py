@@ -329,3 +329,19 @@ def test_relu_closed_form_derivative_matches_autograd_at_zero_and_both_sides():
     x = torch.tensor([-1.0, -0.0, 0.0, 1e-300, 2.0], dtype=D)
     torch.testing.assert_close(linear_net._relu_derivative(x), linear_net._elementwise_derivative(torch.relu, x),
                                rtol=0, atol=0)
+
+
+def test_traced_graph_that_fails_at_a_node_is_a_linearize_error():
+    """A graph that cannot run at these points (a batch size fixed in the model code) gives LinearizeError
+    naming the node, not a raw torch error."""
+    class Baked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(x).reshape(2, 3)  # only valid for 2 points
+
+    m = Baked().to(D)
+    with pytest.raises(LinearizeError, match="fails at node 'reshape'"):
+        LinearGraph(FeatureMap(m)).linearize(torch.randn(3, 4, dtype=D))

@@ -72,6 +72,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from ..ops.linearized import dact_add
 from .batching import vmap
 from .guards import ad_guards
+from .planner import is_oom
 
 
 class LinearizeError(RuntimeError):
@@ -234,6 +235,18 @@ def _elementwise_derivative(fn: Callable, x: torch.Tensor) -> torch.Tensor:
         return pull(torch.ones_like(y))[0]
 
 
+def _run(node: fx.Node, fn: Callable, args, kwargs):
+    """fn(*args, **kwargs) for one node of the traced graph; an error there (other than out-of-memory) means the
+    traced graph does not run as the model does at these points: LinearizeError naming the node."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - the model's own op, replayed by the trace
+        if is_oom(e) or isinstance(e, LinearizeError):
+            raise
+        raise LinearizeError(f"the traced graph fails at {_describe(node)} ({type(e).__name__}: {e}); "
+                             "use method='streamed'") from e
+
+
 def _is_relu(node: fx.Node, fn, args, kwargs) -> bool:
     """A plain ReLU (module, function or method), whose derivative needs no autograd call."""
     if len(args) != 1 or any(v is not False for v in kwargs.values()):
@@ -391,7 +404,7 @@ class LinearGraph:
                 fn = self._callable(node)
                 ins = [a for a in node.all_input_nodes if a.name in carries]
                 if not ins:
-                    env[node.name] = fn(*args, **kwargs)  # constant w.r.t. x: no input depends on it
+                    env[node.name] = _run(node, fn, args, kwargs)  # constant w.r.t. x: no input depends on it
                     continue
                 if _INPLACE_META in node.meta:
                     raise LinearizeError(f"{_describe(node)} writes in place ({node.meta[_INPLACE_META]}) into or from "
@@ -407,14 +420,14 @@ class LinearGraph:
                     act = (lambda t, _f=fn, _a=args, _k=kwargs: _f(t, *_a[1:], **_k))
                     data = (_relu_derivative(args[0]) if _is_relu(node, fn, args, kwargs)
                             else _elementwise_derivative(act, args[0]))
-                    val = fn(*args, **kwargs)
+                    val = _run(node, fn, args, kwargs)
                 elif rule == "func":
                     kind, val, data, in_names = self._func_node(node, fn, carries, composites, env)
                     if kind == "composite":
                         composites[node.name] = data
                         carries.add(node.name)
                 else:
-                    val = fn(*args, **kwargs)
+                    val = _run(node, fn, args, kwargs)
                 env[node.name] = val
                 if _is_float_tensor(val):
                     carries.add(node.name)
@@ -484,7 +497,7 @@ class LinearGraph:
             return fn(*a, **k)
 
         primals = tuple(leaves.values())
-        val = f(*primals)
+        val = _run(node, f, primals, {})
         if not isinstance(val, torch.Tensor):
             if any(_is_float_tensor(t) for t in tree_flatten(val)[0]):
                 return "composite", val, (f, names, primals), names
