@@ -236,3 +236,119 @@ def test_linearized_on_cuda_matches_cpu():
     cpu = fg.logvol(m, x, method="linearized", layer="layer3", pool=24)
     gpu = fg.logvol(m.cuda(), x.cuda(), method="linearized", layer="layer3", pool=24)
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-10, atol=1e-10)
+
+
+class NormsAndProducts(nn.Module):
+    """LayerNorm over two dims (affine) and F.layer_norm without weight, SE-style gating broadcast over
+    (H, W), a layer-scale product with a constant, x * x, and tanh-approximate GELU."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1, groups=1)
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)  # depthwise
+        self.ln = nn.LayerNorm([5, 3])
+        self.gate = nn.Linear(4, 4)
+        self.scale = nn.Parameter(torch.rand(4, 1, 1) + 0.5)
+
+    def forward(self, x):
+        h = self.ln(self.dw(F.gelu(self.conv(x), approximate="tanh")))
+        s = torch.sigmoid(self.gate(h.mean((2, 3))))[:, :, None, None]
+        h = self.scale * (s * h) + 0.3 * (h * h)
+        return F.layer_norm(h.permute(0, 2, 3, 1), (4,)).flatten(1)
+
+
+def test_layernorm_and_product_rules_match_torch_func():
+    torch.manual_seed(0)
+    m = NormsAndProducts().to(D).eval()
+    lin = _check_against_torch_func(FeatureMap(m), torch.randn(3, 3, 5, 3, dtype=D))
+    rules = [s.rule for s in lin.steps]
+    assert rules.count("layernorm") == 2 and rules.count("mul") >= 3
+
+
+class _Cube(torch.autograd.Function):
+    """x^3 with a backward and no forward-mode (jvp) formula."""
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return x ** 3
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 3 * x ** 2 * g
+
+
+def cube(x):
+    return _Cube.apply(x)
+
+
+torch.fx.wrap("cube")
+
+
+class NoForwardAD(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x):
+        return torch.tanh(cube(self.fc(x)))
+
+
+def test_node_without_forward_ad_gets_the_transpose_of_its_vjp():
+    torch.manual_seed(0)
+    m = NoForwardAD().to(D).eval()
+    x = torch.randn(3, 4, dtype=D)
+    with pytest.raises(NotImplementedError):
+        jvp(m, (x,), (x,))  # torch.func itself has no forward mode here
+    lin = LinearGraph(FeatureMap(m)).linearize(x)
+    ref = torch.stack([torch.func.jacrev(lambda z: m(z[None])[0])(x[i]) for i in range(3)])  # (P, 5, 4)
+    T = torch.randn(2, 3, 4, dtype=D)
+    torch.testing.assert_close(lin.jvp(T), torch.einsum("poi,kpi->kpo", ref, T), rtol=1e-12, atol=1e-14)
+
+
+class Tuples(nn.Module):
+    """Tuple-valued nodes: chunk, an LSTM's (out, (h, c)) with getitem of getitem, split of a carried tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(4, 3, batch_first=True)
+        self.fc = nn.Linear(4, 6)
+
+    def forward(self, x):
+        a, b = self.fc(x).chunk(2, dim=-1)
+        out, (h, c) = self.lstm(x)
+        p, q = torch.split(out, [1, 2], dim=1)
+        return torch.cat([(a * b).flatten(1), h[0], c[0], q.flatten(1) - p.flatten(1)[:, :1]], dim=1)
+
+
+def test_tuple_valued_nodes_are_never_constants():
+    torch.manual_seed(0)
+    m = Tuples().to(D).eval()
+    _check_against_torch_func(FeatureMap(m), torch.randn(2, 3, 4, dtype=D))
+
+
+def test_relu_closed_form_derivative_matches_autograd_at_zero_and_both_sides():
+    x = torch.tensor([-1.0, -0.0, 0.0, 1e-300, 2.0], dtype=D)
+    torch.testing.assert_close(linear_net._relu_derivative(x), linear_net._elementwise_derivative(torch.relu, x),
+                               rtol=0, atol=0)
+
+
+def test_traced_graph_that_fails_at_a_node_is_a_linearize_error():
+    """A graph that cannot run at these points (a batch size fixed in the model code) gives LinearizeError
+    naming the node, not a raw torch error."""
+    class Baked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(x).reshape(2, 3)  # only valid for 2 points
+
+    m = Baked().to(D)
+    with pytest.raises(LinearizeError, match="fails at node 'reshape'"):
+        LinearGraph(FeatureMap(m)).linearize(torch.randn(3, 4, dtype=D))

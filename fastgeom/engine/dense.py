@@ -1,8 +1,14 @@
-"""Dense reference: torch.func jacrev / jacfwd (whichever needs fewer passes), materialising J."""
+"""Dense reference: torch.func jacrev / jacfwd (whichever needs fewer passes), materialising J.
+
+The map over points is ``batching.vmap`` (a loop where a module has no batching rule, e.g. nn.GRU),
+run under ``guards.ad_guards`` (forward AD through attention)."""
 from __future__ import annotations
 
 import torch
-from torch.func import jacfwd, jacrev, vmap
+from torch.func import jacfwd, jacrev
+
+from .batching import vmap
+from .guards import ad_guards
 
 
 def jacobian_dense(fmap, x: torch.Tensor, d_out: int, forward: bool | None = None) -> torch.Tensor:
@@ -18,5 +24,6 @@ def jacobian_dense(fmap, x: torch.Tensor, d_out: int, forward: bool | None = Non
         return fmap(xi[None])[0]
 
     jac = jacfwd(f1) if forward else jacrev(f1)
-    J = vmap(jac)(x)
+    with ad_guards():
+        J = vmap(jac, key="dense: vmap over points")(x)
     return J.reshape(B, d_out, d_in)

@@ -1,20 +1,32 @@
 """The feature map as a linear network at a point batch, with hand-written tangent and cotangent passes.
 
 ``LinearGraph(fmap)`` traces the model once (``torch.fx``, through torchvision's
-``create_feature_extractor`` when a layer is named), folds eval-mode BatchNorm into the preceding
-convolutions (``torch.fx.experimental.optimization.fuse``) and casts a private copy to the compute
-dtype. ``graph.linearize(x)`` runs one forward pass at a point batch x (P, *input_shape) and keeps
+``create_feature_extractor`` when a layer is named), rewrites in-place ops as out-of-place ones
+(``ReLU(inplace=True)``, ``x += y``, ``F.relu(x, inplace=True)``, ``t.relu_()``; later readers of the
+mutated tensor read the new node, which is what the in-place op computed), folds eval-mode BatchNorm into
+the preceding convolutions (``torch.fx.experimental.optimization.fuse``) and casts a private copy to the
+compute dtype. ``graph.linearize(x)`` runs one forward pass at a point batch x (P, *input_shape) and keeps
 only what the linear map needs:
 
-- convolution / linear: nothing (the weights; the bias drops out of a linear map);
+- convolution (grouped and depthwise too) / linear: nothing (the weights; the bias drops out of a linear map);
 - BatchNorm left unfolded (eval mode): its per-channel scale;
-- elementwise activations (ReLU, GELU, SiLU, tanh, ...): the derivative d = act'(pre-activation), one
-  tensor per point batch;
+- elementwise activations (ReLU, GELU incl. tanh-approximate, SiLU, hardswish, tanh, ...): the derivative
+  d = act'(pre-activation), one tensor per point batch;
+- products ``a * b`` (SE / gating, layer scale): the other factor of each carried one;
+- LayerNorm: the normalised input and 1/sigma;
 - residual ``add`` / ``sub``, average pooling, ``flatten``: nothing (pooling is applied to, and
   transposed on, the whole (K*P)-batch of directions at once);
-- any other node (reshapes with captured sizes, max-pool, products of two carried tensors, the
-  feature map's pool and ``target="sphere"`` normalisation, unknown functions): its inputs, and
-  ``torch.func.vjp`` / ``jvp`` at that node.
+- any other node that depends on x (concatenation, channel shuffles and other reshapes with captured
+  sizes, max-pool, attention, tuple-returning modules such as ``nn.MultiheadAttention`` / ``nn.LSTM`` /
+  ``nn.GRU`` and ``getitem`` on their results, the feature map's pool and ``target="sphere"``
+  normalisation, unknown functions): its inputs, and ``torch.func.vjp`` / ``jvp`` at that node (a
+  node without a forward-mode formula gets its JVP as the transpose of its VJP). A node whose value is
+  not a tensor but holds tensors computed from x (a tuple) is kept as a function of its inputs and
+  composed into each consumer, so no tangent is ever dropped.
+
+Correct by construction: a node is a constant of x only when none of its inputs depends on x (or its
+value holds no floating-point tensor: sizes, masks, indices); an in-place op that cannot be rewritten
+(``setitem``, ``copy_``, ``fill_``) on a tensor that depends on x raises ``LinearizeError``.
 
 ``Linearization.vjp(C (K, P, d_out)) -> (K, P, *input_shape)`` (rows of J for K cotangents at every
 point at once) walks the graph backwards: conv -> ``conv_transpose`` (``torch.nn.grad.convNd_input``),
@@ -23,22 +35,28 @@ feeding both the residual branch and the skip) gets ``dact_add(d, c_branch, c_sk
 + c_skip) in one fused op. ``jvp(T (K, P, *input_shape)) -> (K, P, d_out)`` walks forwards, with
 ``act(h + skip)`` fused the same way. Tangents of K directions at P points are one (K*P)-batch of
 convolutions. Memory per point batch: one stored tensor per activation (no pre-activations, no
-conv inputs), against autograd's saved inputs of every op.
+conv inputs), against autograd's saved inputs of every op. Both run under ``guards.ad_guards`` (math
+attention kernel, no MHA fast path) and map the generic nodes with ``batching.vmap``.
 
 On CPU the copy and the directions are kept channels-last (NHWC): oneDNN's transposed
 convolutions are 10-30% faster in that layout; a model whose code needs NCHW-contiguous tensors
 (``x.view(B, -1)``) is switched back to NCHW on the first failure.
 
 ``validated_linearize(fmap, x, d_out)`` (what the API calls) checks the traced pass at the first point
-against torch.func (feature and one random VJP) before any work is done with it.
+before any work is done with it: feature, three random VJPs and (by the adjoint identity) three random
+JVPs against torch.func on the model, in the compute dtype and again on a float64 copy against the
+float64 feature map, to 1e-9 relative there, so that a part of the model the trace misses is caught
+down to a contribution of 1e-8 of J.
 
-Models that ``torch.fx`` cannot trace (data-dependent control flow) raise ``LinearizeError``;
-``method="auto"`` then uses the autograd engine. The reference is ``torch.func.vjp`` / ``jvp`` of
-the feature map itself (tests/test_linear_net.py).
+Models that ``torch.fx`` cannot trace (data-dependent control flow), or that fail the check, raise
+``LinearizeError`` with the reason; ``method="auto"`` then uses the autograd engine. The reference is
+``torch.func.vjp`` / ``jvp`` of the feature map itself (tests/test_linear_net.py,
+tests/test_model_families.py).
 """
 from __future__ import annotations
 
 import copy
+import inspect
 import operator
 import warnings
 from dataclasses import dataclass
@@ -49,14 +67,17 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.func import jvp as _jvp
 from torch.func import vjp as _vjp
-from torch.func import vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ..ops.linearized import dact_add
+from .batching import vmap
+from .guards import ad_guards
+from .planner import is_oom
 
 
 class LinearizeError(RuntimeError):
-    """The model cannot be traced into a linearisable graph (use method='streamed')."""
+    """The model (or one of its nodes) cannot be traced, linearised or validated; the message says why.
+    ``method="auto"`` then uses the autograd engine (``method="streamed"``)."""
 
 
 _ACT_MODULES = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.LeakyReLU, nn.Softplus, nn.Mish,
@@ -75,24 +96,104 @@ _POOL_MODULES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3
                  nn.AvgPool3d)
 _POOL_FUNCTIONS = {F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.avg_pool1d, F.avg_pool2d,
                    F.avg_pool3d}
-_ADD = {operator.add, operator.iadd, torch.add}
-_SUB = {operator.sub, operator.isub, torch.sub}
+_ADD = {operator.add, torch.add}
+_SUB = {operator.sub, torch.sub}
+_MUL = {operator.mul, torch.mul}
+# in-place Python operators and their out-of-place forms
+_INPLACE_OPERATORS = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
+                      operator.itruediv: operator.truediv, operator.ifloordiv: operator.floordiv,
+                      operator.ipow: operator.pow, operator.imatmul: operator.matmul, operator.imod: operator.mod}
+_INPLACE_META = "fastgeom_inplace"  # node.meta key: an in-place op with no out-of-place rewrite
 
 
 @dataclass
 class _Step:
-    """One tangent-carrying node: rule in {"conv", "linear", "scale", "act", "add", "sub", "identity",
-    "batchlinear", "func"}."""
+    """One tangent-carrying node: rule in {"conv", "linear", "scale", "act", "mul", "layernorm", "add", "sub",
+    "identity", "batchlinear", "func"}."""
     name: str
     rule: str
     inputs: list  # names of the tangent-carrying input nodes (in argument order)
-    data: Any = None  # module (conv/linear), scale, derivative, or (fn, primals) for "func"
+    data: Any = None  # module (conv/linear), scale, derivative, factors, or (vjp_fn, jvp_fn) for "func"
     shape: tuple = ()  # per-point output shape
 
 
 def _start_dim(args, kwargs) -> int:
     sd = kwargs.get("start_dim", args[1] if len(args) > 1 else 0)
     return sd if sd >= 0 else sd + args[0].dim()
+
+
+def _describe(node: fx.Node) -> str:
+    t = node.target
+    what = t if isinstance(t, str) else getattr(t, "__name__", repr(t))
+    return f"node {node.name!r} ({node.op} {what})"
+
+
+def _out_of_place_function(target) -> Callable | None:
+    """torch.relu_ -> torch.relu (a torch / F function whose name ends in '_' and has an out-of-place twin)."""
+    name = getattr(target, "__name__", "")
+    if not name.endswith("_") or name.startswith("_"):
+        return None
+    for ns in (torch, F):
+        if getattr(ns, name, None) is target and callable(getattr(ns, name[:-1], None)):
+            return getattr(ns, name[:-1])
+    return None
+
+
+def _drop_inplace_flag(node: fx.Node) -> bool:
+    """F.relu(x, inplace=True) (keyword or positional) -> inplace=False; True if the node was in place."""
+    if node.kwargs.get("inplace") is True:
+        node.kwargs = {**node.kwargs, "inplace": False}
+        return True
+    try:
+        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+    except (TypeError, ValueError):  # builtins without a signature, or args that do not bind
+        return False
+    if bound.arguments.get("inplace") is not True:
+        return False
+    bound.arguments["inplace"] = False
+    node.args, node.kwargs = tuple(bound.args), dict(bound.kwargs)
+    return True
+
+
+def _out_of_place(gm: fx.GraphModule) -> None:
+    """Rewrite in-place ops of ``gm`` as out-of-place ones, in place.
+
+    Every later reader of the mutated tensor (the op's first argument) is redirected to the op's
+    result, which is the value an in-place op leaves there. Ops with no out-of-place form (setitem,
+    ``copy_``, ``fill_``, ...) are marked, and refused at linearisation time when x flows into them.
+    A mutated tensor that aliases another one (a view) would make the rewrite differ from the model;
+    the first-point validation catches that."""
+    modules = dict(gm.named_modules())
+    inplace_mods = {name for name, m in modules.items() if getattr(m, "inplace", None) is True}
+    for name in inplace_mods:
+        modules[name].inplace = False
+    nodes = list(gm.graph.nodes)
+    order = {n: i for i, n in enumerate(nodes)}
+    for n in nodes:
+        mutated = False
+        if n.op == "call_module":
+            mutated = n.target in inplace_mods
+        elif n.op == "call_function":
+            if n.target in _INPLACE_OPERATORS:
+                n.target, mutated = _INPLACE_OPERATORS[n.target], True
+            elif n.target is operator.setitem:
+                n.meta[_INPLACE_META] = "setitem"
+            elif (twin := _out_of_place_function(n.target)) is not None:
+                n.target, mutated = twin, True
+            else:
+                mutated = _drop_inplace_flag(n)
+        elif n.op == "call_method" and n.target.endswith("_") and not n.target.startswith("_"):
+            if callable(getattr(torch.Tensor, n.target[:-1], None)):
+                n.target, mutated = n.target[:-1], True
+            else:
+                n.meta[_INPLACE_META] = n.target
+        if mutated and n.args and isinstance(n.args[0], fx.Node):
+            a = n.args[0]
+            for u in list(a.users):
+                if u is not n and order[u] > order[n]:
+                    u.replace_input_with(a, n)
+    gm.graph.lint()
+    gm.recompile()
 
 
 def _trace(fmap) -> fx.GraphModule:
@@ -116,9 +217,10 @@ def _trace(fmap) -> fx.GraphModule:
                                  f"{'' if layer is None else f' up to layer {layer!r}'} ({type(e).__name__}: {e}); "
                                  "use method='streamed'") from e
         gm.eval()
+        _out_of_place(gm)
         try:
             from torch.fx.experimental.optimization import fuse
-            gm = fuse(gm, inplace=True)
+            gm = fuse(gm, inplace=True, no_trace=True)
         except Exception:  # noqa: BLE001 - folding is an optimisation; unfolded BN is handled as a scale
             pass
     for p in gm.parameters():
@@ -131,6 +233,54 @@ def _elementwise_derivative(fn: Callable, x: torch.Tensor) -> torch.Tensor:
     with torch.enable_grad():
         y, pull = _vjp(fn, x)
         return pull(torch.ones_like(y))[0]
+
+
+def _run(node: fx.Node, fn: Callable, args, kwargs):
+    """fn(*args, **kwargs) for one node of the traced graph; an error there (other than out-of-memory) means the
+    traced graph does not run as the model does at these points: LinearizeError naming the node."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - the model's own op, replayed by the trace
+        if is_oom(e) or isinstance(e, LinearizeError):
+            raise
+        raise LinearizeError(f"the traced graph fails at {_describe(node)} ({type(e).__name__}: {e}); "
+                             "use method='streamed'") from e
+
+
+def _is_relu(node: fx.Node, fn, args, kwargs) -> bool:
+    """A plain ReLU (module, function or method), whose derivative needs no autograd call."""
+    if len(args) != 1 or any(v is not False for v in kwargs.values()):
+        return False
+    if node.op == "call_module":
+        return type(fn) is nn.ReLU
+    return node.target in (F.relu, torch.relu, "relu")
+
+
+def _relu_derivative(x: torch.Tensor) -> torch.Tensor:
+    """relu'(x) = 1 where x > 0, else 0 (torch's threshold_backward: 0 at x = 0 too)."""
+    return (x > 0).to(x.dtype)
+
+
+def _is_float_tensor(v) -> bool:
+    return isinstance(v, torch.Tensor) and v.is_floating_point()
+
+
+def _layer_norm_data(x: torch.Tensor, ndim: int, weight, eps: float):
+    """(x_hat, 1/sigma, weight) of a LayerNorm over the last ``ndim`` dims of x."""
+    dims = tuple(range(-ndim, 0))
+    mean = x.mean(dims, keepdim=True)
+    rstd = torch.rsqrt(x.var(dims, unbiased=False, keepdim=True) + eps)
+    return (x - mean) * rstd, rstd, weight, dims
+
+
+def _layer_norm_tangent(data, t: torch.Tensor) -> torch.Tensor:
+    """d LN(x)[t] = w * (t - mean(t) - x_hat * mean(t * x_hat)) / sigma (self-adjoint before the weight)."""
+    xhat, rstd, w, dims = data
+    return _layer_norm_core(xhat, rstd, dims, t) * w if w is not None else _layer_norm_core(xhat, rstd, dims, t)
+
+
+def _layer_norm_core(xhat, rstd, dims, t):
+    return rstd * (t - t.mean(dims, keepdim=True) - xhat * (t * xhat).mean(dims, keepdim=True))
 
 
 class LinearGraph:
@@ -169,6 +319,8 @@ class LinearGraph:
                 return "scale", scale
             if isinstance(mod, _ACT_MODULES) and len(args) == 1 and not kwargs:
                 return "act", mod
+            if isinstance(mod, nn.LayerNorm) and len(args) == 1 and not kwargs:
+                return "layernorm", _layer_norm_data(args[0], len(mod.normalized_shape), mod.weight, mod.eps)
             if isinstance(mod, (nn.Identity, nn.Dropout)) and len(args) == 1:
                 return "identity", None
             if isinstance(mod, _POOL_MODULES) and len(args) == 1 and not kwargs:
@@ -176,20 +328,32 @@ class LinearGraph:
             if isinstance(mod, nn.Flatten) and mod.start_dim not in (0, -args[0].dim()) and len(args) == 1:
                 return "batchlinear", mod
         elif node.op == "call_function":
-            if node.target in _POOL_FUNCTIONS and carried == [0] and not any(
-                    isinstance(a, torch.Tensor) for a in list(args[1:]) + list(kwargs.values())):
+            extra = list(args[1:]) + list(kwargs.values())
+            if node.target in _POOL_FUNCTIONS and carried == [0] and not any(isinstance(a, torch.Tensor) for a in extra):
                 return "batchlinear", (lambda t, _f=node.target, _a=args, _k=kwargs: _f(t, *_a[1:], **_k))
             if node.target is torch.flatten and carried == [0] and _start_dim(args, kwargs) >= 1:
                 return "batchlinear", (lambda t, _a=args, _k=kwargs: torch.flatten(t, *_a[1:], **_k))
-            if node.target in _ACT_FUNCTIONS and len(carried) == 1 and carried[0] == 0 and not any(
-                    isinstance(a, torch.Tensor) for a in list(args[1:]) + list(kwargs.values())):
+            if node.target in _ACT_FUNCTIONS and carried == [0] and not any(isinstance(a, torch.Tensor) for a in extra):
                 return "act", None
+            if node.target is F.layer_norm and carried == [0]:
+                ln = inspect.signature(F.layer_norm).bind(*args, **kwargs).arguments
+                if ln.get("bias") is None or isinstance(ln.get("bias"), torch.Tensor):
+                    return "layernorm", _layer_norm_data(args[0], len(ln["normalized_shape"]), ln.get("weight"),
+                                                         ln.get("eps", 1e-5))
             if node.target in _ADD | _SUB and len(args) == 2 and not kwargs:
                 rule = "add" if node.target in _ADD else "sub"
+                # broadcasting (e.g. (P, 6) - (P, 1)): the full shapes, so that cotangents are summed back
+                out = torch.broadcast_shapes(*[tuple(a.shape) for a in args if isinstance(a, torch.Tensor)])
+                in_shapes = [tuple(args[i].shape) for i in carried]
+                bcast = None if all(sh == tuple(out) for sh in in_shapes) else (in_shapes, tuple(out))
                 if len(carried) == 2:
-                    return rule, None
+                    return rule, bcast
                 if carried == [0] or (carried == [1] and rule == "add"):
-                    return "identity", None
+                    return "identity", bcast
+            if node.target in _MUL and len(args) == 2 and not kwargs and all(
+                    isinstance(a, (torch.Tensor, int, float)) and not isinstance(a, bool) for a in args):
+                shapes = {i: tuple(args[i].shape) for i in carried}
+                return "mul", (tuple(args), carried, shapes)
         elif node.op == "call_method":
             if node.target in _ACT_METHODS and len(args) == 1 and not kwargs:
                 return "act", None
@@ -199,22 +363,24 @@ class LinearGraph:
         """One forward pass at x (P, *input_shape): the linear map's stored data and phi(x) (P, d_out)."""
         if self.fmap.dtype is not None and x.dtype != self.fmap.dtype:
             x = x.to(self.fmap.dtype)
-        if not self.channels_last:
-            return self._linearize(x)
-        try:
-            return self._linearize(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)
-        except RuntimeError as e:
-            if "view" not in str(e) and "stride" not in str(e):
-                raise
-            # model code that needs NCHW-contiguous tensors (e.g. x.view(B, -1)): use NCHW from now on
-            self.channels_last = False
-            self.gm = self.gm.to(memory_format=torch.contiguous_format)
-            self.modules = dict(self.gm.named_modules())
-            return self._linearize(x.contiguous())
+        with ad_guards():
+            if not self.channels_last:
+                return self._linearize(x)
+            try:
+                return self._linearize(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)
+            except RuntimeError as e:
+                if "view" not in str(e) and "stride" not in str(e):
+                    raise
+                # model code that needs NCHW-contiguous tensors (e.g. x.view(B, -1)): use NCHW from now on
+                self.channels_last = False
+                self.gm = self.gm.to(memory_format=torch.contiguous_format)
+                self.modules = dict(self.gm.named_modules())
+                return self._linearize(x.contiguous())
 
     def _linearize(self, x: torch.Tensor) -> "Linearization":
         env: dict[str, Any] = {}
-        carries: set[str] = set()
+        carries: set[str] = set()  # nodes whose value depends on x (tensors, and composites below)
+        composites: dict[str, tuple] = {}  # name -> (g, leaf names, leaf primals): a non-tensor value built from x
         steps: list[_Step] = []
         users = {n.name: len(n.users) for n in self.nodes}
         out_node = None
@@ -238,28 +404,35 @@ class LinearGraph:
                 fn = self._callable(node)
                 ins = [a for a in node.all_input_nodes if a.name in carries]
                 if not ins:
-                    env[node.name] = fn(*args, **kwargs)  # constant w.r.t. x
+                    env[node.name] = _run(node, fn, args, kwargs)  # constant w.r.t. x: no input depends on it
                     continue
+                if _INPLACE_META in node.meta:
+                    raise LinearizeError(f"{_describe(node)} writes in place ({node.meta[_INPLACE_META]}) into or from "
+                                         "a tensor that depends on the input; it has no out-of-place form the "
+                                         "linearised engine can differentiate: use method='streamed'")
                 carried = [i for i, a in enumerate(node.args) if isinstance(a, fx.Node) and a.name in carries]
                 top = {node.args[i].name for i in carried}
-                rule, data = (("func", None) if top != {a.name for a in ins}
-                              else self._classify(node, args, kwargs, carried))
+                rule, data = "func", None
+                if top == {a.name for a in ins} and not any(a.name in composites for a in ins):
+                    rule, data = self._classify(node, args, kwargs, carried)
                 in_names = [node.args[i].name for i in carried]
                 if rule == "act":
                     act = (lambda t, _f=fn, _a=args, _k=kwargs: _f(t, *_a[1:], **_k))
-                    data = _elementwise_derivative(act, args[0].clone())
-                    val = fn(*args, **kwargs)
+                    data = (_relu_derivative(args[0]) if _is_relu(node, fn, args, kwargs)
+                            else _elementwise_derivative(act, args[0]))
+                    val = _run(node, fn, args, kwargs)
                 elif rule == "func":
-                    val = fn(*args, **kwargs)
-                    if isinstance(val, torch.Tensor) and val.is_floating_point():
-                        val, data, in_names = self._func_node(node, fn, carries, env)
+                    kind, val, data, in_names = self._func_node(node, fn, carries, composites, env)
+                    if kind == "composite":
+                        composites[node.name] = data
+                        carries.add(node.name)
                 else:
-                    val = fn(*args, **kwargs)
+                    val = _run(node, fn, args, kwargs)
                 env[node.name] = val
-                if not (isinstance(val, torch.Tensor) and val.is_floating_point()):
-                    continue  # sizes, shapes, integer tensors: no tangent flows through them
-                carries.add(node.name)
-                steps.append(_Step(node.name, rule, in_names, data, tuple(val.shape[1:])))
+                if _is_float_tensor(val):
+                    carries.add(node.name)
+                    steps.append(_Step(node.name, rule, in_names, data, tuple(val.shape[1:])))
+                # else: sizes, masks, integer tensors (no tangent flows through them), or a composite
                 for a in node.all_input_nodes:  # free primal values no later node needs (conv inputs, pre-activations)
                     users[a.name] -= 1
                     if users[a.name] == 0 and a.name != self.input:
@@ -269,7 +442,7 @@ class LinearGraph:
             if len(res) != 1:
                 raise LinearizeError(f"the traced model returns {len(res)} outputs; expected one feature tensor")
             res = next(iter(res.values()))
-        if not isinstance(res, fx.Node) or res.name not in carries:
+        if not isinstance(res, fx.Node) or res.name not in carries or res.name in composites:
             raise LinearizeError("the traced model must return one feature tensor that depends on the input; "
                                  "use method='streamed'")
         y = env[res.name]
@@ -288,57 +461,129 @@ class LinearGraph:
             return lambda obj, *a, _m=node.target, **k: getattr(obj, _m)(*a, **k)
         raise LinearizeError(f"unsupported fx node {node.op!r}")
 
-    def _func_node(self, node, fn, carries, env):
-        """Generic node: (value, (vjp_fn, jvp_fn), input names) by torch.func at its primal inputs.
+    def _func_node(self, node, fn, carries, composites, env):
+        """A node without a rule, by torch.func at its primal inputs: (kind, value, data, leaf names).
 
         The arguments are flattened with pytree (lists for torch.cat, kwargs), so a node may take the
-        input anywhere in its arguments, and more than once."""
+        input anywhere in its arguments, and more than once. An argument that is a composite (a tuple
+        computed from x) is recomputed from its own tensor inputs inside the node's function, so the
+        node is differentiated through it. kind: "tensor" (data = (vjp_fn, jvp_fn)), "composite"
+        (data = (function of the leaves, leaf names, leaf primals)) or "constant" (no floating-point
+        tensor in the value)."""
         flat, spec = tree_flatten((node.args, node.kwargs))
         vals = [env[a.name] if isinstance(a, fx.Node) else a for a in flat]
-        slots = [i for i, a in enumerate(flat) if isinstance(a, fx.Node) and a.name in carries]
-        names = [flat[i].name for i in slots]
+        leaves: dict[str, torch.Tensor] = {}  # tensor-carrying nodes this one depends on -> their primal values
+        slots = []
+        for i, a in enumerate(flat):
+            if isinstance(a, fx.Node) and a.name in carries:
+                slots.append((i, a.name))
+                if a.name in composites:
+                    for n, v in zip(composites[a.name][1], composites[a.name][2]):
+                        leaves.setdefault(n, v)
+                else:
+                    leaves.setdefault(a.name, env[a.name])
+        names = list(leaves)
 
         def f(*ts):
+            m = dict(zip(names, ts))
             v = list(vals)
-            for i, t in zip(slots, ts):
-                v[i] = t
+            for i, name in slots:
+                if name in composites:
+                    g, g_names, _ = composites[name]
+                    v[i] = g(*[m[n] for n in g_names])
+                else:
+                    v[i] = m[name]
             a, k = tree_unflatten(v, spec)
             return fn(*a, **k)
 
-        primals = tuple(vals[i] for i in slots)
-        with torch.enable_grad():
-            val, vjp_fn = _vjp(f, *primals)
+        primals = tuple(leaves.values())
+        val = _run(node, f, primals, {})
+        if not isinstance(val, torch.Tensor):
+            if any(_is_float_tensor(t) for t in tree_flatten(val)[0]):
+                return "composite", val, (f, names, primals), names
+            return "constant", val, None, names
+        if not val.is_floating_point():
+            return "constant", val, None, names
+        try:
+            with torch.enable_grad():
+                val, vjp_fn = _vjp(f, *primals)
+        except (RuntimeError, NotImplementedError) as e:
+            raise LinearizeError(f"torch.func.vjp failed at {_describe(node)}: {type(e).__name__}: {e}") from e
+        val = val.detach()
+        forward_ad = [True]
 
         def jvp_fn(*ts):
-            return _jvp(f, primals, ts)[1]
+            if forward_ad[0]:
+                try:
+                    return _jvp(f, primals, ts)[1]
+                except NotImplementedError:  # no forward-mode formula at this node: the transpose of its VJP
+                    forward_ad[0] = False
+            return _vjp(vjp_fn, torch.zeros_like(val))[1](ts)[0]
 
-        return (val.detach() if isinstance(val, torch.Tensor) else val), (vjp_fn, jvp_fn), names
+        return "tensor", val, (vjp_fn, jvp_fn), names
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(torch.finfo(b.dtype).tiny))
+
+
+def _check_first_point(graph: LinearGraph, fmap, x1: torch.Tensor, d_out: int, tol: float, n_dirs: int = 3) -> None:
+    """LinearizeError unless the traced graph at x1 (1, *in) matches torch.func on fmap: the feature, n_dirs
+    random VJPs, and n_dirs random JVPs through <c, J t> = <J^T c, t> (the reference needs no forward AD)."""
+    lin = graph.linearize(x1)
+    dt = lin.out_dtype
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    C = torch.randn(n_dirs, 1, d_out, generator=gen, dtype=torch.float64).to(device=x1.device, dtype=dt)
+    T = torch.randn(n_dirs, *x1.shape, generator=gen, dtype=torch.float64).to(device=x1.device, dtype=dt)
+    with torch.enable_grad(), ad_guards():
+        want, pull = torch.func.vjp(fmap, x1.to(dt))
+        want_g = torch.stack([pull(c)[0] for c in C])  # a loop: the model may have no batching rule
+    got_g = lin.vjp(C)
+    got_t = lin.jvp(T)  # (n, 1, d_out)
+    lhs = torch.einsum("iz,jz->ij", C.reshape(n_dirs, -1).double(), got_t.reshape(n_dirs, -1).double())
+    rhs = torch.einsum("iz,jz->ij", want_g.reshape(n_dirs, -1).double(), T.reshape(n_dirs, -1).double())
+    scale = C.reshape(n_dirs, -1).double().norm(dim=1)[:, None] * got_t.reshape(n_dirs, -1).double().norm(dim=1)[None]
+    errs = {"feature": _rel(lin.feature, want.detach()), "VJP": _rel(got_g, want_g),
+            "JVP": float(((lhs - rhs).abs() / scale.clamp_min(torch.finfo(torch.float64).tiny)).max())}
+    bad = {k: v for k, v in errs.items() if not v <= tol}
+    if bad:
+        what = ", ".join(f"{k} {v:.1e}" for k, v in bad.items())
+        raise LinearizeError(f"the traced, linearised model differs from the model at the first point in {dt} "
+                             f"(relative error {what} > {tol:g}): torch.fx did not capture what the model computes "
+                             "(e.g. control flow on values, hooks, in-place writes into views); use method='streamed'")
 
 
 def validated_linearize(fmap, x: torch.Tensor, d_out: int):
-    """``linearize(xb, mode)`` of the linearised engine (engine/linear_net.py), validated at the first
-    point against the model itself: the feature and one random VJP must agree with torch.func's to
-    float rounding (1e-4 relative in float32), else LinearizeError (the traced graph is not the model)."""
+    """``linearize(xb, mode) -> Linearization`` of the linearised engine, validated at the first point.
+
+    The traced graph in the compute dtype must match torch.func on the model (feature, 3 VJPs, 3 JVPs) to
+    float rounding (1e-4 relative in float32, 1e-2 in half precision, 1e-9 in float64); below float64 a
+    float64 copy of the graph is also checked against the float64 feature map to 1e-9, which catches a
+    part of J the trace misses down to about 1e-8 relative. Else LinearizeError (the traced graph is
+    not the model). Cost: one or two extra one-point linearisations and reference VJPs."""
     graph = LinearGraph(fmap)
     x1 = x[:1]
-    lin = graph.linearize(x1)
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    c = torch.randn(1, 1, d_out, generator=gen, dtype=torch.float64).to(device=x.device, dtype=lin.out_dtype)
-    with torch.enable_grad():
-        want, pull = torch.func.vjp(fmap, x1.to(lin.feature.dtype))
-        want_g = pull(c[0])[0]
-    got_g = lin.vjp(c)[0]
-    tol = 1e-2 if want.dtype in (torch.float16, torch.bfloat16) else 1e-4
+    dt = fmap.dtype or x.dtype
+    tol = {torch.float64: 1e-9, torch.float16: 1e-2, torch.bfloat16: 1e-2}.get(dt, 1e-4)
+    _check_first_point(graph, fmap, x1, d_out, tol)
+    if dt != torch.float64 and x.device.type != "mps":
+        from ..features import FeatureMap
+        fmap64 = FeatureMap(fmap.model, fmap.layer, fmap.pool, torch.float64, fmap.target)
+        try:
+            g64 = LinearGraph(fmap64, channels_last=graph.channels_last)
+            _check_first_point(g64, fmap64, x1.to(torch.float64), d_out, 1e-9)
+        except (RuntimeError, NotImplementedError) as e:
+            if isinstance(e, LinearizeError):
+                raise
+            raise LinearizeError(f"the float64 check of the traced graph could not run ({type(e).__name__}: {e}); "
+                                 "use method='streamed'") from e
 
-    def rel(a, b):
-        return float((a - b).abs().max() / b.abs().max().clamp_min(torch.finfo(b.dtype).tiny))
+    def linearize(xb: torch.Tensor, mode: str) -> "Linearization":
+        if mode not in ("reverse", "forward"):
+            raise ValueError(f"mode must be 'reverse' or 'forward', got {mode!r}")
+        return graph.linearize(xb)  # one Linearization serves both modes
 
-    err = max(rel(lin.feature, want.detach()), rel(got_g, want_g))
-    if not err <= tol:
-        raise LinearizeError(f"the traced, linearised model differs from the model at the first point "
-                             f"(relative error {err:.1e} > {tol}): torch.fx did not capture what the model "
-                             "computes (e.g. control flow on values, hooks); use method='streamed'")
-    return lambda xb, mode: graph.linearize(xb)
+    return linearize
 
 
 class Linearization:
@@ -354,6 +599,10 @@ class Linearization:
     # reverse mode ------------------------------------------------------------------------------
     def vjp(self, C: torch.Tensor) -> torch.Tensor:
         """C (K, P, d_out) -> (K, P, *input_shape): C_k^T J at every point."""
+        with ad_guards():
+            return self._vjp(C)
+
+    def _vjp(self, C: torch.Tensor) -> torch.Tensor:
         K, P = C.shape[:2]
         pending: dict[str, list] = {self.out_name: [vmap(self.post_vjp)(C)[0]]}
         for st in reversed(self.steps):
@@ -376,19 +625,26 @@ class Linearization:
             elif st.rule == "scale":
                 s = st.data.reshape(-1, *([1] * (len(st.shape) - 1)))
                 self._send(pending, st.inputs[0], c * s)
+            elif st.rule == "mul":
+                factors, carried, shapes = st.data
+                for name, i in zip(st.inputs, carried):
+                    self._send(pending, name, (c * factors[1 - i]).sum_to_size((K,) + shapes[i]))
+            elif st.rule == "layernorm":
+                xhat, rstd, w, dims = st.data
+                self._send(pending, st.inputs[0], _layer_norm_core(xhat, rstd, dims, c * w if w is not None else c))
             elif st.rule in ("identity", "add"):
-                for name in st.inputs:
-                    self._send(pending, name, c)
+                for j, name in enumerate(st.inputs):
+                    self._send(pending, name, _unbroadcast(c, st.data, j))
             elif st.rule == "sub":
-                self._send(pending, st.inputs[0], c)
-                self._send(pending, st.inputs[1], -c)
+                self._send(pending, st.inputs[0], _unbroadcast(c, st.data, 0))
+                self._send(pending, st.inputs[1], -_unbroadcast(c, st.data, 1))
             elif st.rule == "batchlinear":
                 zero = c.new_zeros((K * P,) + self._shape_of(st.inputs[0]))
                 with torch.enable_grad():
                     (g,) = _vjp(st.data, zero)[1](c.reshape(K * P, *c.shape[2:]))
                 self._send(pending, st.inputs[0], g.reshape(K, P, *g.shape[1:]))
             else:  # func
-                grads = vmap(st.data[0])(c)
+                grads = vmap(st.data[0], key=f"vjp at {st.name}")(c)
                 for name, g in zip(st.inputs, grads):
                     self._send(pending, name, g)
         cs = pending.pop(self.input_name, None)
@@ -399,6 +655,10 @@ class Linearization:
     # forward mode ------------------------------------------------------------------------------
     def jvp(self, T: torch.Tensor) -> torch.Tensor:
         """T (K, P, *input_shape) -> (K, P, d_out): J t_k at every point."""
+        with ad_guards():
+            return self._jvp(T)
+
+    def _jvp(self, T: torch.Tensor) -> torch.Tensor:
         K, P = T.shape[:2]
         tan: dict[str, Any] = {self.input_name: T}
         left = self._uses()
@@ -430,18 +690,28 @@ class Linearization:
             return ins[0] @ st.data.weight.mT
         if st.rule == "scale":
             return ins[0] * st.data.reshape(-1, *([1] * (len(st.shape) - 1)))
+        if st.rule == "mul":
+            factors, carried, _ = st.data
+            out = None
+            for t, i in zip(ins, carried):
+                term = t * factors[1 - i]
+                out = term if out is None else out + term
+            return out
+        if st.rule == "layernorm":
+            return _layer_norm_tangent(st.data, ins[0])
         if st.rule == "identity":
-            return ins[0]
+            return ins[0] if st.data is None else ins[0].expand((K,) + st.data[1])
         if st.rule == "add":
             # act(h + skip): leave the sum to the activation's fused dact_add when it is the only user
-            return _Deferred(ins[0], ins[1]) if self._single_act_user(st) else ins[0] + ins[1]
+            fuse = st.data is None and self._single_act_user(st)
+            return _Deferred(ins[0], ins[1]) if fuse else ins[0] + ins[1]
         if st.rule == "sub":
             return ins[0] - ins[1]
         if st.rule == "batchlinear":
             t = ins[0]
             y = st.data(t.reshape(K * P, *t.shape[2:]))
             return y.reshape(K, P, *y.shape[1:])
-        return vmap(st.data[1])(*ins)
+        return vmap(st.data[1], key=f"jvp at {st.name}")(*ins)
 
     # helpers -----------------------------------------------------------------------------------
     def _layout(self, t: torch.Tensor) -> torch.Tensor:
@@ -486,6 +756,13 @@ class _Deferred:
 
     def value(self):
         return self.a + self.b
+
+
+def _unbroadcast(c: torch.Tensor, bcast, j: int) -> torch.Tensor:
+    """The cotangent c (K, *out) of a broadcasting add/sub summed to the shape of its j-th carried input."""
+    if bcast is None:
+        return c
+    return c.sum_to_size((c.shape[0],) + bcast[0][j])
 
 
 def _sum(cs: list) -> torch.Tensor:

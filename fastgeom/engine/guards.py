@@ -1,0 +1,31 @@
+"""Settings under which fastgeom's own differentiation passes run (forward AD included).
+
+``ad_guards()`` turns off ``nn.MultiheadAttention``'s inference fast path
+(``aten::_native_multi_head_attention``, which has no forward-mode derivative) and restricts scaled
+dot-product attention to the math kernel (the flash / memory-efficient CPU and CUDA kernels have no
+forward AD either), restoring both on exit. Values are unchanged up to rounding: the math kernel and
+the unfused MHA compute the same function. Every exact engine (dense, streamed, linearized) enters it
+around its passes, so ViT token layers work in forward mode (d_out > d_in).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+@contextlib.contextmanager
+def ad_guards():
+    """MHA fast path off and the math SDPA kernel only, inside the block; previous settings restored after."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    mha = getattr(torch.backends, "mha", None)
+    old = mha.get_fastpath_enabled() if mha is not None else None
+    if mha is not None:
+        mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        if mha is not None:
+            mha.set_fastpath_enabled(old)
