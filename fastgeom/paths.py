@@ -49,6 +49,15 @@ def _rule(device):
     return x.to(device), wk.to(device), wg.to(device)
 
 
+def _extrapolation(x: torch.Tensor) -> torch.Tensor:
+    """(2, len(x)) Lagrange weights of the nodes x at -1 and +1 (Lebesgue sum 3.8 for the 15 Kronrod nodes)."""
+    rows = []
+    for y in (-1.0, 1.0):
+        rows.append(torch.stack([torch.prod((y - torch.cat([x[:j], x[j + 1:]])) / (x[j] - torch.cat([x[:j], x[j + 1:]])))
+                                 for j in range(x.numel())]))
+    return torch.stack(rows)
+
+
 def _jvp_norms(fmap, X: torch.Tensor, D: torch.Tensor, rows: list) -> torch.Tensor:
     """|J(X_i) D_i| (M,) float64 for X, D (M, *in) in passes of rows[0] points (halved on OOM)."""
     dt = fmap.dtype or X.dtype
@@ -84,8 +93,12 @@ def _check_path(path, name="path") -> torch.Tensor:
 
 
 def path_length_fmap(fmap: FeatureMap, path: torch.Tensor, *, per_segment: bool = False, rtol: float = 1e-8,
-                     max_rounds: int = 60, budget: int | None = None):
-    """Feature-space length of the polyline `path` (T, *in): float64 scalar, or (T-1,) segment lengths."""
+                     pieces: int = 4, max_rounds: int = 60, budget: int | None = None):
+    """Feature-space length of the polyline `path` (T, *in): float64 scalar, or (T-1,) segment lengths.
+
+    Each segment starts as `pieces` intervals. The error estimate controls what the nodes resolve: a
+    feature of the integrand narrower than the node spacing (about 1 / (30 pieces) of a segment at the
+    start), such as a short linear piece of a ReLU network, can be missed entirely."""
     _check_path(path)
     if not (isinstance(rtol, float) and 0 < rtol < 1):
         raise ValueError(f"rtol must be a float in (0, 1), got {rtol!r}")
@@ -101,41 +114,56 @@ def path_length_fmap(fmap: FeatureMap, path: torch.Tensor, *, per_segment: bool 
     D = (P[1:] - P[:-1])
     S = D.shape[0]
     xk, wk, wg = _rule(dev)
+    if isinstance(pieces, bool) or not isinstance(pieces, int) or pieces < 1:
+        raise ValueError(f"pieces must be a positive int (initial intervals per segment), got {pieces!r}")
     seg = torch.arange(S, device=dev)
-    lo = torch.zeros(S, dtype=torch.float64, device=dev)
-    hi = torch.ones(S, dtype=torch.float64, device=dev)
-    keep = D.reshape(S, -1).abs().amax(1) > 0  # zero-length segments have length 0
-    seg, lo, hi = seg[keep], lo[keep], hi[keep]
+    seg = seg[D.reshape(S, -1).abs().amax(1) > 0].repeat_interleave(pieces)  # zero-length segments: length 0
+    lo = torch.arange(pieces, dtype=torch.float64, device=dev).repeat(seg.numel() // pieces) / pieces
+    hi = lo + 1.0 / pieces
     done = torch.zeros(S, dtype=torch.float64, device=dev)
     rows = [_rows(fmap, P[:1].to(compute_dtype), budget)]
     shape = (1,) * (P.dim() - 1)
+    nodes = torch.cat([xk, xk.new_tensor([-1.0, 1.0])])
+    ext = _extrapolation(xk)  # (2, 15): the 15-node interpolating polynomial at -1 and +1
+    gap = 1 - float(xk[0])  # the unsampled gap at each end, in units of the half width
+
+    def gk(seg, lo, hi):
+        """Kronrod, Gauss estimates on [lo, hi] of each segment's parameter interval, and the error a jump
+        of the integrand hidden in the end gaps (between an end and its outermost node) can cause."""
+        mid, half = (lo + hi) / 2, (hi - lo) / 2
+        t = (mid[:, None] + half[:, None] * nodes).reshape(-1)  # (M*17,)
+        sg = seg.repeat_interleave(17)
+        f = _jvp_norms(fmap, P[sg] + t.reshape(-1, *shape) * D[sg], D[sg], rows).reshape(-1, 17)
+        fi = f[:, :15]
+        edge = gap * half * ((fi @ ext.T) - f[:, 15:]).abs().sum(1)
+        return half * (fi @ wk), half * (fi @ wg), edge
+
     with eval_mode(fmap.model), no_tf32(), torch.no_grad():
+        kval = gk(seg, lo, hi)[0]
         for _ in range(max_rounds):
             if seg.numel() == 0:
                 break
-            mid, half = (lo + hi) / 2, (hi - lo) / 2
-            t = (mid[:, None] + half[:, None] * xk).reshape(-1)  # (M*15,)
-            sg = seg.repeat_interleave(15)
-            X = P[sg] + t.reshape(-1, *shape) * D[sg]
-            f = _jvp_norms(fmap, X, D[sg], rows).reshape(-1, 15)
-            kr, ga = half * (f @ wk), half * (f @ wg)
-            err = (kr - ga).abs()
-            total = done.index_add(0, seg, kr)  # current estimate of every segment
-            ok = (err <= rtol * total[seg] * (hi - lo)) | (half < 1e-13)
-            done = done.index_add(0, seg[ok], kr[ok])
-            seg, lo, hi, mid = seg[~ok], lo[~ok], hi[~ok], mid[~ok]
-            seg, lo, hi = seg.repeat(2), torch.cat([lo, mid]), torch.cat([mid, hi])
+            # both halves of every open interval; the error of their sum is estimated by the embedded Gauss
+            # rules and against the parent's Kronrod value (either alone can vanish at a kink), plus the
+            # end-gap term (a jump between an end and the outermost node is invisible to both)
+            mid = (lo + hi) / 2
+            k2, g2, e2 = gk(seg.repeat(2), torch.cat([lo, mid]), torch.cat([mid, hi]))
+            M = seg.numel()
+            kl, kr = k2[:M], k2[M:]
+            err = torch.maximum((kl + kr - kval).abs(), (kl - g2[:M]).abs() + (kr - g2[M:]).abs()) + e2[:M] + e2[M:]
+            total = done.index_add(0, seg, kl + kr)
+            ok = (err <= rtol * total[seg] * (hi - lo)) | ((hi - lo) < 1e-13)
+            done = done.index_add(0, seg[ok], (kl + kr)[ok])
+            keep = ~ok
+            seg, lo, hi, mid = seg[keep].repeat(2), torch.cat([lo[keep], mid[keep]]), torch.cat([mid[keep], hi[keep]]), None
+            kval = torch.cat([kl[keep], kr[keep]])
         else:
             if seg.numel():
                 bad = sorted(set(seg.tolist()))
                 warnings.warn(f"path_length: the quadrature of segment(s) {_fmt_points(bad)} did not reach rtol={rtol:g} "
                               f"in {max_rounds} rounds of bisection (a non-smooth integrand?); their last estimates "
                               "are used", PrecisionWarning, stacklevel=3)
-                mid, half = (lo + hi) / 2, (hi - lo) / 2
-                t = (mid[:, None] + half[:, None] * xk).reshape(-1)
-                sg = seg.repeat_interleave(15)
-                f = _jvp_norms(fmap, P[sg] + t.reshape(-1, *shape) * D[sg], D[sg], rows).reshape(-1, 15)
-                done = done.index_add(0, seg, half * (f @ wk))
+                done = done.index_add(0, seg, kval)
     return done if per_segment else done.sum()
 
 
@@ -209,16 +237,18 @@ def geodesic_fmap(fmap: FeatureMap, x0: torch.Tensor, x1: torch.Tensor, *, n: in
 
 def path_length(model, path: torch.Tensor, layer=None, *, pool=None, target: str = "euclidean",
                 dtype: torch.dtype | None = None, per_segment: bool = False, rtol: float = 1e-8,
-                budget: int | None = None):
+                pieces: int = 4, budget: int | None = None):
     """Feature-space length of the polyline through `path` ``Tensor[T, *input_shape]``: float64 scalar
     sum_k int_0^1 |J(p_k + t dp_k) dp_k| dt, or the ``Tensor[T-1]`` segment lengths with ``per_segment``.
 
     Adaptive Gauss-Kronrod per segment to a relative error estimate <= ``rtol`` (floored at the rounding level
-    of a float32 network, with a PrecisionWarning). model, layer, pool, target, dtype as in ``fastgeom.logvol``.
+    of a float32 network, with a PrecisionWarning), starting from `pieces` intervals per segment (features of
+    the integrand narrower than the node spacing, like short linear pieces of a ReLU net, can be missed).
+    model, layer, pool, target, dtype as in ``fastgeom.logvol``.
     """
     _check_path(path)
     fmap, _, _ = prepare(model, path, layer, pool, dtype, target)
-    return path_length_fmap(fmap, path, per_segment=per_segment, rtol=rtol, budget=budget)
+    return path_length_fmap(fmap, path, per_segment=per_segment, rtol=rtol, pieces=pieces, budget=budget)
 
 
 def geodesic(model, x0: torch.Tensor, x1: torch.Tensor, layer=None, *, n: int = 32, pool=None,
