@@ -33,7 +33,7 @@ __all__ = ["gaussian_curvature", "scalar_curvature", "gaussian_curvature_fmap", 
 
 # Tests set this to a callable(stage: str) that may raise, to inject faults such as an OOM.
 fault_injector: Callable[[str], None] | None = None
-CPU_MAX_ROWS = 256  # (pair x point) rows per vmapped pass on CPU; larger passes gain nothing (cache)
+CPU_MAX_ROWS = 2048  # (pair x point) rows per vmapped pass on CPU; larger passes gain nothing (cache)
 
 
 def _nested(fmap, xb: torch.Tensor, a: torch.Tensor, b: torch.Tensor):
