@@ -1,0 +1,315 @@
+"""Curvature of deep feature maps by Gauss's equation (MATH.md 12): no metric derivatives, no Christoffels.
+
+For tangent directions u_a at x, T = [d_{u_a} phi] (n, k) and H_ab = d_{u_a} d_{u_b} phi (n,) come from
+second-order forward mode (a JVP of a JVP, vmapped over direction pairs, batched over points). The
+normal parts N_ab = H_ab - Q Q^T H_ab use Q of a float64 QR of T, so the tangent part of the second
+derivatives, which carries the metric's derivatives, never enters.
+
+* ``gaussian_curvature``: K of the surface (a, b) -> phi(x + a u + b v) at (0, 0),
+  K = (<N_uu, N_vv> - |N_uv|^2) / det g. Any feature map whose plane image has rank 2 (submersions too).
+* ``scalar_curvature``: Ricci scalar of the full pullback metric of an immersion (n >= d, rank d),
+  R = g^{ac} g^{bd} (<N_ac, N_bd> - <N_ab, N_cd>), evaluated in the orthonormal frame T R^{-1}
+  as R = |sum_i N~_ii|^2 - sum_ij |N~_ij|^2.
+
+Conventions (MATH 1): round sphere of radius r: K = 1/r^2, R = 2/r^2; in 2-D R = 2K. The network runs
+in its dtype (or ``dtype=``); everything after the passes is float64. Points whose tangent frame has
+rank below k (at the rounding level of the network dtype) are NaN and named in a warning.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import torch
+from torch.func import jvp, vmap
+from tqdm.auto import tqdm
+
+from .api import RankDeficiencyWarning, _fmt_points, _want_progress, check_points, prepare
+from .engine.planner import default_budget, is_oom, saved_bytes_one_point
+from .features import FeatureMap, eval_mode, no_tf32
+
+__all__ = ["gaussian_curvature", "scalar_curvature", "gaussian_curvature_fmap", "scalar_curvature_fmap",
+           "second_derivatives"]
+
+# Tests set this to a callable(stage: str) that may raise, to inject faults such as an OOM.
+fault_injector: Callable[[str], None] | None = None
+CPU_MAX_ROWS = 2048  # (pair x point) rows per vmapped pass on CPU; larger passes gain nothing (cache)
+
+
+def _nested(fmap, xb: torch.Tensor, a: torch.Tensor, b: torch.Tensor):
+    """(d_a phi, d_b d_a phi) at xb (P, *in) along a, b (P, *in): a JVP of a JVP."""
+    def inner(y):
+        return jvp(fmap, (y,), (a,))
+    (_, phi_a), (_, phi_ab) = jvp(inner, (xb,), (b,))
+    return phi_a, phi_ab
+
+
+def _plan_rows(fmap, x: torch.Tensor, n_pairs: int, d_out: int, chunk_size, budget) -> tuple[int, int]:
+    """(pairs per pass, points per batch) within `budget` bytes.
+
+    A (pair, point) row keeps three tangent streams of the network alive; counted, like the exact
+    planner, as a quarter of the bytes autograd saves for one point (at least four of its largest
+    activations) per stream, plus its two float64 outputs."""
+    budget = int(budget or default_budget(x.device))
+    act, biggest = saved_bytes_one_point(fmap, x[:1])
+    row = 3 * max(act // 4, 4 * biggest, 1) + 2 * d_out * 8
+    rows = max(1, (budget - act) // row)
+    if x.device.type == "cpu":
+        rows = min(rows, CPU_MAX_ROWS)
+    if chunk_size is not None:
+        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int (direction pairs per pass), got {chunk_size!r}")
+        pairs = min(chunk_size, n_pairs)
+    else:
+        pairs = min(n_pairs, rows)
+    points = max(1, min(x.shape[0], rows // pairs))
+    return pairs, points
+
+
+def second_derivatives(fmap, xb: torch.Tensor, A: torch.Tensor, Bt: torch.Tensor, pairs: int,
+                       state: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 (d_a phi, d_a d_b phi), each (P, Pb, d_out), at xb (Pb, *in) for direction pairs
+    A, Bt (P, Pb, *in), `pairs` pairs per vmapped pass; an out-of-memory error halves the pass
+    (``state["pairs"]`` keeps the reduced size) and retries."""
+    P = A.shape[0]
+    state = state if state is not None else {}
+    state.setdefault("pairs", pairs)
+    xb = xb.to(fmap.dtype) if fmap.dtype is not None else xb
+    A, Bt = A.to(xb.dtype), Bt.to(xb.dtype)
+    f = vmap(lambda a, b: _nested(fmap, xb, a, b))
+    first, second = [], []
+    s = 0
+    while s < P:
+        e = min(P, s + state["pairs"])
+        try:
+            if fault_injector is not None:
+                fault_injector("pass")
+            pa, pab = f(A[s:e], Bt[s:e])
+        except Exception as err:  # noqa: BLE001
+            if not is_oom(err) or state["pairs"] == 1:
+                raise
+            state["pairs"] = max(1, state["pairs"] // 2)
+            if xb.device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        first.append(pa.reshape(e - s, xb.shape[0], -1).to(torch.float64))
+        second.append(pab.reshape(e - s, xb.shape[0], -1).to(torch.float64))
+        s = e
+    return torch.cat(first), torch.cat(second)
+
+
+def _batches(fmap, x, pair_fn, n_pairs, d_out, chunk_size, budget, progress, desc):
+    """Yield (slice, first (P, Pb, n), second (P, Pb, n)) over point batches; OOM halves pairs, then points."""
+    B = x.shape[0]
+    pairs, points = _plan_rows(fmap, x, n_pairs, d_out, chunk_size, budget)
+    state = {"pairs": pairs}
+    bar = tqdm(total=B, desc=desc, unit="pt", disable=not _want_progress(progress, B), leave=False)
+    try:
+        s = 0
+        while s < B:
+            e = min(B, s + points)
+            A, Bt = pair_fn(slice(s, e))
+            try:
+                out = second_derivatives(fmap, x[s:e], A, Bt, state["pairs"], state)
+            except Exception as err:  # noqa: BLE001
+                if is_oom(err) and points > 1:
+                    points = max(1, points // 2)
+                    continue
+                if is_oom(err):
+                    raise MemoryError(f"out of memory even at 1 point and 1 direction pair (budget "
+                                      f"{(budget or default_budget(x.device)) / 2**20:.0f} MiB); use a device with "
+                                      "more memory or a smaller dtype") from err
+                raise
+            yield slice(s, e), *out
+            bar.update(e - s)
+            s = e
+    finally:
+        bar.close()
+
+
+def _rank_ok(R: torch.Tensor, T: torch.Tensor, compute_dtype) -> torch.Tensor:
+    """(Pb,) True where the float64 QR factor R (Pb, k, k) of T (Pb, n, k) has full rank k, i.e.
+    every |R_ii| above the rounding level max(n, k) * eps(compute dtype) * max column norm of T."""
+    n, k = T.shape[-2], T.shape[-1]
+    eps = torch.finfo(compute_dtype).eps
+    scale = torch.linalg.vector_norm(T, dim=-2).amax(dim=-1)
+    diag = R.diagonal(dim1=-2, dim2=-1).abs()
+    return (diag > max(n, k) * eps * scale[:, None]).all(dim=-1) & (scale > 0)
+
+
+def _normal(H: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+    """Normal parts of H (Pb, m, n) against the orthonormal tangent basis Q (Pb, n, k), projected twice
+    (the second pass removes what rounding of the first leaves in span Q)."""
+    for _ in range(2):
+        H = H - (H @ Q) @ Q.mT
+    return H
+
+
+def _warn_nan(bad: list[int], k: int, what: str) -> None:
+    if bad:
+        warnings.warn(f"{len(bad)} point(s) have a tangent frame of rank below {k} (at the rounding level of the "
+                      f"network dtype), so {what} is undefined there and set to NaN: {_fmt_points(bad)}. Use "
+                      "dtype=torch.float64, or other points/directions.", RankDeficiencyWarning, stacklevel=3)
+
+
+def _directions(w, x: torch.Tensor, name: str) -> torch.Tensor:
+    """u or v as (B, *input_shape) float64 (a shared (*input_shape) direction is expanded)."""
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape input_shape {tuple(x.shape[1:])} or "
+                        f"(B, *input_shape) {tuple(x.shape)}, got {type(w).__name__}")
+    if not w.is_floating_point():
+        raise TypeError(f"{name} has dtype {w.dtype}; directions must be floating point")
+    if tuple(w.shape) == tuple(x.shape[1:]):
+        w = w.expand(x.shape)
+    elif tuple(w.shape) != tuple(x.shape):
+        raise ValueError(f"{name} has shape {tuple(w.shape)}, but x is {tuple(x.shape)}: pass one direction of "
+                         f"shape {tuple(x.shape[1:])} shared by all points, or one per point of shape {tuple(x.shape)}")
+    if x.shape[0] and not bool(torch.isfinite(w).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
+    return w.to(device=x.device, dtype=torch.float64)
+
+
+def _check_plane(u: torch.Tensor, v: torch.Tensor) -> None:
+    """ValueError naming the points where u and v are (numerically) parallel or zero."""
+    if u.shape[0] == 0:
+        return
+    U, V = u.reshape(u.shape[0], -1), v.reshape(v.shape[0], -1)
+    nu, nv = torch.linalg.vector_norm(U, dim=1), torch.linalg.vector_norm(V, dim=1)
+    cos = (U * V).sum(1) / (nu * nv).clamp_min(torch.finfo(torch.float64).tiny)
+    sin2 = (1 - cos.clamp(-1, 1) ** 2)
+    bad = ((nu == 0) | (nv == 0) | (sin2 <= 1e-24)).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"u and v do not span a plane (one is zero or they are parallel) at point(s) "
+                         f"{_fmt_points(bad)}; pass two linearly independent directions")
+
+
+def gaussian_curvature_fmap(fmap: FeatureMap, x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, *,
+                            return_metric: bool = False, chunk_size: int | None = None,
+                            budget: int | None = None, progress: bool | None = None):
+    """K (B,) float64 of the plane surfaces (a, b) -> fmap(x + a u + b v) at x (B, *in); u, v (*in) or
+    (B, *in). With ``return_metric`` also g (B, 2, 2). ``chunk_size``: direction pairs per pass (<= 3)."""
+    check_points(x)
+    u, v = _directions(u, x, "u"), _directions(v, x, "v")
+    _check_plane(u, v)
+    B = x.shape[0]
+    K = torch.full((B,), float("nan"), dtype=torch.float64, device=x.device)
+    g = torch.full((B, 2, 2), float("nan"), dtype=torch.float64, device=x.device)
+    compute_dtype = fmap.dtype or x.dtype
+    bad: list[int] = []
+    if B:
+        with torch.no_grad():
+            d_out = fmap(x[:1].to(compute_dtype)).shape[1]
+        if d_out < 2:
+            raise ValueError(f"the feature map has d_out = {d_out}: the image of a plane is at most a curve, "
+                             "so its Gaussian curvature is undefined; choose a layer with at least 2 features")
+        pair_fn = lambda sl: (torch.stack([u[sl], v[sl], u[sl]]), torch.stack([u[sl], v[sl], v[sl]]))  # noqa: E731
+        with eval_mode(fmap.model), no_tf32():
+            for sl, first, second in _batches(fmap, x, pair_fn, 3, d_out, chunk_size, budget, progress, "curvature"):
+                T = torch.stack([first[0], first[1]], dim=-1)  # (Pb, n, 2): psi_u, psi_v
+                Q, R = torch.linalg.qr(T)
+                N = _normal(second.permute(1, 0, 2), Q)  # (Pb, 3, n): uu, vv, uv
+                num = (N[:, 0] * N[:, 1]).sum(-1) - (N[:, 2] ** 2).sum(-1)
+                det = (R[:, 0, 0] * R[:, 1, 1]) ** 2
+                ok = _rank_ok(R, T, compute_dtype)
+                K[sl] = torch.where(ok, num / det, torch.nan)
+                g[sl] = T.mT @ T
+                bad += (sl.start + (~ok).nonzero().flatten()).tolist()
+    _warn_nan(bad, 2, "the Gaussian curvature")
+    return (K, g) if return_metric else K
+
+
+def _pairs(d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index pairs (a, b), a <= b, diagonal pairs first: (d(d+1)/2,) each."""
+    ia, ib = torch.triu_indices(d, d)
+    order = torch.argsort((ia != ib).to(torch.int8), stable=True)
+    return ia[order], ib[order]
+
+
+def scalar_curvature_fmap(fmap: FeatureMap, x: torch.Tensor, d_out: int | None = None, *,
+                          chunk_size: int | None = None, budget: int | None = None,
+                          progress: bool | None = None) -> torch.Tensor:
+    """R (B,) float64, the Ricci scalar of fmap's full pullback metric at x (B, *in), for an immersion
+    (d_out >= d_in). ``chunk_size``: direction pairs per pass (of d_in (d_in + 1) / 2)."""
+    check_points(x)
+    B, in_shape = x.shape[0], tuple(x.shape[1:])
+    d = x[0].numel() if B else int(torch.tensor(in_shape).prod())
+    compute_dtype = fmap.dtype or x.dtype
+    if d_out is None:
+        with torch.no_grad():
+            d_out = fmap(x.new_zeros((1, *in_shape)).to(compute_dtype)).shape[1]
+    if d_out < d:
+        raise ValueError(
+            f"scalar_curvature needs an immersion (d_out >= d_in), but the feature map sends d_in = {d} inputs to "
+            f"d_out = {d_out} features: its pullback metric J^T J has rank at most {d_out} < {d}, so it is degenerate "
+            "(no inverse, no Levi-Civita connection) and its Ricci scalar is undefined. Use gaussian_curvature on "
+            "input planes (2-D slices), which is defined wherever the plane's image has rank 2.")
+    R = torch.full((B,), float("nan"), dtype=torch.float64, device=x.device)
+    bad: list[int] = []
+    if B:
+        ia, ib = _pairs(d)
+        P = ia.numel()
+        eye = torch.eye(d, dtype=torch.float64, device=x.device).reshape(d, *in_shape)
+        pair_fn = lambda sl: (eye[ia][:, None].expand(P, sl.stop - sl.start, *in_shape),  # noqa: E731
+                              eye[ib][:, None].expand(P, sl.stop - sl.start, *in_shape))
+        with eval_mode(fmap.model), no_tf32():
+            for sl, first, second in _batches(fmap, x, pair_fn, P, d_out, chunk_size, budget, progress, "scalar curvature"):
+                Pb = sl.stop - sl.start
+                J = first[:d].permute(1, 2, 0)  # (Pb, n, d): diagonal pairs (a, a) give columns d_a phi
+                Q, Rf = torch.linalg.qr(J)
+                N = _normal(second.permute(1, 0, 2), Q)  # (Pb, P, n)
+                Hn = torch.empty(Pb, d, d, N.shape[-1], dtype=torch.float64, device=x.device)
+                Hn[:, ia, ib] = N
+                Hn[:, ib, ia] = N
+                ok = _rank_ok(Rf, J, compute_dtype)
+                eye_b = torch.eye(d, dtype=torch.float64, device=x.device).expand(Pb, d, d)
+                Rs = torch.where(ok[:, None, None], Rf, eye_b)
+                Ri = torch.linalg.solve_triangular(Rs, eye_b, upper=True)  # R^{-1}: frame T R^{-1} is orthonormal
+                Nt = torch.einsum("pai,pbj,pabn->pijn", Ri, Ri, Hn)
+                mean = Nt.diagonal(dim1=1, dim2=2).sum(-1)  # (Pb, n): sum_i N~_ii
+                val = (mean ** 2).sum(-1) - (Nt ** 2).sum((1, 2, 3))
+                R[sl] = torch.where(ok, val, torch.nan)
+                bad += (sl.start + (~ok).nonzero().flatten()).tolist()
+    _warn_nan(bad, d, "the scalar curvature")
+    return R
+
+
+def gaussian_curvature(model, x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, layer=None, *, pool=None,
+                       target: str = "euclidean", dtype: torch.dtype | None = None, return_metric: bool = False,
+                       chunk_size: int | None = None, budget: int | None = None, progress: bool | None = None):
+    """Gaussian curvature of the input plane through each point, float64 ``Tensor[B]``.
+
+    K at (0, 0) of the surface (a, b) -> phi(x + a u + b v), by Gauss's equation
+    K = (<N_uu, N_vv> - |N_uv|^2) / det g (MATH.md 12.1). Defined for every model and layer that
+    ``logvol`` accepts, submersions included.
+
+    Args:
+        model, layer, pool, target, dtype: as in ``fastgeom.logvol`` (the network runs in ``dtype``,
+            default the model's; the Gauss equation is float64).
+        x: ``Tensor[B, *input_shape]``. u, v: ``Tensor[*input_shape]`` shared, or ``Tensor[B, *input_shape]``
+            one per point; linearly independent (else ValueError). K does not depend on the basis of span(u, v).
+        return_metric: also return the plane's metric g ``Tensor[B, 2, 2]`` (g_uu, g_uv; g_vu, g_vv);
+            the area element is sqrt(det g).
+        chunk_size: direction pairs per vmapped pass (of 3). budget: bytes (default as the exact engine);
+            out-of-memory halves the pass, then the point batch. progress: tqdm bar.
+
+    Returns:
+        K (and g). Points where the plane's image has rank < 2 are NaN, named in a ``RankDeficiencyWarning``.
+    """
+    fmap, _, _ = prepare(model, x, layer, pool, dtype, target)
+    return gaussian_curvature_fmap(fmap, x, u, v, return_metric=return_metric, chunk_size=chunk_size,
+                                   budget=budget, progress=progress)
+
+
+def scalar_curvature(model, x: torch.Tensor, layer=None, *, pool=None, target: str = "euclidean",
+                     dtype: torch.dtype | None = None, chunk_size: int | None = None, budget: int | None = None,
+                     progress: bool | None = None) -> torch.Tensor:
+    """Ricci scalar of the full pullback metric of an immersion (d_out >= d_in), float64 ``Tensor[B]``.
+
+    R = g^{ac} g^{bd} (<N_ac, N_bd> - <N_ab, N_cd>) from the d_in (d_in + 1) / 2 second derivatives
+    (MATH.md 12.2). Round sphere of radius r: 2/r^2; equals ``fastgeom.shallow.ricci_scalar`` on shallow
+    nets (the paper's values are 3x these). A submersion (d_out < d_in) raises ValueError: use
+    ``gaussian_curvature``. Other arguments as in ``gaussian_curvature``; ``chunk_size`` is direction
+    pairs per pass. Points whose Jacobian has rank < d_in are NaN, named in a warning.
+    """
+    fmap, _, d_out = prepare(model, x, layer, pool, dtype, target)
+    return scalar_curvature_fmap(fmap, x, d_out, chunk_size=chunk_size, budget=budget, progress=progress)
