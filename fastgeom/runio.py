@@ -9,9 +9,11 @@ with a single ``os.write`` per batch on an ``O_APPEND`` descriptor and ``fsync``
 killed with SIGKILL leaves only complete rows (a torn last line, should the OS ever produce one,
 has no newline and is discarded on reading). ``ResultsCSV.done`` is the set of indices present;
 a rerun computes only the others and ``finalize`` rewrites the file sorted and deduplicated
-(atomically, through a temporary file and ``os.replace``). A sidecar ``<out>.meta.json`` records
-the settings that determine the values, so a rerun with different settings is refused instead of
-mixing results.
+(atomically, through a uniquely named temporary file and ``os.replace``). A sidecar
+``<out>.meta.json`` records the settings that determine the values, so a rerun with different
+settings is refused instead of mixing results. While a run writes, it holds an ``fcntl`` lock on
+``<out>.lock`` (removed at the end), so a second process on the same file stops with a one-line
+error instead of racing on it.
 """
 from __future__ import annotations
 
@@ -343,6 +345,14 @@ def format_value(v) -> str:
     return repr(float(v))
 
 
+def _write_all(fd: int, buf: bytes) -> None:
+    """Write all of `buf` to `fd` (``os.write`` may write less than asked) and fsync."""
+    n = 0
+    while n < len(buf):
+        n += os.write(fd, buf[n:])
+    os.fsync(fd)
+
+
 def os_error(path: str, e: OSError, doing: str) -> InputError:
     """One-line InputError for an OSError while `doing` something with `path` (full disk, read-only, ...)."""
     fix = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space (disk quota)",
@@ -560,12 +570,8 @@ class ResultsCSV:
             lines[idx] = ",".join(format_value(v) for v in r)
         if not lines:
             return
-        buf = ("\n".join(lines.values()) + "\n").encode()
-        n = 0
         try:
-            while n < len(buf):
-                n += os.write(self._fd, buf[n:])
-            os.fsync(self._fd)
+            _write_all(self._fd, ("\n".join(lines.values()) + "\n").encode())
         except OSError as e:
             raise os_error(self.path, e, f"append {len(lines)} row(s)") from None
         self.rows.update(lines)
