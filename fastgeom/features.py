@@ -161,6 +161,12 @@ class FeatureMap:
                              "choose a layer that forward() calls (see model.named_modules())")
         return box["out"]
 
+    def own_input(self, x: torch.Tensor) -> torch.Tensor:
+        """x in the compute dtype, always a new tensor (the cast copies; else a clone), so that a model
+        working in place on its input acts on fastgeom's copy, never on the caller's x. Every engine that
+        runs the network on x itself (not through ``__call__``) must pass it through this first."""
+        return x.to(self.dtype) if self.dtype is not None and x.dtype != self.dtype else x.clone()
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, *input_shape) -> features (B, d_out); x itself is never modified."""
         x = self.own_input(x)
@@ -174,12 +180,6 @@ class FeatureMap:
             raise TypeError(f"the feature at layer {self.layer!r} is {what}; the feature map must return "
                             "(B, *feature_shape), one row per point of x (B, *input_shape)")
         return self.post(out)
-
-    def own_input(self, x: torch.Tensor) -> torch.Tensor:
-        """x in the compute dtype, always a new tensor (the cast copies; else a clone), so that a model
-        working in place on its input acts on fastgeom's copy, never on the caller's x. Every engine that
-        runs the network on x itself (not through ``__call__``) must pass it through this first."""
-        return x.to(self.dtype) if self.dtype is not None and x.dtype != self.dtype else x.clone()
 
     def post(self, out: torch.Tensor) -> torch.Tensor:
         """The layer's output (B, *feature_shape) -> features (B, d_out): pool, flatten, sphere projection."""
