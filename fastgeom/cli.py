@@ -15,7 +15,10 @@ import warnings
 
 from .runio import InputError, one_line
 
-EXIT_USAGE = 2
+EXIT_FAILURE = 1  # out of memory even at one point with chunk 1, or an internal error
+EXIT_USAGE = 2  # bad input, a model error, an OSError on the output: one line
+EXIT_NONFINITE = 3  # the run finished, but some points have NaN (untrusted) values
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT); the rows done are kept
 _WARN_REGISTRY: dict = {}  # re-emitted foreign warnings show once per location
 
 
@@ -230,12 +233,27 @@ def _evaluate(cmd, model, xb, args, state):
     return [list(v) for v in vals]
 
 
+def _fastgeom_warning(w) -> bool:
+    """A warning of fastgeom's own (counted and summarised per run; others are shown as usual)."""
+    return w.category.__module__.split(".")[0] == "fastgeom"
+
+
+def _batch_error(e: Exception, b: range) -> tuple[int, str]:
+    """(exit code, one-line message) for an exception while computing the batch b."""
+    where = f"points {b.start}..{b.stop - 1}"
+    if isinstance(e, MemoryError):  # the engine already halved chunk and point batch down to 1
+        return EXIT_FAILURE, one_line(f"{where}: {e}")
+    if isinstance(e, ValueError):  # fastgeom's checks (e.g. a Jacobian that is exactly zero)
+        return EXIT_USAGE, one_line(f"{where}: {e}")
+    return EXIT_USAGE, one_line(f"{where}: the model failed ({type(e).__name__}: {e})")
+
+
 def _run(cmd: str, args) -> int:
     import torch
     from tqdm.auto import tqdm
 
     from . import distributed as D
-    from .api import PrecisionWarning, RankDeficiencyWarning, prepare
+    from .api import prepare
     from .runio import ResultsCSV, build_model, file_digest, load_checkpoint, tensor_digest
 
     margs, pool, dtype = validate(args)
@@ -258,7 +276,7 @@ def _run(cmd: str, args) -> int:
         # probe the model on one point: a wrong input shape or layer is reported before any work
         try:
             _, d_in, d_out = prepare(model, x[:1].to(ctx.device), args.layer, pool, dtype, args.target)
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        except Exception as e:  # noqa: BLE001 - whatever the model raises, one line naming the inputs
             msg = e.args[0] if isinstance(e, KeyError) and e.args else e
             where = args.points or args.data
             raise InputError(one_line(f"{where}: points of shape {tuple(x.shape[1:])} do not fit --model "
@@ -295,52 +313,84 @@ def _run(cmd: str, args) -> int:
         bar = tqdm(total=n_mine, desc=f"{cmd} rank {ctx.rank}/{ctx.world}", unit="pt", position=ctx.rank,
                    disable=args.quiet, file=sys.stderr, dynamic_ncols=True, leave=True)
         t0 = time.time()
-        warned: dict[str, int] = {}
+        warned: dict[str, list] = {}  # fastgeom warning class -> [batches, first message]
         try:
             for b in mine:
-                rows = []
+                rows, err = [], None
                 if b is not None:
-                    xb = x[b.start:b.stop].to(ctx.device)
-                    with warnings.catch_warnings(record=True) as w:
-                        warnings.simplefilter("always")
-                        try:
+                    try:
+                        with warnings.catch_warnings(record=True) as w:
+                            warnings.simplefilter("always")
+                            xb = x[b.start:b.stop].to(ctx.device)
                             vals = _evaluate(cmd, model, xb, args, state)
-                        except ValueError as e:  # fastgeom's checks (e.g. a Jacobian that is exactly zero)
-                            raise InputError(one_line(f"points {b.start}..{b.stop - 1}: {e}")) from None
+                    except Exception as e:  # noqa: BLE001 - reported in one line; the rows done are kept
+                        err = _batch_error(e, b)
+                        w = []
                     for ww in w:
-                        if issubclass(ww.category, (RankDeficiencyWarning, PrecisionWarning)):
-                            warned[ww.category.__name__] = warned.get(ww.category.__name__, 0) + 1
+                        if _fastgeom_warning(ww):
+                            c = warned.setdefault(ww.category.__name__, [0, f"points {b.start}..{b.stop - 1}: "
+                                                                         + one_line(ww.message, 200)])
+                            c[0] += 1
                         else:  # not ours: let the usual filters show it (once per location)
                             warnings.warn_explicit(ww.message, ww.category, ww.filename, ww.lineno,
                                                    registry=_WARN_REGISTRY)
-                    for j, i in enumerate(b):
-                        rows.append([i, *vals[j], *(extra[i].tolist() if extra is not None else [])])
-                    bar.update(sum(1 for i in b if i not in done))
-                allrows = ctx.gather(rows)
+                    if err is None:
+                        for j, i in enumerate(b):
+                            rows.append([i, *vals[j], *(extra[i].tolist() if extra is not None else [])])
+                        bar.update(sum(1 for i in b if i not in done))
+                results = ctx.gather((rows, err))
+                stop = None
                 if ctx.is_main:
-                    csv.append(sorted((r for rr in allrows for r in rr), key=lambda r: r[0]))
+                    try:
+                        csv.append(sorted((r for rr, _ in results for r in rr), key=lambda r: r[0]))
+                    except InputError as e:
+                        stop = (EXIT_USAGE, str(e))
+                    stop = stop or next((e for _, e in results if e is not None), None)
+                stop = ctx.broadcast(stop)
+                if stop is not None:
+                    if not ctx.is_main:
+                        return stop[0]
+                    raise _RunStopped(stop[0], f"{stop[1]} (the rows finished before are kept in {args.out}; "
+                                      "fix the cause and rerun the same command to resume)")
         finally:
             bar.close()
         notes = ctx.gather(warned)
-        if ctx.is_main:
-            csv.finalize()
-            if not args.quiet:
-                dt = time.time() - t0
-                tot: dict[str, int] = {}
-                for nn in notes:
-                    for kk, vv in nn.items():
-                        tot[kk] = tot.get(kk, 0) + vv
-                for kk, vv in sorted(tot.items()):
-                    print(f"fastgeom: note: {kk} in {vv} batch(es); see the rank/n_rounding columns "
-                          "(--diagnostics) of the CSV", file=sys.stderr)
-                print(f"{cmd}: {N} points in {args.out} ({n_todo} computed now on {ctx.world} process(es), "
-                      f"{N - n_todo} already there) in {dt:.1f} s"
-                      + (f", {n_todo / dt:.2f} points/s" if dt > 0 and n_todo else ""))
+        if not ctx.is_main:
+            return 0
+        csv.finalize()
+        dt = time.time() - t0
+        if not args.quiet:
+            tot: dict[str, list] = {}
+            for nn in notes:
+                for kk, (vv, first) in nn.items():
+                    tot.setdefault(kk, [0, first])[0] += vv
+            for kk, (vv, first) in sorted(tot.items()):
+                see = ("; see the rank/n_rounding columns (--diagnostics) of the CSV"
+                       if kk in ("RankDeficiencyWarning", "PrecisionWarning") else "")
+                print(f"fastgeom: note: {kk} in {vv} batch(es) (first: {first}){see}", file=sys.stderr)
+            print(f"{cmd}: {N} points in {args.out} ({n_todo} computed now on {ctx.world} process(es), "
+                  f"{N - n_todo} already there) in {dt:.1f} s"
+                  + (f", {n_todo / dt:.2f} points/s" if dt > 0 and n_todo else ""))
+        bad = csv.nonfinite()
+        if bad:
+            shown = ", ".join(map(str, bad[:10])) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+            print(f"fastgeom: warning: {len(bad)} of {N} points have NaN values in {args.out} (untrusted points, "
+                  f"e.g. a non-finite Jacobian or an input that overflows --dtype; the warnings above name the cause): "
+                  f"index {shown}", file=sys.stderr)
+            return EXIT_NONFINITE
         return 0
     finally:
         if csv is not None:
             csv.close()
         ctx.close()
+
+
+class _RunStopped(Exception):
+    """A batch failed: stop the run with this exit code and one-line message (rows done are kept)."""
+
+    def __init__(self, code: int, msg: str):
+        super().__init__(msg)
+        self.code = code
 
 
 def _cmd_logvol(args) -> int:
@@ -478,17 +528,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run the command line; returns the exit code (see docs/CLI.md, "Exit codes"). Every failure is
+    one line on stderr, never a traceback (``FASTGEOM_TRACEBACK=1`` re-raises unexpected errors)."""
+    import os
     args = build_parser().parse_args(argv)
     # torch's own deprecation notice, raised inside torch.func on first use; not the user's business
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+    out = getattr(args, "out", None)
+    kept = f"the rows finished so far are kept in {out}; rerun the same command to resume" if args.cmd in (
+        "logvol", "spectrum") else ""
     try:
         return args.func(args)
     except InputError as e:
         print(f"fastgeom: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except MemoryError as e:  # the engine already halved chunk and point batch down to 1
-        print(f"fastgeom: error: {one_line(e)} (rows finished so far are kept; rerun to resume)", file=sys.stderr)
-        return 1
+    except _RunStopped as e:
+        print(f"fastgeom: error: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        print("fastgeom: interrupted" + (f"; {kept}" if kept else ""), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except MemoryError as e:
+        print(f"fastgeom: error: {one_line(e)}" + (f" ({kept})" if kept else ""), file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as e:  # any file the run reads or writes
+        from .runio import os_error
+        print(f"fastgeom: error: {os_error(out or '?', e, 'read or write it')}" + (f" ({kept})" if kept else ""),
+              file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as e:  # noqa: BLE001 - a bug of fastgeom's: still one line, with a way to see more
+        if os.environ.get("FASTGEOM_TRACEBACK"):
+            raise
+        print(f"fastgeom: internal error: {one_line(f'{type(e).__name__}: {e}')}"
+              + (f" ({kept})" if kept else "") + "; rerun with FASTGEOM_TRACEBACK=1 for the traceback and please "
+              "report it", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

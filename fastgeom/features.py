@@ -6,7 +6,13 @@ sphere at phi(x) and divided by |phi(x)| (the round-sphere pullback for normalis
 The feature is the chosen module's output (captured by a forward hook that stops the forward pass
 there, so later layers are not run), average-pooled if asked, flattened per point. Parameters and
 buffers are passed detached through ``torch.func.functional_call`` (optionally cast to another
-dtype), so no gradients reach them and nothing is recorded for them.
+dtype), so no gradients reach them and nothing is recorded for them. A callable layer runs inside
+the same reparametrisation of the model (or of the callable itself when it is an ``nn.Module``), so
+it sees the same detached, cast parameters. The network always receives a copy of the points, so a
+model that works in place on its input never changes the caller's ``x`` (one copy of the input per
+pass, under 1% of a small CNN's forward pass: see ``FeatureMap.__call__``). If ``forward`` calls the
+chosen layer more than once, the first call's output is the feature (``fastgeom.checks.layer_calls``
+counts the calls).
 """
 from __future__ import annotations
 
@@ -83,6 +89,19 @@ def pool_window(shape: tuple, pool: PoolSpec) -> tuple[int, int] | None:
                      f"for a feature map of shape (C={C}, H={H}, W={W}); pass a kernel tuple instead")
 
 
+class _Bound(nn.Module):
+    """``fn(x)`` as the forward of a module that owns ``owner``, so that ``functional_call`` on it swaps
+    the owner's parameters and buffers for the feature map's detached (cast) copies while ``fn`` runs."""
+
+    def __init__(self, owner: nn.Module, fn: Callable):
+        super().__init__()
+        self.owner = owner
+        object.__setattr__(self, "fn", fn)  # not registered: fn may be the owner itself
+
+    def forward(self, x):
+        return self.fn(x)
+
+
 class FeatureMap:
     """phi: x (B, *input_shape) -> (B, d_out), a pure function of x suitable for torch.func."""
 
@@ -101,19 +120,27 @@ class FeatureMap:
             self.module = resolve_layer(model, layer)
         elif layer is not None and not callable(layer):
             raise TypeError(f"layer must be None, a module name (str) or a callable, got {type(layer).__name__}")
+        # the module whose parameters the feature uses: the model, or a callable layer that is a module
+        owner = model if model is not None else (layer if isinstance(layer, nn.Module) else None)
         self.params = {}
-        if model is not None:
+        if owner is not None:
             self.params = {k: (v.detach().to(dtype) if (dtype is not None and v.is_floating_point()) else v.detach())
-                           for k, v in list(model.named_parameters()) + list(model.named_buffers())}
-        if dtype is None and model is not None:
-            fp = [p for p in model.parameters() if p.is_floating_point()]
+                           for k, v in list(owner.named_parameters()) + list(owner.named_buffers())}
+        self._bound = None
+        if layer is not None and not isinstance(layer, str) and owner is not None:
+            self._bound = _Bound(owner, layer)
+            self._bound_params = {"owner." + k: v for k, v in self.params.items()}
+        if dtype is None and owner is not None:
+            fp = [p for p in owner.parameters() if p.is_floating_point()]
             dtype = fp[0].dtype if fp else None
         self.dtype = dtype
         self._window = "unset"
 
     def _raw(self, x: torch.Tensor):
         if self.layer is not None and not isinstance(self.layer, str):
-            return self.layer(x)
+            if self._bound is None:  # a plain function without a model: nothing to swap
+                return self.layer(x)
+            return torch.func.functional_call(self._bound, self._bound_params, (x,))
         if self.module is None:
             return torch.func.functional_call(self.model, self.params, (x,))
         box = {}
@@ -134,13 +161,24 @@ class FeatureMap:
                              "choose a layer that forward() calls (see model.named_modules())")
         return box["out"]
 
+    def own_input(self, x: torch.Tensor) -> torch.Tensor:
+        """x in the compute dtype, always a new tensor (the cast copies; else a clone), so that a model
+        working in place on its input acts on fastgeom's copy, never on the caller's x. Every engine that
+        runs the network on x itself (not through ``__call__``) must pass it through this first."""
+        return x.to(self.dtype) if self.dtype is not None and x.dtype != self.dtype else x.clone()
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dtype is not None and x.dtype != self.dtype:
-            x = x.to(self.dtype)
+        """x (B, *input_shape) -> features (B, d_out); x itself is never modified."""
+        x = self.own_input(x)
         out = self._raw(x)
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"the feature at layer {self.layer!r} is a {type(out).__name__}, not a Tensor; "
                             "choose a layer whose output is a single tensor, or pass a callable feature map")
+        if out.dim() == 0 or out.shape[0] != x.shape[0]:
+            what = "a 0-d tensor (one number for the whole batch)" if out.dim() == 0 else \
+                f"a tensor of shape {tuple(out.shape)} for {x.shape[0]} point(s)"
+            raise TypeError(f"the feature at layer {self.layer!r} is {what}; the feature map must return "
+                            "(B, *feature_shape), one row per point of x (B, *input_shape)")
         return self.post(out)
 
     def null_dims(self, d_in: int, d_out: int) -> int:

@@ -9,20 +9,26 @@ with a single ``os.write`` per batch on an ``O_APPEND`` descriptor and ``fsync``
 killed with SIGKILL leaves only complete rows (a torn last line, should the OS ever produce one,
 has no newline and is discarded on reading). ``ResultsCSV.done`` is the set of indices present;
 a rerun computes only the others and ``finalize`` rewrites the file sorted and deduplicated
-(atomically, through a temporary file and ``os.replace``). A sidecar ``<out>.meta.json`` records
-the settings that determine the values, so a rerun with different settings is refused instead of
-mixing results.
+(atomically, through a uniquely named temporary file and ``os.replace``). A sidecar
+``<out>.meta.json`` records the settings that determine the values, so a rerun with different
+settings is refused instead of mixing results. While a run writes, it holds an ``fcntl`` lock on
+``<out>.lock`` (removed at the end), so a second process on the same file stops with a one-line
+error instead of racing on it.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
+import errno
 import hashlib
 import importlib
 import importlib.util
 import json
+import math
 import os
 import re
 import sys
+import tempfile
 import warnings
 from collections.abc import Mapping
 from typing import Sequence
@@ -82,6 +88,11 @@ def load_tensor_file(path: str, what: str = "points") -> torch.Tensor:
                        "write it with numpy.save(path, array) (object arrays are not accepted)") from None
         if arr.dtype.kind not in "biuf":
             raise _err(path, f"array has dtype {arr.dtype}, not a real number type", "save a float array")
+        if arr.dtype.kind == "f" and arr.dtype.itemsize > 8:
+            raise _err(path, f"array has dtype {arr.dtype} (extended precision), which torch does not hold",
+                       "save it as float64: numpy.save(path, array.astype('float64'))")
+        # native byte order and C order (a big-endian or Fortran-ordered file holds the same numbers)
+        arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
         return torch.from_numpy(arr)
     try:
         obj = _torch_load(path)
@@ -89,12 +100,30 @@ def load_tensor_file(path: str, what: str = "points") -> torch.Tensor:
         raise _err(path, f"not a readable torch file ({type(e).__name__}: {e})",
                    "write it with torch.save(tensor, path)") from None
     if isinstance(obj, torch.Tensor):
-        return obj
+        return _dense_tensor(obj, path, what)
     if isinstance(obj, Mapping):
         keys = ", ".join(repr(k) for k in list(obj)[:6]) + (", ..." if len(obj) > 6 else "")
         raise _err(path, f"holds a dict (keys {keys}), not a tensor",
                    f"save the {what} tensor itself: torch.save(x, path)")
     raise _err(path, f"holds a {type(obj).__name__}, not a tensor", f"save the {what} tensor itself: torch.save(x, path)")
+
+
+def _dense_tensor(t: torch.Tensor, path: str, what: str) -> torch.Tensor:
+    """A loaded tensor as a plain dense CPU tensor: sparse layouts densified; meta, nested and
+    quantized tensors refused (InputError naming `path`)."""
+    if t.is_meta:
+        raise _err(path, f"holds a meta tensor of shape {tuple(t.shape)} (a shape without values)",
+                   f"save the {what} themselves")
+    if getattr(t, "is_nested", False):
+        raise _err(path, "holds a nested tensor", f"save one (N, *input_shape) tensor of {what}")
+    if t.is_quantized:
+        raise _err(path, f"holds a quantized tensor ({t.dtype})", "save t.dequantize()")
+    if t.layout != torch.strided:
+        t = t.to_dense()
+    return t.detach()
+
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def as_points(x: torch.Tensor, path: str, input_shape: Sequence[int] | None = None) -> torch.Tensor:
@@ -107,6 +136,8 @@ def as_points(x: torch.Tensor, path: str, input_shape: Sequence[int] | None = No
     if not x.is_floating_point():
         raise _err(path, f"points tensor has integer dtype {x.dtype}; geometry needs floating-point inputs",
                    "convert first, e.g. x.float() / 255 then normalise as in training")
+    if x.dtype not in FLOAT_DTYPES:
+        raise _err(path, f"points tensor has dtype {x.dtype}", "save float16, bfloat16, float32 or float64 points")
     if input_shape is not None:
         shape = tuple(int(s) for s in input_shape)
         n = int(np.prod(shape))
@@ -314,12 +345,99 @@ def format_value(v) -> str:
     return repr(float(v))
 
 
+def _write_all(fd: int, buf: bytes) -> None:
+    """Write all of `buf` to `fd` (``os.write`` may write less than asked) and fsync."""
+    n = 0
+    while n < len(buf):
+        n += os.write(fd, buf[n:])
+    os.fsync(fd)
+
+
+def os_error(path: str, e: OSError, doing: str) -> InputError:
+    """One-line InputError for an OSError while `doing` something with `path` (full disk, read-only, ...)."""
+    fix = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space (disk quota)",
+           errno.EROFS: "choose an --out on a writable file system", errno.EACCES: "choose an --out you may write",
+           errno.EPERM: "choose an --out you may write", errno.ENOENT: "create the directory first"}.get(e.errno, "")
+    where = e.filename if isinstance(e.filename, str) and e.filename else path
+    return _err(where, f"cannot {doing} ({e.strerror or type(e).__name__})", fix)
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Replace `path` by `text` atomically: a temporary file with a unique name beside it, fsync,
+    ``os.replace``; the temporary file is removed on any failure. OSError passes through."""
+    d, base = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{base}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class RunLock:
+    """Exclusive lock of one output file for the lifetime of a run: ``fcntl.flock`` on ``<path>.lock``
+    (holding the owner's pid), taken without waiting. The holder removes the lock file before it
+    lets go; a process that locked a file removed meanwhile (it opened it just before) retries on
+    the new one, so two processes never both hold the lock."""
+
+    def __init__(self, path: str):
+        self.path = path + ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                try:
+                    holder = os.read(fd, 32).decode(errors="replace").strip()
+                finally:
+                    os.close(fd)
+                raise _err(self.path[:-5], "is being written by another fastgeom process"
+                           + (f" (pid {holder})" if holder.isdigit() else ""),
+                           f"wait for it to finish, or use another --out (if no such process runs, delete {self.path})")
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                st = os.stat(self.path)
+                same = (st.st_ino, st.st_dev) == (os.fstat(fd).st_ino, os.fstat(fd).st_dev)
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the previous holder removed this file after we opened it: lock the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        os.close(self._fd)
+        self._fd = None
+
+
 class ResultsCSV:
     """Append-only results file ``index,<columns>`` with resume; see the module docstring.
 
     Args:
         path: the CSV file. columns: value columns after ``index``. meta: settings that determine
             the values; stored in ``<path>.meta.json`` and compared on resume.
+
+    ``open`` takes a ``RunLock`` on the file (a second process on the same path gets a one-line
+    InputError) that ``close`` releases. Every OSError (full disk, read-only location, ...) becomes
+    a one-line InputError naming the file; rows written before it stay in the file.
     """
 
     def __init__(self, path: str, columns: Sequence[str], meta: dict | None = None):
@@ -330,24 +448,39 @@ class ResultsCSV:
         self.meta = meta
         self.rows: dict[int, str] = {}  # index -> full line without newline (rows already in the file)
         self._fd: int | None = None
+        self._lock: RunLock | None = None
 
     # reading --------------------------------------------------------------
     def open(self) -> "ResultsCSV":
-        """Check header/meta of an existing file and read the indices present; create the file if absent."""
+        """Lock the file, check header/meta of an existing file and read the indices present; create
+        the file if absent."""
         d = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(d):
             raise _err(self.path, f"output directory {d} does not exist", "create it first")
-        exists = os.path.exists(self.path) and os.path.getsize(self.path) > 0
-        if exists:
-            self._check_meta()
-            self._read()
-        else:
-            self._write_meta()
-            with open(self.path, "w") as f:
-                f.write(self.header + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        if os.path.isdir(self.path):
+            raise _err(self.path, "is a directory", "give a file name such as results.csv")
+        try:
+            self._lock = RunLock(self.path).acquire()
+        except OSError as e:
+            raise os_error(self.path, e, "create a lock file beside it") from None
+        try:
+            exists = os.path.exists(self.path) and os.path.getsize(self.path) > 0
+            if exists:
+                self._check_meta()
+                self._read()
+            else:
+                self._write_meta()
+                with open(self.path, "w") as f:
+                    f.write(self.header + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        except OSError as e:
+            self.close()
+            raise os_error(self.path, e, "open it for writing") from None
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def _check_meta(self) -> None:
@@ -371,14 +504,8 @@ class ResultsCSV:
                        "rerun with the same settings to resume, or use a new --out")
 
     def _write_meta(self) -> None:
-        if self.meta is None:
-            return
-        tmp = self.meta_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.meta, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.meta_path)
+        if self.meta is not None:
+            write_atomic(self.meta_path, json.dumps(self.meta, indent=1, sort_keys=True))
 
     def _read(self) -> None:
         with open(self.path, "rb") as f:
@@ -423,48 +550,56 @@ class ResultsCSV:
     def done(self) -> set[int]:
         return set(self.rows)
 
+    def nonfinite(self) -> list[int]:
+        """Indices of the rows with a NaN or infinite value (untrusted points), ascending."""
+        return sorted(i for i, ln in self.rows.items()
+                      if not all(math.isfinite(float(v)) for v in ln.split(",")[1:]))
+
     # writing --------------------------------------------------------------
     def append(self, rows: Sequence[Sequence]) -> None:
-        """Append rows ``(index, *values)`` with one write + fsync; skips indices already present."""
-        lines = []
+        """Append rows ``(index, *values)`` with one write + fsync; skips indices already present.
+        A failed write (InputError naming the file) leaves the earlier rows, and at most one torn line
+        that the next open drops."""
+        lines = {}
         for r in rows:
             idx = int(r[0])
-            if idx in self.rows:
+            if idx in self.rows or idx in lines:
                 continue
             if len(r) != len(self.columns):
                 raise ValueError(f"row {r!r} has {len(r)} fields, expected {len(self.columns)}")
-            ln = ",".join(format_value(v) for v in r)
-            self.rows[idx] = ln
-            lines.append(ln)
+            lines[idx] = ",".join(format_value(v) for v in r)
         if not lines:
             return
-        buf = ("\n".join(lines) + "\n").encode()
-        n = 0
-        while n < len(buf):
-            n += os.write(self._fd, buf[n:])
-        os.fsync(self._fd)
+        try:
+            _write_all(self._fd, ("\n".join(lines.values()) + "\n").encode())
+        except OSError as e:
+            raise os_error(self.path, e, f"append {len(lines)} row(s)") from None
+        self.rows.update(lines)
 
     def finalize(self) -> None:
         """Rewrite the file sorted by index without duplicates (atomic), if it is not already."""
-        self.close()
-        with open(self.path) as f:
-            body = [ln for ln in f.read().split("\n")[1:] if ln.strip()]
-        idx = [int(ln.split(",", 1)[0]) for ln in body]
-        if idx == sorted(set(idx)):
-            return
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(self.header + "\n")
-            for i in sorted(self.rows):
-                f.write(self.rows[i] + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        self._close_fd()
+        try:
+            with open(self.path) as f:
+                body = [ln for ln in f.read().split("\n")[1:] if ln.strip()]
+            idx = [int(ln.split(",", 1)[0]) for ln in body]
+            if idx == sorted(set(idx)):
+                return
+            write_atomic(self.path, self.header + "\n" + "".join(self.rows[i] + "\n" for i in sorted(self.rows)))
+        except OSError as e:
+            raise os_error(self.path, e, "rewrite it sorted (its rows are all there, unsorted)") from None
 
-    def close(self) -> None:
+    def _close_fd(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def close(self) -> None:
+        """Close the file and release its lock."""
+        self._close_fd()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self):
         return self.open()

@@ -1,5 +1,6 @@
 """Resumable runs: a run killed with SIGKILL keeps every row it wrote, and a rerun with the same
---out completes it to exactly the file of one uninterrupted run; torn and duplicated rows."""
+--out completes it to exactly the file of one uninterrupted run; torn and duplicated rows; one
+writer per --out (a second process is refused)."""
 from __future__ import annotations
 
 import os
@@ -101,3 +102,35 @@ def test_results_csv_unit(tmp_path):
         ResultsCSV(p, ["v"]).open()
     with pytest.raises(ValueError, match="header"):
         ResultsCSV(p, ["w"]).open()
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_out(setup, tmp_path):
+    """A second process started on an --out that a first one is writing stops at once with one line
+    (exit 2) and touches nothing; the first finishes to the complete file and removes its lock."""
+    d, net = setup
+    ref = tmp_path / "ref.csv"
+    assert cli.main(_argv(d, net, ref, delay=0.0)) == 0
+    out = tmp_path / "shared.csv"
+    first = subprocess.Popen([PY, "-m", "fastgeom", *_argv(d, net, out, delay=0.15)], env=env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and first.poll() is None and not os.path.exists(str(out) + ".lock"):
+            time.sleep(0.02)
+        assert first.poll() is None, first.stderr.read()
+        second = subprocess.run([PY, "-m", "fastgeom", *_argv(d, net, out, delay=0.15)], env=env(),
+                                capture_output=True, text=True, timeout=300)
+        assert first.poll() is None, "the first run ended before the second could start; make it slower"
+        assert second.returncode == 2, second.stderr
+        err = second.stderr.strip()
+        assert "Traceback" not in err and len(err.splitlines()) == 1, err
+        assert f"is being written by another fastgeom process (pid {first.pid})" in err
+        assert first.wait(timeout=300) == 0, first.stderr.read()
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.stderr.close()
+    assert out.read_bytes() == ref.read_bytes()
+    assert not os.path.exists(str(out) + ".lock")
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
