@@ -11,7 +11,8 @@ import torch
 
 from .diagnostics import Diagnostics, NonFiniteWarning, PrecisionWarning, RankDeficiencyWarning
 from .features import FeatureMap, LayerSpec, PoolSpec
-from .geometry import METHODS, Geometry, check_points
+from .checks import check_points
+from .geometry import METHODS, Geometry
 
 __all__ = ["logvol", "spectrum", "jacobian", "metric", "prepare", "check_points", "Diagnostics",
            "RankDeficiencyWarning", "PrecisionWarning", "NonFiniteWarning", "METHODS"]

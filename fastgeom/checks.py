@@ -198,5 +198,5 @@ def probe(fmap: FeatureMap, x: torch.Tensor) -> ProbeReport:
     if coupled:
         warnings.warn("the feature of a point depends on the other points of its batch (e.g. BatchNorm with "
                       "track_running_stats=False, or statistics over dim 0): results would change with the batch "
-                      "size.", BatchCouplingWarning, stacklevel=2)
+                      "size, so fastgeom computes such points one at a time, each alone.", BatchCouplingWarning, stacklevel=2)
     return ProbeReport(calls, mutates_input(fmap, x1), coupled)

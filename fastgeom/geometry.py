@@ -24,10 +24,13 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from . import linalg
+from . import checks, linalg
+from .checks import check_points
 from .diagnostics import Diagnostics, fmt_points, warn
 from .engine import EXACT_METHODS, select
+from .engine.guards import ad_guards
 from .engine.planner import check_budget, saved_bytes_one_point
+from .ops.dispatch import recording
 from .features import FeatureMap, LayerSpec, PoolSpec, eval_mode, no_tf32
 
 METHODS = ("auto",) + EXACT_METHODS + ("randomized",)
@@ -42,10 +45,6 @@ class EvalModeWarning(UserWarning):
     """The model had modules in training mode; the geometry is that of the model in eval mode."""
 
 
-class BatchCouplingWarning(UserWarning):
-    """The model couples the points of a batch (e.g. batch statistics); points are computed one at a time."""
-
-
 @dataclass(frozen=True)
 class Probe:
     """What one point tells about the feature map for an input shape, device and dtype."""
@@ -54,32 +53,6 @@ class Probe:
     d_out: int
     act_bytes: tuple[int, int]  # (total, largest) saved-activation bytes of one point
     coupled: bool  # features of a point depend on the other points of its batch
-
-
-def check_points(x) -> None:
-    """Type/dtype/finiteness checks on x (B, *input_shape)."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor of shape (B, *input_shape), got {type(x).__name__}")
-    if x.is_complex():
-        raise TypeError("x is complex; fastgeom handles real inputs only")
-    if not x.is_floating_point():
-        raise TypeError(f"x has dtype {x.dtype}; geometry needs floating-point inputs (e.g. x.float() or x.double())")
-    if x.device.type == "meta":
-        raise ValueError("x is on the meta device (no values); move it to a real device such as 'cpu' or 'cuda'")
-    if x.dim() < 2:
-        raise ValueError(f"x must be (B, *input_shape) with a batch dimension, got shape {tuple(x.shape)}; "
-                         "for a single point use x[None]")
-    if x.shape[0] and not bool(torch.isfinite(x).all()):
-        bad = (~torch.isfinite(x.reshape(x.shape[0], -1))).any(dim=1).nonzero().flatten().tolist()
-        raise ValueError(f"x contains NaN or Inf at point(s) {fmt_points(bad)}; remove or replace them")
-
-
-def _model_device(model) -> torch.device | None:
-    if model is None:
-        return None
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return None
 
 
 def _want_progress(progress, B: int) -> bool:
@@ -160,12 +133,7 @@ class Geometry:
 
     def probe(self, x: torch.Tensor) -> Probe:
         """Validate x (B, *in) against the model and probe the feature map at one point (once per key)."""
-        check_points(x)
-        dev = _model_device(self.model)
-        if dev is not None and dev != x.device and dev.type != "meta":
-            raise ValueError(f"x is on {x.device} but the model is on {dev}; move one of them (e.g. x.to('{dev}'))")
-        if dev is not None and dev.type == "meta":
-            raise ValueError("the model is on the meta device (no weights); load or materialise it first")
+        check_points(x, device=checks.model_device(self.model))
         key = self._key(x)
         if key in self._probes:
             return self._probes[key]
@@ -178,14 +146,11 @@ class Geometry:
             raise TypeError(f"the feature map returns dtype {out.dtype}; it must be floating point to be differentiable")
         if self.fmap.target == "sphere" and not bool(torch.isfinite(out).all()):
             raise ValueError("target='sphere' needs non-zero features, but phi(x) = 0 at the first point")
-        with eval_mode(self.model), no_tf32():
+        with eval_mode(self.model), no_tf32(), ad_guards():
             act = saved_bytes_one_point(self.fmap, xp)
-            coupled = self._coupled(xp, out)
-        if coupled:
-            warnings.warn("the model couples the points of a batch (a point's features differ alone and inside a "
-                          "batch, e.g. BatchNorm without running statistics): points are computed one at a time, "
-                          "each alone", BatchCouplingWarning, stacklevel=3)
-        p = Probe(d_in=xp[0].numel(), d_out=out.shape[1], act_bytes=act, coupled=coupled)
+            xs, _ = self._points(x[:3]) if x.shape[0] else (xp, None)
+            report = checks.probe(self.fmap, xs)  # warns: layer called twice, batch coupling
+        p = Probe(d_in=xp[0].numel(), d_out=out.shape[1], act_bytes=act, coupled=report.batch_coupled)
         self._probes[key] = p
         return p
 
@@ -211,14 +176,6 @@ class Geometry:
                 raise MemoryError(f"out of memory in the first forward pass at one point ({e}); the model does "
                                   "not fit on this device at this input size") from e
             raise rejected(e) from e
-
-    def _coupled(self, xp: torch.Tensor, out: torch.Tensor) -> bool:
-        """Does the feature of xp change when another point shares its batch?"""
-        with torch.no_grad():
-            other = torch.flip(xp, dims=list(range(1, xp.dim()))) * 0.5 + 0.25
-            both = self.fmap(torch.cat([xp, other]))[:1]
-        scale = out.abs().max().clamp_min(torch.finfo(out.dtype).tiny)
-        return bool(((both - out).abs().max() / scale) > 1e3 * torch.finfo(out.dtype).eps)
 
     def engine(self, x: torch.Tensor, method: str | None = None):
         """The engine for points shaped like x (built at the first call for its key, then reused)."""
@@ -253,13 +210,13 @@ class Geometry:
     # ------------------------------------------------------------------ the exact loop
     @contextlib.contextmanager
     def _guards(self):
-        with eval_mode(self.model), no_tf32(), torch.no_grad():
+        with eval_mode(self.model), no_tf32(), torch.no_grad(), ad_guards():
             yield
 
     def _points(self, x: torch.Tensor):
         """(x in the compute dtype, detached, bad rows zeroed; bool (B,) mask of points that overflow it)."""
+        over = checks.cast_overflow(x, self.compute_dtype(x))
         xc = x.detach().to(self.compute_dtype(x))
-        over = ~torch.isfinite(xc.reshape(x.shape[0], max(xc[0].numel(), 1) if x.shape[0] else 0)).all(1)
         if bool(over.any()):
             xc = torch.where(over.reshape(-1, *[1] * (x.dim() - 1)), torch.zeros_like(xc), xc)
         return xc, over
@@ -290,7 +247,7 @@ class Geometry:
         bar = tqdm(total=B, desc=desc, unit="pt", disable=not _want_progress(progress, B), leave=False)
         run = None
         try:
-            with self._guards():
+            with self._guards(), recording() as backends:
                 run = eng.run(xc, chunk_size=chunk_size, progress=bar.update)
                 for sl, J, feat in run:
                     bad = (~torch.isfinite(J).flatten(1).all(1)) | (~torch.isfinite(feat).all(1)) | over[sl]
@@ -328,7 +285,7 @@ class Geometry:
                            mode=rec.mode if rec else getattr(eng, "mode", ""), compute_dtype=cdt,
                            d_in=p.d_in, d_out=p.d_out, chunk=rec.chunk if rec else None,
                            points_per_batch=rec.points if rec else None, events=rec.events if rec else (),
-                           reason=rec.reason if rec else "")
+                           reason=rec.reason if rec else "", backends=dict(backends))
         return out["logvol"], spec, diag, causes
 
     # ------------------------------------------------------------------ public methods

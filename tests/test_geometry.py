@@ -131,7 +131,7 @@ def test_batch_coupled_models_are_computed_point_by_point():
     m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False), nn.Tanh(),
                       nn.Flatten()).to(D)
     x = torch.randn(3, 1, 5, 5, dtype=D)
-    with pytest.warns(fg.geometry.BatchCouplingWarning, match="one at a time"):
+    with pytest.warns(fg.checks.BatchCouplingWarning, match="batch size"):
         lv, d = fg.logvol(m, x, method="streamed", return_diagnostics=True, rank_tol=0.0)
     assert d.points_per_batch == 1
     alone = torch.cat([fg.logvol(m, x[i:i + 1], method="dense", rank_tol=0.0) for i in range(3)])

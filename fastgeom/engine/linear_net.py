@@ -361,8 +361,7 @@ class LinearGraph:
 
     def linearize(self, x: torch.Tensor) -> "Linearization":
         """One forward pass at x (P, *input_shape): the linear map's stored data and phi(x) (P, d_out)."""
-        if self.fmap.dtype is not None and x.dtype != self.fmap.dtype:
-            x = x.to(self.fmap.dtype)
+        x = self.fmap.own_input(x)  # a copy: in-place ops of the model never reach the caller's x
         with ad_guards():
             if not self.channels_last:
                 return self._linearize(x)

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
-from torch.func import jvp, vjp, vmap
+from torch.func import jvp, vjp
 
+from .batching import vmap
 from .planner import Plan, is_oom, plan
 
 # Tests set this to a callable(stage: str) that may raise, to inject faults such as an OOM.
@@ -85,10 +86,10 @@ class AutogradPass:
     def vjp(self, C: torch.Tensor) -> torch.Tensor:
         if self._vjp_fn is None:
             self._forward()
-        return vmap(self._vjp_fn)(C)[0]
+        return vmap(self._vjp_fn, key="streamed: vmap over cotangents")(C)[0]
 
     def jvp(self, T: torch.Tensor) -> torch.Tensor:
-        return vmap(lambda t: jvp(self.fmap, (self.xb,), (t,))[1])(T)
+        return vmap(lambda t: jvp(self.fmap, (self.xb,), (t,))[1], key="streamed: vmap over tangents")(T)
 
 
 PassFactory = Callable[[torch.Tensor, str], object]  # (xb, mode) -> a pass (AutogradPass / Linearization)
