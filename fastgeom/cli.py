@@ -1,8 +1,10 @@
 """Command line: ``fastgeom <subcommand>`` / ``python -m fastgeom <subcommand>``.
 
 Subcommands: ``info``, ``demo``, ``logvol``, ``spectrum`` (resumable, shardable with torchrun) and
-``plot``. See docs/CLI.md for the reference and a worked example. Bad input (files, model, options)
-prints one line ``fastgeom: error: ...`` and exits with code 2.
+``plot``. See docs/CLI.md for the reference and a worked example. Bad input (files, model, options),
+a model failing on some batch or an OSError on a file prints one line ``fastgeom: error: ...`` and
+exits with code 2; NaN (untrusted) results exit 3, Ctrl-C 130, out of memory 1 (see ``EXIT_*``).
+A run keeps the rows it finished and builds one ``fg.Geometry`` handle, used for every batch.
 """
 from __future__ import annotations
 

@@ -140,6 +140,19 @@ def _x_untouched(method):
     assert out.shape == want.shape
 
 
+def _x_untouched_or_refused(method):
+    """x unchanged, and either a value or a clear refusal (not torch's raw in-place RuntimeError)."""
+    x = torch.full((2, 3), 1.54, dtype=D)
+    x0 = x.clone()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fg.logvol(InPlace(), x, method=method)
+    except (ValueError, TypeError, NotImplementedError):
+        pass
+    assert torch.equal(x, x0), "the caller's x was modified"
+
+
 def _grad_honest(method):
     x = x3().requires_grad_(True)
     out = fg.logvol(nn.Sequential(lin(), nn.Tanh()), x, method=method)
@@ -238,6 +251,9 @@ API = [
     pytest.param(lambda: _x_untouched("dense"), id="api-inplace-x-dense"),
     pytest.param(lambda: _x_untouched("streamed"), id="api-inplace-x-streamed"),
     pytest.param(lambda: _x_untouched("auto"), id="api-inplace-x-auto"),
+    pytest.param(lambda: _x_untouched_or_refused("linearized"), id="api-inplace-x-linearized",
+                 marks=lead("engine/linear_net.py LinearGraph.linearize must run on fmap.own_input(x), "
+                            "and refuse in-place input use clearly")),
     # probes: batch coupling, layers called twice, devices
     pytest.param(lambda: checks.batch_coupled(checks.FeatureMap(bn_coupled()), torch.randn(3, 1, 5, 5, dtype=D))
                  or pytest.fail("not detected"), id="probe-batch-coupled-detected"),
