@@ -5,7 +5,8 @@ instead of silently giving a wrong number.
   on the model's device (and not on the meta device).
 - ``model_device(model)``: the device of a model's parameters/buffers (None without any).
 - ``cast_overflow(x, dtype)``: points finite in x's dtype but not in the compute dtype (they become NaN).
-- ``layer_calls(fmap, x1)``: how many times ``forward`` calls the chosen layer (the first call is used).
+- ``layer_calls(fmap, x1)``: how many times ``forward`` calls the chosen layer (the first call is used);
+  ``warn_layer_calls`` also warns when it is more than one.
 - ``batch_coupled(fmap, x)``: whether a point's feature depends on the other points of its batch.
 - ``mutates_input(fmap, x1)``: whether the network works in place on its input.
 - ``probe(fmap, x)``: all of the three network probes at once, warning where the user must know.
@@ -129,6 +130,19 @@ def layer_calls(fmap: FeatureMap, x1: torch.Tensor) -> int:
     return n[0]
 
 
+def warn_layer_calls(fmap: FeatureMap, x1: torch.Tensor, stacklevel: int = 2) -> int:
+    """``layer_calls(fmap, x1)``, warning ``LayerCallWarning`` (naming the layer, the count and the call
+    used) when it is more than 1. One line for a handle's probe."""
+    calls = layer_calls(fmap, x1)
+    if calls > 1:
+        name = type(fmap.model).__name__
+        warnings.warn(f"layer {fmap.layer!r} is called {calls} times by {name}.forward; its feature is the output "
+                      f"of the first call (the other {calls - 1} are not measured). To measure another call, give that "
+                      "call its own module (e.g. a copy sharing the weights) and name it as the layer.",
+                      LayerCallWarning, stacklevel=stacklevel + 1)
+    return calls
+
+
 def mutates_input(fmap: FeatureMap, x1: torch.Tensor) -> bool:
     """Whether the network changes its input in place at x1 (1, *input_shape) (torch's version counter).
 
@@ -187,13 +201,7 @@ def probe(fmap: FeatureMap, x: torch.Tensor) -> ProbeReport:
     once and ``BatchCouplingWarning`` when points are coupled (the caller decides whether to compute
     point by point or refuse)."""
     x1 = x[:1]
-    calls = layer_calls(fmap, x1)
-    if calls > 1:
-        name = type(fmap.model).__name__
-        warnings.warn(f"layer {fmap.layer!r} is called {calls} times by {name}.forward; its feature is the output "
-                      f"of the first call (the other {calls - 1} are not measured). To measure another call, give that "
-                      "call its own module (e.g. a copy sharing the weights) and name it as the layer.",
-                      LayerCallWarning, stacklevel=2)
+    calls = warn_layer_calls(fmap, x1, stacklevel=3)
     coupled = batch_coupled(fmap, x)
     if coupled:
         warnings.warn("the feature of a point depends on the other points of its batch (e.g. BatchNorm with "

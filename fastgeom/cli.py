@@ -1,8 +1,10 @@
 """Command line: ``fastgeom <subcommand>`` / ``python -m fastgeom <subcommand>``.
 
 Subcommands: ``info``, ``demo``, ``logvol``, ``spectrum`` (resumable, shardable with torchrun) and
-``plot``. See docs/CLI.md for the reference and a worked example. Bad input (files, model, options)
-prints one line ``fastgeom: error: ...`` and exits with code 2.
+``plot``. See docs/CLI.md for the reference and a worked example. Bad input (files, model, options),
+a model failing on some batch or an OSError on a file prints one line ``fastgeom: error: ...`` and
+exits with code 2; NaN (untrusted) results exit 3, Ctrl-C 130, out of memory 1 (see ``EXIT_*``).
+A run keeps the rows it finished and builds one ``fg.Geometry`` handle, used for every batch.
 """
 from __future__ import annotations
 
@@ -205,31 +207,34 @@ def _columns(args, cmd: str, d_rank: int | None) -> list[str]:
     return cols
 
 
-def _evaluate(cmd, model, xb, args, state):
-    """Values (B lists) for one batch; updates state['chunk'] with the engine's (possibly halved) chunk."""
+def _geometry(model, args, state):
+    """The run's one ``fg.Geometry`` handle: validated, probed and its engine built once, reused by every batch."""
     import fastgeom as fg
-    kw = dict(layer=args.layer, method=args.method, pool=state["pool"], dtype=state["dtype"],
-              rank_tol=args.rank_tol, normalize=args.normalize, progress=False, target=args.target,
-              budget=state["budget"])
+    return fg.Geometry(model, args.layer, pool=state["pool"], target=args.target, dtype=state["dtype"],
+                       method=args.method, budget=state["budget"])
+
+
+def _evaluate(cmd, g, xb, args, state):
+    """Values (B lists) for one batch through the run's handle `g`; keeps in state['chunk'] a chunk the
+    engine halved after an out-of-memory error."""
     if args.method == "randomized":
-        kw.pop("rank_tol")
         if cmd == "logvol":
-            v, e = fg.logvol(model, xb, return_stderr=True, seed=args.seed, **kw)
+            v, e = g.logvol(xb, normalize=args.normalize, progress=False, return_stderr=True, seed=args.seed)
             return [[a, b] for a, b in zip(v.tolist(), e.tolist())]
-        s = fg.spectrum(model, xb, k=args.k, seed=args.seed, **kw)
-        return s.tolist()
-    kw["chunk_size"] = state["chunk"]
+        return g.spectrum(xb, k=args.k, normalize=args.normalize, progress=False, seed=args.seed).tolist()
+    kw = dict(rank_tol=args.rank_tol, normalize=args.normalize, progress=False, chunk_size=state["chunk"],
+              return_diagnostics=True)
     if cmd == "logvol":
-        lv, d = fg.logvol(model, xb, return_diagnostics=True, **kw)
+        lv, d = g.logvol(xb, **kw)
         cols = [lv, d.rank]
         if args.diagnostics:
             cols += [d.rank_structural, d.cond_est, d.n_rounding]
         vals = list(zip(*[c.tolist() for c in cols]))
     else:
-        s, d = fg.spectrum(model, xb, k=args.k, return_diagnostics=True, **kw)
+        s, d = g.spectrum(xb, k=args.k, **kw)
         vals = s.tolist()
     if d is not None and d.chunk is not None:
-        state["chunk"] = d.chunk  # keep a chunk halved after an out-of-memory error
+        state["chunk"] = d.chunk
     return [list(v) for v in vals]
 
 
@@ -253,7 +258,6 @@ def _run(cmd: str, args) -> int:
     from tqdm.auto import tqdm
 
     from . import distributed as D
-    from .api import prepare
     from .runio import ResultsCSV, build_model, file_digest, load_checkpoint, tensor_digest
 
     margs, pool, dtype = validate(args)
@@ -273,9 +277,13 @@ def _run(cmd: str, args) -> int:
         N = x.shape[0]
         if N == 0:
             raise InputError(f"{args.points or args.data}: no points to evaluate")
-        # probe the model on one point: a wrong input shape or layer is reported before any work
+        state = {"pool": pool, "dtype": dtype, "chunk": args.chunk_size,
+                 "budget": int(args.budget_mb * 2**20) if args.budget_mb else None}
+        # one handle per run, probed on one point: a wrong input shape or layer is reported before any work
         try:
-            _, d_in, d_out = prepare(model, x[:1].to(ctx.device), args.layer, pool, dtype, args.target)
+            g = _geometry(model, args, state)
+            probe = g.probe(x[:1].to(ctx.device))
+            d_in, d_out = probe.d_in, probe.d_out
         except Exception as e:  # noqa: BLE001 - whatever the model raises, one line naming the inputs
             msg = e.args[0] if isinstance(e, KeyError) and e.args else e
             where = args.points or args.data
@@ -308,8 +316,6 @@ def _run(cmd: str, args) -> int:
         mine = [D.my_batch(r, ctx.rank) for r in plan]
         n_mine = sum(sum(1 for i in b if i not in done) for b in mine if b is not None)
         n_todo = sum(1 for b in batches for i in b if i not in done)
-        state = {"pool": pool, "dtype": dtype, "chunk": args.chunk_size,
-                 "budget": int(args.budget_mb * 2**20) if args.budget_mb else None}
         bar = tqdm(total=n_mine, desc=f"{cmd} rank {ctx.rank}/{ctx.world}", unit="pt", position=ctx.rank,
                    disable=args.quiet, file=sys.stderr, dynamic_ncols=True, leave=True)
         t0 = time.time()
@@ -322,7 +328,7 @@ def _run(cmd: str, args) -> int:
                         with warnings.catch_warnings(record=True) as w:
                             warnings.simplefilter("always")
                             xb = x[b.start:b.stop].to(ctx.device)
-                            vals = _evaluate(cmd, model, xb, args, state)
+                            vals = _evaluate(cmd, g, xb, args, state)
                     except Exception as e:  # noqa: BLE001 - reported in one line; the rows done are kept
                         err = _batch_error(e, b)
                         w = []

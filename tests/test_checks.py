@@ -144,3 +144,12 @@ def test_probe_quiet_on_a_plain_model():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert checks.probe(FeatureMap(net, "0"), torch.randn(2, 3, dtype=D)) == checks.ProbeReport(1, False, False)
+
+
+def test_warn_layer_calls():
+    x1 = torch.randn(1, 3, dtype=D)
+    with pytest.warns(checks.LayerCallWarning, match=r"called 2 times.*output of the first call"):
+        assert checks.warn_layer_calls(FeatureMap(Twice(), "l"), x1) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert checks.warn_layer_calls(FeatureMap(nn.Sequential(nn.Linear(3, 3)).to(D), "0"), x1) == 1
