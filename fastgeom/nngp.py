@@ -10,9 +10,12 @@ of Phi(x) = sigma(W x + b)/sqrt(n) converges to
 and vol = sqrt(f^(d-1) (f + 2 r f')), R from MATH 4.2 (true convention, 2-sphere +2).
 Activation names denote the plain functions: "erf" is torch.erf(z) (MATH 4.3 writes erf(z/sqrt 2):
 its formulas hold here with sigma_w^2 -> 2 sigma_w^2, sigma_b^2 -> 2 sigma_b^2), "z^k" is z**k (MATH 4.4
-normalises by sqrt((2k-1)!!)). Closed forms for erf and monomials; any other activation
-(or ``method="quadrature"``) by Gaussian quadrature (trapezoid rule under the Gaussian weight) of
-sigma'^2 and its derivatives (autograd).
+normalises by sqrt((2k-1)!!)). Closed forms for erf, sin and monomials; any other activation
+(or ``method="quadrature"``) by Gaussian quadrature of sigma'^2, sigma''^2: for q = sigma_w^2 r + sigma_b^2 < 1
+a trapezoid rule with q-derivatives by Price's theorem (derivatives of sigma'^2 by autograd), for q >= 1
+Gauss-Legendre panels scaled to the octave of q with the q-derivatives on the Gaussian (Hermite weights),
+validated up to q = 1e10 (raises above). f + 2 r f' and the Ricci numerator are formed from the moments
+directly (``moments``: rad, kap), so nothing cancels at large |x|.
 
 >>> import torch, fastgeom.nngp as ng
 >>> x = torch.randn(100, 3, dtype=torch.float64)
