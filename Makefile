@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 OUT ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test ext cuda-check bench clean
+.PHONY: setup demo test lint ext cuda-check bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -15,11 +15,12 @@ $(BIN)/python:
 
 $(VENV)/.deps: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1 numpy matplotlib tqdm \
-	    pytest hypothesis scipy scikit-learn mpmath ninja
+	    pytest hypothesis scipy scikit-learn mpmath ninja ruff mypy
 	touch $@
 
-# editable install of the Python package, then the C++ extension built in place
-$(VENV)/.installed: $(VENV)/.deps setup.py $(wildcard csrc/*.cpp csrc/ops/*.cpp csrc/*.h)
+# editable install of the Python package, then the C++ extension built in place; every C++ source and
+# header is a prerequisite, so `make test` never tests a stale .so
+$(VENV)/.installed: $(VENV)/.deps setup.py $(wildcard csrc/*.cpp csrc/ops/*.cpp csrc/*.h csrc/*/*.h csrc/*/*.cuh)
 	FASTGEOM_BUILD_EXT=0 $(BIN)/python -m pip install -q --no-build-isolation --no-deps -e .
 	FASTGEOM_BUILD_CUDA=0 $(BIN)/python setup.py -q build_ext --inplace
 	touch $@
@@ -34,6 +35,12 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# the checks CI runs (configuration in pyproject.toml; .pre-commit-config.yaml runs the same)
+lint: $(VENV)/.deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy fastgeom
 
 # Compile the CUDA sources without a GPU (CI): into a scratch build dir, nothing is installed.
 cuda-check: setup

@@ -17,11 +17,11 @@ Without torch at build time (pip's build isolation) or without a compiler, the p
 package installs and falls back to torch kernels; ``fastgeom.info()`` reports it.
 Use ``pip install --no-build-isolation .`` to build against the torch already installed.
 """
+
 import glob
 import os
 import shutil
 import subprocess
-import sys
 import warnings
 
 from setuptools import setup
@@ -55,11 +55,13 @@ def _extensions():
     try:
         import torch
         from torch.utils import cpp_extension as cx
-    except ImportError:
-        msg = ("fastgeom: torch is not importable at build time (build isolation?); installing the "
-               "pure-Python package. Use `pip install --no-build-isolation .` to build fastgeom._C.")
+    except ImportError as e:
+        msg = (
+            "fastgeom: torch is not importable at build time (build isolation?); installing the "
+            "pure-Python package. Use `pip install --no-build-isolation .` to build fastgeom._C."
+        )
         if ext_flag == "1" or cuda_flag == "1":
-            raise RuntimeError(msg)
+            raise RuntimeError(msg) from e
         print(msg)
         return [], {}
     cxx = os.environ.get("CXX", "c++")
@@ -72,6 +74,11 @@ def _extensions():
 
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "ops", "*.cpp")))
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    # headers: a change to any of them rebuilds the extension (ninja also tracks them by depfile)
+    headers = sorted(
+        glob.glob(os.path.join("csrc", "**", "*.h"), recursive=True)
+        + glob.glob(os.path.join("csrc", "**", "*.cuh"), recursive=True)
+    )
     nvcc = os.path.join(cx.CUDA_HOME, "bin", "nvcc") if cx.CUDA_HOME else None
     have_nvcc = bool(nvcc and os.path.exists(nvcc))
     cuda_torch = torch.version.cuda is not None
@@ -79,18 +86,22 @@ def _extensions():
         if not (have_nvcc and cuda_torch):
             raise RuntimeError(
                 f"FASTGEOM_BUILD_CUDA=1 but nvcc found={have_nvcc} (CUDA_HOME={cx.CUDA_HOME}), "
-                f"torch CUDA build={cuda_torch}. Set CUDA_HOME and install a CUDA build of torch.")
+                f"torch CUDA build={cuda_torch}. Set CUDA_HOME and install a CUDA build of torch."
+            )
         with_cuda = True
     elif cuda_flag == "0":
         with_cuda = False
     else:
-        with_cuda = have_nvcc and cuda_torch and (
-            torch.cuda.is_available() or bool(os.environ.get("TORCH_CUDA_ARCH_LIST")))
+        with_cuda = (
+            have_nvcc and cuda_torch and (torch.cuda.is_available() or bool(os.environ.get("TORCH_CUDA_ARCH_LIST")))
+        )
     nvcc_version = "none"
     if with_cuda:
         nvcc_version = _compiler_version(nvcc)
         try:
-            nvcc_version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            nvcc_version = (
+                subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            )
         except Exception:  # noqa: BLE001
             pass
     meta = {
@@ -109,12 +120,22 @@ def _extensions():
     if with_cuda:
         macros.append(("FASTGEOM_WITH_CUDA", "1"))
         ext = cx.CUDAExtension(
-            "fastgeom._C", sources + cuda_sources, include_dirs=include_dirs, define_macros=macros,
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]})
+            "fastgeom._C",
+            sources + cuda_sources,
+            include_dirs=include_dirs,
+            define_macros=macros,
+            depends=headers,
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
+        )
     else:
         ext = cx.CppExtension(
-            "fastgeom._C", sources, include_dirs=include_dirs[:1], define_macros=macros,
-            extra_compile_args={"cxx": cxx_flags})
+            "fastgeom._C",
+            sources,
+            include_dirs=include_dirs[:1],
+            define_macros=macros,
+            depends=headers,
+            extra_compile_args={"cxx": cxx_flags},
+        )
     print(f"fastgeom: building fastgeom._C (cuda={with_cuda}) from {len(ext.sources)} sources")
 
     required = ext_flag == "1" or cuda_flag == "1"
@@ -128,8 +149,11 @@ def _extensions():
             except Exception as e:  # noqa: BLE001
                 if required:
                     raise
-                warnings.warn(f"fastgeom: building the extension failed ({e}); the package falls "
-                              "back to torch kernels. fastgeom.info() reports this.")
+                warnings.warn(
+                    f"fastgeom: building the extension failed ({e}); the package falls "
+                    "back to torch kernels. fastgeom.info() reports this.",
+                    stacklevel=2,
+                )
 
     return [ext], {"build_ext": OptionalBuildExt.with_options(use_ninja=shutil.which("ninja") is not None)}
 

@@ -23,7 +23,7 @@ from experiments.xor import TaggedRun, add_common
 
 import fastgeom as fg
 from fastgeom import data, slices
-from fastgeom.demo import boundary_ratio
+from fastgeom.sinusoid import boundary_ratio
 from fastgeom.train import DeepMLP, full_batch_epoch, logits
 
 LN10 = math.log(10)

@@ -16,7 +16,7 @@ all weights and biases N(0, 1), 400 uniform training points, full batch.
 describes a deep [2, 8, 8, 2] net; its per-layer geometry is ``experiments.deep_mlp``.
 
 results.json: per snapshot ``boundary_ratio`` = mean volume element within 0.15 of the true
-boundary / mean elsewhere, over the [-1, 1]^2 grid (``fastgeom.demo.boundary_ratio``). It is about 1
+boundary / mean elsewhere, over the [-1, 1]^2 grid (``fastgeom.sinusoid.boundary_ratio``). It is about 1
 at initialisation and rises as training concentrates volume at the boundary (wide nets most).
 """
 from __future__ import annotations
@@ -27,11 +27,8 @@ import torch
 
 from experiments.common import parser
 from experiments.xor import TaggedRun, add_common, run_toy
-
 from fastgeom import data, slices
-from fastgeom.demo import boundary_ratio
-
-BAND = 0.15
+from fastgeom.sinusoid import BAND, boundary_ratio
 
 
 def config(args) -> dict:

@@ -1,12 +1,19 @@
 """Availability of the compiled extension and Triton, kept as data (a failed load is reported, not raised).
 
-``ext.ok`` says whether fastgeom._C loaded; ``require("cpp")`` raises only when a user explicitly
-asks for a backend that is not usable here, naming the install command.
+``ext.ok`` says whether fastgeom._C loaded and ``ext.error`` why not; ``backend_usable`` answers per backend
+family for ``fastgeom.info()``. Per-op choices (and the errors for an explicit backend that cannot run)
+live in ``fastgeom.ops.dispatch``.
 """
+
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
 import os
+import sys
+import warnings
+from typing import Any
 
 import torch
 
@@ -18,8 +25,8 @@ INSTALL_HINT = (
 
 
 class _Ext:
-    def __init__(self):
-        self.module = None
+    def __init__(self) -> None:
+        self.module: Any = None
         self.error: str | None = None
         if os.environ.get("FASTGEOM_DISABLE_EXT", "0") == "1":
             self.error = "disabled by FASTGEOM_DISABLE_EXT=1"
@@ -46,6 +53,37 @@ class _Ext:
 
 ext = _Ext()
 
+_JVP_DECOMPOSITIONS = "torch._decomp.decompositions_for_jvp"
+
+
+class _QuietJvpDecompositions(importlib.abc.MetaPathFinder):
+    """The first forward-mode call (``torch.func.jvp``) imports torch's ``decompositions_for_jvp``, which
+    runs ``torch.jit.script`` 18 times and so prints torch's own deprecation FutureWarning about it; that
+    one import runs with the warning silenced (a user's own ``torch.jit.script`` still warns)."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != _JVP_DECOMPOSITIONS:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def quiet_exec(module):
+            with warnings.catch_warnings():
+                warnings.filterwarnings(
+                    "ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning
+                )
+                exec_module(module)
+
+        spec.loader.exec_module = quiet_exec  # type: ignore[method-assign]
+        return spec
+
+
+if _JVP_DECOMPOSITIONS not in sys.modules:
+    sys.meta_path.insert(0, _QuietJvpDecompositions())
+
 
 def triton_status() -> tuple[bool, str]:
     """(usable, detail): Triton needs a CUDA device, or TRITON_INTERPRET=1 for CPU tensors."""
@@ -57,7 +95,10 @@ def triton_status() -> tuple[bool, str]:
         return True, f"triton {triton.__version__} on {torch.cuda.get_device_name()}"
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         return True, f"triton {triton.__version__} interpreter (TRITON_INTERPRET=1, CPU)"
-    return False, f"triton {triton.__version__} installed, but no CUDA device (set TRITON_INTERPRET=1 to interpret on CPU)"
+    return (
+        False,
+        f"triton {triton.__version__} installed, but no CUDA device (set TRITON_INTERPRET=1 to interpret on CPU)",
+    )
 
 
 def backend_usable(backend: str, device: torch.device | None = None) -> tuple[bool, str]:
@@ -77,11 +118,3 @@ def backend_usable(backend: str, device: torch.device | None = None) -> tuple[bo
     if backend == "triton":
         return triton_status()
     raise ValueError(f"unknown backend {backend!r}; choose one of 'torch', 'cpp', 'cuda', 'triton', 'auto'")
-
-
-def require(backend: str, device: torch.device | None = None) -> None:
-    """Raise RuntimeError naming the fix when an explicitly requested backend is unusable."""
-    ok, why = backend_usable(backend, device)
-    if not ok:
-        hint = INSTALL_HINT if backend in ("cpp", "cuda") else "install triton and run on a CUDA device"
-        raise RuntimeError(f"backend {backend!r} is not usable here: {why}. To get it, {hint}.")

@@ -1,7 +1,9 @@
 """Data for the experiments: toy tasks (MATH.md 7.1-7.2), MNIST, Dirty-MNIST, and the offline
 stand-ins quick mode uses.
 
-* :func:`xor_data`, :func:`sinusoid_data` (from ``fastgeom.demo``), :func:`sinusoid_boundary`.
+Research utility for the experiments (experiments/), not part of fastgeom's API: no stability promise.
+
+* :func:`xor_data`, :func:`sinusoid_data` and :func:`sinusoid_boundary` (re-exported from ``fastgeom.sinusoid``).
 * :func:`mnist` loads MNIST through ``torchvision.datasets.MNIST`` under ``root`` (``download=True``
   fetches it); missing files raise :class:`DatasetMissing` saying how to get them.
 * :func:`digits_standin`: scikit-learn's bundled 8x8 handwritten digits (1797 images, offline),
@@ -19,7 +21,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from .demo import sinusoid_data  # noqa: F401  (the one home of the sinusoid labels)
+from .sinusoid import sinusoid_boundary, sinusoid_data  # noqa: F401  (re-exported; home: fastgeom/sinusoid.py)
 
 DIGITS_STANDIN = "sklearn 8x8 digits upsampled to 28x28 (offline MNIST stand-in)"
 BLEND_STANDIN = "blends of two digits of different classes (offline Dirty-MNIST stand-in)"
@@ -33,11 +35,6 @@ def xor_data(dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
     """The four XOR points (4, 2) and labels y = 1[x1 x2 < 0] (MATH.md 7.1)."""
     x = torch.tensor([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]], dtype=dtype)
     return x, (x[:, 0] * x[:, 1] < 0).long()
-
-
-def sinusoid_boundary(x1: torch.Tensor) -> torch.Tensor:
-    """x2 on the sinusoid task's true boundary, 0.6 sin(7 x1 - 1) (MATH.md 7.2)."""
-    return 0.6 * torch.sin(7 * x1 - 1)
 
 
 def _flat01(data: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ closed form of ``fastgeom.shallow``, which also gives the Ricci scalar. The PNG 
 with the decision boundary; the summary reports the boundary ratio (mean volume element within
 0.15 of the true boundary over the mean elsewhere). No downloads, CPU, well under a minute.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,26 +19,15 @@ import time
 
 import torch
 
-
-def sinusoid_data(n: int = 400, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """x ~ U([-1, 1]^2), y = 1[x2 > 0.6 sin(7 x1 - 1)] (MATH.md 7.2)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 2, generator=g, dtype=torch.float64) * 2 - 1
-    y = (x[:, 1] > 0.6 * torch.sin(7 * x[:, 0] - 1)).long()
-    return x, y
+from .sinusoid import boundary_ratio, sinusoid_boundary, sinusoid_data
 
 
-def boundary_ratio(grid: torch.Tensor, vol: torch.Tensor, width: float = 0.15) -> float:
-    """Mean volume element within `width` of the true boundary over the mean elsewhere."""
-    dist = (grid[:, 1] - 0.6 * torch.sin(7 * grid[:, 0] - 1)).abs()
-    near = dist < width
-    return float(vol[near].mean() / vol[~near].mean())
-
-
-def run(out_dir: str = "demo_out", epochs: int = 1000, n_grid: int = 80, width: int = 20, seed: int = 0,
-        progress=True) -> dict:
+def run(
+    out_dir: str = "demo_out", epochs: int = 1000, n_grid: int = 80, width: int = 20, seed: int = 0, progress=True
+) -> dict:
     """Train, evaluate the geometry at initialisation and after training, plot, and summarise."""
     import fastgeom as fg
+
     from . import plot, shallow
     from .train import ShallowNet, accuracy, full_batch_epoch
 
@@ -51,6 +41,7 @@ def run(out_dir: str = "demo_out", epochs: int = 1000, n_grid: int = 80, width: 
     axis = grid[::n_grid, 0]
     snaps = {}
     from tqdm.auto import trange
+
     for tag, ep in (("init", 0), ("trained", epochs)):
         for _ in trange(ep, desc="train (Adam)", disable=not progress, leave=False):
             full_batch_epoch(net, opt, x, y)
@@ -61,33 +52,60 @@ def run(out_dir: str = "demo_out", epochs: int = 1000, n_grid: int = 80, width: 
         ricci = shallow.ricci_scalar(net.W, net.b, grid, "sigmoid")
         with torch.no_grad():
             logits = net(grid)
-        snaps[tag] = {"epoch": ep, "accuracy": accuracy(net, x, y), "log10vol": lv / math.log(10),
-                      "ricci": ricci, "margin": logits[:, 1] - logits[:, 0],
-                      "engine_vs_closed_form": float((lv - lv_closed).abs().max()),
-                      "boundary_ratio": boundary_ratio(grid, lv.exp())}
+        snaps[tag] = {
+            "epoch": ep,
+            "accuracy": accuracy(net, x, y),
+            "log10vol": lv / math.log(10),
+            "ricci": ricci,
+            "margin": logits[:, 1] - logits[:, 0],
+            "engine_vs_closed_form": float((lv - lv_closed).abs().max()),
+            "boundary_ratio": boundary_ratio(grid, lv.exp()),
+        }
+
     def title(t, s):
         return f"{t} (epoch {s['epoch']}, train acc {s['accuracy']:.2f})"
-    truth = lambda t: 0.6 * torch.sin(7 * t - 1)  # noqa: E731
-    panels = [[{"values": s["log10vol"], "margin": s["margin"], "true_boundary": truth, "title": title(t, s)}
-               for t, s in snaps.items()],
-              [{"values": s["ricci"], "margin": s["margin"], "true_boundary": truth, "symmetric": True}
-               for s in snaps.values()]]
-    fig = plot.heatmap_grid(panels, axis, row_labels=[r"$\log_{10}$ volume element", "Ricci scalar R"],
-                            suptitle=f"fastgeom demo: sinusoid task, 2-{width}-2 sigmoid net, first-layer geometry "
-                                     "(white: decision boundary, red: true boundary)", panel_size=(4.2, 3.6))
+
+    truth = sinusoid_boundary
+    panels = [
+        [
+            {"values": s["log10vol"], "margin": s["margin"], "true_boundary": truth, "title": title(t, s)}
+            for t, s in snaps.items()
+        ],
+        [
+            {"values": s["ricci"], "margin": s["margin"], "true_boundary": truth, "symmetric": True}
+            for s in snaps.values()
+        ],
+    ]
+    fig = plot.heatmap_grid(
+        panels,
+        axis,
+        row_labels=[r"$\log_{10}$ volume element", "Ricci scalar R"],
+        suptitle=f"fastgeom demo: sinusoid task, 2-{width}-2 sigmoid net, first-layer geometry "
+        "(white: decision boundary, red: true boundary)",
+        panel_size=(4.2, 3.6),
+    )
     png = os.path.join(out_dir, "sinusoid_logvol.png")
     fig.savefig(png, dpi=110)
-    summary = {"task": "sinusoid (MATH.md 7.2)", "model": f"2-{width}-2 sigmoid net, N(0,1) init, float64",
-               "training": f"Adam lr 0.05, full batch, {epochs} epochs",
-               "feature map": f"phi(x) = sigmoid(W1 x + b1)/sqrt({width})", "grid": f"{n_grid}x{n_grid} over [-1,1]^2",
-               "seconds": round(time.time() - t0, 1), "png": png}
+    summary = {
+        "task": "sinusoid (MATH.md 7.2)",
+        "model": f"2-{width}-2 sigmoid net, N(0,1) init, float64",
+        "training": f"Adam lr 0.05, full batch, {epochs} epochs",
+        "feature map": f"phi(x) = sigmoid(W1 x + b1)/sqrt({width})",
+        "grid": f"{n_grid}x{n_grid} over [-1,1]^2",
+        "seconds": round(time.time() - t0, 1),
+        "png": png,
+    }
     for tag, s in snaps.items():
-        summary[tag] = {"epoch": s["epoch"], "train_accuracy": round(s["accuracy"], 4),
-                        "log10vol_min": round(float(s["log10vol"].min()), 3),
-                        "log10vol_max": round(float(s["log10vol"].max()), 3),
-                        "boundary_ratio": round(s["boundary_ratio"], 3),
-                        "ricci_min": round(float(s["ricci"].min()), 3), "ricci_max": round(float(s["ricci"].max()), 3),
-                        "max |logvol engine - closed form|": s["engine_vs_closed_form"]}
+        summary[tag] = {
+            "epoch": s["epoch"],
+            "train_accuracy": round(s["accuracy"], 4),
+            "log10vol_min": round(float(s["log10vol"].min()), 3),
+            "log10vol_max": round(float(s["log10vol"].max()), 3),
+            "boundary_ratio": round(s["boundary_ratio"], 3),
+            "ricci_min": round(float(s["ricci"].min()), 3),
+            "ricci_max": round(float(s["ricci"].max()), 3),
+            "max |logvol engine - closed form|": s["engine_vs_closed_form"],
+        }
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary

@@ -1,11 +1,14 @@
 """Linear probe: multinomial logistic regression (L2, C = 1) on frozen backbone features.
 
+Research utility for the experiments (experiments/), not part of fastgeom's API: no stability promise.
+
 Features are standardised (mean/std of the training features) and sklearn's
 ``LogisticRegression(C=1, solver="lbfgs")`` is fitted on them (multinomial softmax loss
 C * sum_n CE_n + 0.5 |W|^2, intercept not penalised). The fitted probe, scaler folded in, is a
 plain ``nn.Linear`` (``probe.linear``), so ``probe.linear(backbone(x))`` gives differentiable
 logits for decision boundaries and entropies on slices.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,14 +18,17 @@ from tqdm.auto import tqdm
 
 
 @torch.no_grad()
-def extract_features(backbone: nn.Module, x: torch.Tensor, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+def extract_features(
+    backbone: nn.Module, x: torch.Tensor, batch_size: int = 256, progress: bool = False
+) -> torch.Tensor:
     """Backbone features (N, F) of images x (N, ...) in eval mode (training flags restored), float64 on CPU."""
     from .features import eval_mode
+
     dev = next(backbone.parameters()).device
     out = []
     with eval_mode(backbone):
         for i in tqdm(range(0, len(x), batch_size), desc="features", disable=not progress, leave=False):
-            out.append(backbone(x[i:i + batch_size].to(dev)).flatten(1).double().cpu())
+            out.append(backbone(x[i : i + batch_size].to(dev)).flatten(1).double().cpu())
     return torch.cat(out) if out else torch.zeros(0, 0, dtype=torch.float64)
 
 
@@ -41,11 +47,12 @@ class LinearProbe:
         self.classes_: np.ndarray | None = None
         self.converged: bool | None = None
 
-    def fit(self, features: torch.Tensor, labels: torch.Tensor) -> "LinearProbe":
+    def fit(self, features: torch.Tensor, labels: torch.Tensor) -> LinearProbe:
         import warnings
 
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.linear_model import LogisticRegression
+
         X = _as_2d(features, "features")
         y = torch.as_tensor(labels).reshape(-1).cpu().numpy()
         if len(y) != X.shape[0]:
@@ -73,14 +80,14 @@ class LinearProbe:
         self.mean_, self.scale_ = mu, sd
         return self
 
-    def _check(self):
+    def _fitted(self) -> nn.Linear:
         if self.linear is None:
             raise RuntimeError("the probe is not fitted yet: call probe.fit(features, labels) first")
+        return self.linear
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """(N, K) float64 logits; class k of column k is ``classes_[k]``."""
-        self._check()
-        return self.linear(torch.as_tensor(_as_2d(features, "features")))
+        return self._fitted()(torch.as_tensor(_as_2d(features, "features")))
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(self.classes_)[self.logits(features).argmax(1)]

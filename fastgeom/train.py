@@ -1,5 +1,7 @@
 """Small models and training loops of the paper's toy and MNIST experiments (MATH.md 7, EXPERIMENTS-REFERENCE).
 
+Research utility for the experiments (experiments/), not part of fastgeom's API: no stability promise.
+
 * :class:`ShallowNet` ``d -> n -> c``: f(x) = lin2(sigma(lin1 x)) / sqrt(n), weights and biases
   N(0, 1) by default (the original code); its geometry is that of Phi(x) = sigma(W1 x + b1)/sqrt(n),
   i.e. ``fastgeom.shallow.*(net.W, net.b, x, net.activation)`` or ``fastgeom.logvol(net, x,
@@ -12,6 +14,7 @@
 Training: :func:`full_batch_epoch` (one SGD step on all points, as the toy tasks) and
 :func:`minibatch_epoch` (shuffled minibatches, as MNIST).
 """
+
 from __future__ import annotations
 
 import math
@@ -125,14 +128,20 @@ def full_batch_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tens
     return float(loss.detach())
 
 
-def minibatch_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                    batch_size: int, generator: torch.Generator | None = None) -> float:
+def minibatch_epoch(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+) -> float:
     """One pass of shuffled minibatches of cross-entropy; returns the mean loss."""
     model.train()
     perm = torch.randperm(x.shape[0], generator=generator)
     total = 0.0
     for i in range(0, x.shape[0], batch_size):
-        idx = perm[i:i + batch_size]
+        idx = perm[i : i + batch_size]
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
         loss.backward()
@@ -145,8 +154,10 @@ def minibatch_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tenso
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> float:
     """Fraction of points whose argmax logit equals the label."""
     model.eval()
-    hits = sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
-               for i in range(0, x.shape[0], batch_size))
+    hits = sum(
+        int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
+        for i in range(0, x.shape[0], batch_size)
+    )
     return hits / max(x.shape[0], 1)
 
 
@@ -154,4 +165,4 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 def logits(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
     """Model outputs in eval mode, batched: (B, c)."""
     model.eval()
-    return torch.cat([model(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+    return torch.cat([model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])

@@ -1,5 +1,6 @@
 """The compiled extension fastgeom._C against its torch references (fastgeom/ops/logdet/reference.py),
 and the fallback / explicit-backend behaviour when it is absent."""
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,9 @@ D = torch.float64
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Skip only when the extension was never built; a built extension that fails to load is a failure.
-NOT_BUILT = ext.error is not None and ("No module named 'fastgeom._C'" in ext.error or "FASTGEOM_DISABLE_EXT" in ext.error)
+NOT_BUILT = ext.error is not None and (
+    "No module named 'fastgeom._C'" in ext.error or "FASTGEOM_DISABLE_EXT" in ext.error
+)
 needs_ext = pytest.mark.skipif(NOT_BUILT, reason=f"fastgeom._C not built here ({ext.error}); `make ext` builds it")
 
 
@@ -147,8 +150,9 @@ print("JSON" + json.dumps(res, default=str))
 
 def test_disabled_extension_falls_back_and_explicit_backend_raises():
     env = dict(os.environ, FASTGEOM_DISABLE_EXT="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run([sys.executable, "-c", _NO_EXT_SCRIPT], capture_output=True, text=True, env=env,
-                         cwd=ROOT, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", _NO_EXT_SCRIPT], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout.split("JSON", 1)[1])
     torch.manual_seed(0)
@@ -170,3 +174,25 @@ def test_explicit_cuda_backend_without_cuda_raises():
         pytest.skip("CUDA backend is usable here")
     with pytest.raises(RuntimeError, match=r"backend 'cuda' is not usable here.*FASTGEOM_BUILD_CUDA=1"):
         logdet.logdiag_sum(torch.ones(1, 2, 2, dtype=D), torch.tensor([2]), backend="cuda")
+
+
+_JVP_SCRIPT = r"""
+import warnings
+warnings.simplefilter("always")
+import torch
+import fastgeom
+from torch.func import jvp
+x = torch.randn(3, dtype=torch.float64)
+jvp(torch.tanh, (x,), (x,))  # the first forward-mode call imports torch's jvp decompositions
+print("OK")
+"""
+
+
+def test_no_torch_jit_script_deprecation_warning_from_forward_mode():
+    """torch's decompositions_for_jvp runs torch.jit.script at import: fastgeom keeps that FutureWarning quiet."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run(
+        [sys.executable, "-c", _JVP_SCRIPT], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+    )
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr
+    assert "jit.script" not in out.stderr, out.stderr

@@ -1,5 +1,7 @@
 """CIFAR-style torchvision ResNets: 3x3 stride-1 stem, no max-pool, activation applied in EVERY block.
 
+Research utility for the experiments (experiments/), not part of fastgeom's API: no stability promise.
+
 The original code passed the activation only to the stem, so its "ReLU" ResNets were GELU inside
 the residual blocks; here every nn.ReLU of the torchvision model is replaced.
 """

@@ -1,5 +1,7 @@
 """Self-supervised heads, losses and augmentations: Barlow Twins and SimCLR on a CIFAR ResNet backbone.
 
+Research utility for the experiments (experiments/), not part of fastgeom's API: no stability promise.
+
 Geometry is measured on the **backbone** (``model.backbone``, layer ``"avgpool"``), not the head.
 
 * Barlow Twins (Zbontar et al. 2021), as in the paper's runs: projector = ONE linear layer
@@ -64,7 +66,8 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.07) 
 
 
 class BarlowTwins(nn.Module):
-    """backbone (images -> (N, F) features, e.g. ``cifar_resnet(..., num_classes=None)``) + linear projector F -> proj_dim."""
+    """backbone (images -> (N, F) features, e.g. ``cifar_resnet(..., num_classes=None)``) + linear projector
+    F -> proj_dim."""
 
     def __init__(self, backbone: nn.Module, proj_dim: int = 256, lambd: float = 0.005):
         super().__init__()

@@ -2,6 +2,7 @@
 
 Works on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (the tests).
 """
+
 from __future__ import annotations
 
 import torch
@@ -35,8 +36,3 @@ def dact_add(d: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None = None, bl
     grid = (triton.cdiv(total, block),)
     _dact_add_kernel[grid](d_, a_, b_, out, total, max(N, 1), HAS_B=b is not None, BLOCK=block)
     return out
-
-
-def dact_add_t(d: torch.Tensor, c: torch.Tensor, block: int = 1024) -> torch.Tensor:
-    """Transpose (cotangent d * c), same kernel without a residual."""
-    return dact_add(d, c, None, block=block)

@@ -1,4 +1,5 @@
 """Torch references (the spec) for the compiled ops in csrc/ops/qrcp.cpp and csrc/ops/logdiag.cpp."""
+
 from __future__ import annotations
 
 import torch
@@ -48,9 +49,9 @@ def qrcp(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         v[:, 0] = 1.0
         v = torch.where(nz[:, None], v, torch.zeros_like(v))
         # apply H = I - tau v v^T to the trailing columns
-        trail = A[:, k:, k + 1:]
+        trail = A[:, k:, k + 1 :]
         w = tau[:, None] * torch.einsum("bi,bij->bj", v, trail)
-        A[:, k:, k + 1:] = trail - v[:, :, None] * w[:, None, :]
+        A[:, k:, k + 1 :] = trail - v[:, :, None] * w[:, None, :]
         A[:, k, k] = beta
-        A[:, k + 1:, k] = 0.0
+        A[:, k + 1 :, k] = 0.0
     return torch.triu(A[:, :kmax, :]), perm
