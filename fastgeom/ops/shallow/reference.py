@@ -50,7 +50,8 @@ def log_volume_element(W, b, x, act):
     out = torch.empty(x.shape[0], dtype=W.dtype, device=W.device)
     for sl in _tiles(x.shape[0], 2 * n * d):
         s = act.d1(preact(W, b, x[sl]))
-        out[sl] = factor(s[:, :, None] * W / math.sqrt(n)).logvol
+        # rank_tol=0.0: every non-zero value; saturated units make J row-graded, and their tiny values are real
+        out[sl] = factor(s[:, :, None] * W / math.sqrt(n), rank_tol=0.0).logvol
     return out
 
 
