@@ -56,13 +56,13 @@ def info() -> dict:
 def _op_choices() -> dict:
     """{op: {device type: the implementation ``backend="auto"`` runs for float64 tensors there}}."""
     from .activations import get
-    from .ops import linearized, logdet, shallow
+    from .ops import linearized, logdet, shallow, svd
 
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     ctx = {shallow.GEOMETRY.name: {"act": get("tanh"), "d": 2, "n": 16}}
     return {
         op.name: {dev.type: op.pick("auto", dev, torch.float64, **ctx.get(op.name, {})) for dev in devices}
-        for op in logdet.OPS + linearized.OPS + shallow.OPS
+        for op in logdet.OPS + linearized.OPS + shallow.OPS + svd.OPS
     }
 
 

@@ -10,9 +10,12 @@ of Phi(x) = sigma(W x + b)/sqrt(n) converges to
 and vol = sqrt(f^(d-1) (f + 2 r f')), R from MATH 4.2 (true convention, 2-sphere +2).
 Activation names denote the plain functions: "erf" is torch.erf(z) (MATH 4.3 writes erf(z/sqrt 2):
 its formulas hold here with sigma_w^2 -> 2 sigma_w^2, sigma_b^2 -> 2 sigma_b^2), "z^k" is z**k (MATH 4.4
-normalises by sqrt((2k-1)!!)). Closed forms for erf and monomials; any other activation
-(or ``method="quadrature"``) by Gaussian quadrature (trapezoid rule under the Gaussian weight) of
-sigma'^2 and its derivatives (autograd).
+normalises by sqrt((2k-1)!!)). Closed forms for erf, sin and monomials; any other activation
+(or ``method="quadrature"``) by Gaussian quadrature of sigma'^2, sigma''^2: for q = sigma_w^2 r + sigma_b^2 < 1
+a trapezoid rule with q-derivatives by Price's theorem (derivatives of sigma'^2 by autograd), for q >= 1
+Gauss-Legendre panels scaled to the octave of q with the q-derivatives on the Gaussian (Hermite weights),
+validated up to q = 1e10 (raises above). f + 2 r f' and the Ricci numerator are formed from the moments
+directly (``moments``: rad, kap), so nothing cancels at large |x|.
 
 >>> import torch, fastgeom.nngp as ng
 >>> x = torch.randn(100, 3, dtype=torch.float64)
@@ -22,6 +25,8 @@ torch.Size([100])
 from __future__ import annotations
 
 import math
+
+import numpy as np
 import torch
 from torch.func import jacfwd, jacrev, vmap
 
@@ -52,25 +57,41 @@ def _pow_derivs(c: float, p: int, q: torch.Tensor, orders) -> list:
     return res
 
 
-def _closed_moments(q: torch.Tensor, act) -> dict | None:
-    """xi, xi', xi'', eta, eta' in closed form (None if this activation has none)."""
+def _closed_moments(q: torch.Tensor, act, sb2: float) -> dict | None:
+    """xi, xi', xi'', eta, eta', rad, kap in closed form (None if this activation has none); sb2 = sigma_b^2."""
     if act.name == "erf":  # sigma = erf(z), sigma' = 2/sqrt(pi) exp(-z^2)
         u = 1 + 4 * q
+        c, rp = 1 + 4 * sb2, (q - sb2).clamp_min(0)
         return {"xi": 4 / math.pi * u ** -0.5, "dxi": -8 / math.pi * u ** -1.5, "ddxi": 48 / math.pi * u ** -2.5,
-                "eta": 16 / math.pi * q * u ** -1.5, "deta": 16 / math.pi * (1 - 2 * q) * u ** -2.5}
-    if act.code == _acts.KERNEL_CODES["monomial"]:
+                "eta": 16 / math.pi * q * u ** -1.5, "deta": 16 / math.pi * (1 - 2 * q) * u ** -2.5,
+                "rad": 4 / math.pi * c * u ** -1.5, "kap": -12 / math.pi * c * (c + 8 * rp) * u ** -2.5}
+    if act.name == "sin":  # sigma' = cos: E cos^2 = (1 + e^-2q) / 2, E sin^2 = (1 - e^-2q) / 2
+        e = torch.exp(-2 * q)
+        m = {"xi": (1 + e) / 2, "dxi": -e, "ddxi": 2 * e, "eta": (1 - e) / 2, "deta": e}
+    elif act.code == _acts.KERNEL_CODES["monomial"]:
         k = act.power
         xi, dxi, ddxi = _pow_derivs(k * k * _dfact(2 * k - 3), k - 1, q, (0, 1, 2))
         if k >= 2:
             eta, deta = _pow_derivs((k * (k - 1)) ** 2 * _dfact(2 * k - 5), k - 2, q, (0, 1))
         else:
             eta = deta = torch.zeros_like(q)
-        return {"xi": xi, "dxi": dxi, "ddxi": ddxi, "eta": eta, "deta": deta}
-    return None
+        m = {"xi": xi, "dxi": dxi, "ddxi": ddxi, "eta": eta, "deta": deta}
+    else:
+        return None
+    rp = (q - sb2).clamp_min(0)
+    m["rad"] = m["xi"] + 2 * rp * m["dxi"]
+    m["kap"] = 4 * rp * rp * m["ddxi"] - 3 * m["xi"]
+    return m
 
 
 QUAD_L = 13.0  # integrate t = z / sqrt(q) over [-QUAD_L, QUAD_L] (phi(13) ~ 1e-37)
 QUAD_DZ = 0.02  # largest node spacing in z (activations vary on scale ~1)
+QUAD_QLO = 0.01  # below this variance the per-point grid in t = z / sqrt(q) is used
+QUAD_QHERM = 1.0  # from this variance on, q-derivatives by Hermite weights on Gauss-Legendre panels
+QUAD_QMAX = 1e10  # largest validated variance of the quadrature (|x| ~ 1e5 at sigma_w = 1)
+QUAD_ZACT = 40.0  # beyond |z| = 40 a built-in sigma'^2, sigma''^2 varies on the scale of |z| (or is < 1e-17)
+_KEYS = ("xi", "dxi", "ddxi", "eta", "deta", "rad", "kap")
+_GL_T, _GL_W = (torch.from_numpy(a) for a in np.polynomial.legendre.leggauss(16))
 
 
 def _nth(fn, z: torch.Tensor, k: int) -> torch.Tensor:
@@ -95,17 +116,11 @@ def _derivs(act, z):
     return torch.stack([_nth(h1, z, 0), _nth(h1, z, 2) / 2, _nth(h1, z, 4) / 4, _nth(h2, z, 0), _nth(h2, z, 2) / 2])
 
 
-QUAD_QLO = 0.01  # below this variance the per-point grid in t = z / sqrt(q) is used
-_KEYS = ("xi", "dxi", "ddxi", "eta", "deta")
-
-
-def _quad_moments(q: torch.Tensor, act, dz: float = QUAD_DZ) -> dict:
-    """Gaussian expectations E_{z ~ N(0, q)}[h(z)] by the trapezoid rule (spectrally accurate for
-    analytic, Gaussian-damped integrands), q-derivatives by Price's theorem d/dq E h = E[h'']/2.
-
-    Variances q >= QUAD_QLO share one grid in z with spacing dz (resolves narrow integrands such as
-    erf at large q; the derivatives of sigma are taken once, by autograd); smaller q use a grid in
-    t = z / sqrt(q) with spacing 0.05. q = 0 gives the point values h(0)."""
+def _price_moments(q: torch.Tensor, act, rp: torch.Tensor, dz: float = QUAD_DZ) -> torch.Tensor:
+    """(7, M) moments for q < QUAD_QHERM: expectations by the trapezoid rule (spectrally accurate for
+    analytic, Gaussian-damped integrands), q-derivatives by Price's theorem d/dq E h = E[h'']/2 (the
+    Gaussian is no wider than sigma's features here, so the derivatives of h carry the signal).
+    q >= QUAD_QLO share one grid in z with spacing dz; smaller q use a grid in t = z / sqrt(q)."""
     out = torch.empty(5, q.numel(), dtype=torch.float64, device=q.device)
     big = q >= QUAD_QLO
     if big.any():
@@ -113,45 +128,108 @@ def _quad_moments(q: torch.Tensor, act, dz: float = QUAD_DZ) -> dict:
         zmax = QUAD_L * math.sqrt(float(qb.max()))
         m = int(math.ceil(zmax / dz))
         z = torch.linspace(-zmax, zmax, 2 * m + 1, dtype=torch.float64, device=q.device)
-        H = _derivs(act, z)  # (5, Z)
-        res = torch.empty(5, qb.numel(), dtype=torch.float64, device=q.device)
-        step = max(1, (1 << 22) // z.numel())
-        for i in range(0, qb.numel(), step):
-            qq = qb[i:i + step, None]
-            wts = torch.exp(-0.5 * z * z / qq)  # (M, Z); normalised so that E[1] = 1 exactly
-            wts = wts / wts.sum(-1, keepdim=True)
-            res[:, i:i + step] = H @ wts.T
-        out[:, big] = res
+        wts = torch.exp(-0.5 * z * z / qb[:, None])  # (M, Z); normalised so that E[1] = 1 exactly
+        out[:, big] = _derivs(act, z) @ (wts / wts.sum(-1, keepdim=True)).T
     if (~big).any():
         sq = torch.sqrt(q[~big].clamp_min(0))
         t = torch.linspace(-QUAD_L, QUAD_L, 2 * int(QUAD_L / 0.05) + 1, dtype=torch.float64, device=q.device)
-        w = torch.exp(-0.5 * t * t) * (t[1] - t[0]) / math.sqrt(2 * math.pi)
+        w = torch.exp(-0.5 * t * t)
         w = w / w.sum()
         out[:, ~big] = _derivs(act, (sq[:, None] * t[None, :]).reshape(-1)).reshape(5, sq.numel(), -1) @ w
+    rad = out[0] + 2 * rp * out[1]
+    kap = 4 * rp * rp * out[2] - 3 * out[0]
+    return torch.cat([out, rad[None], kap[None]])
+
+
+def _panels(q_lo: float, q_hi: float) -> torch.Tensor:
+    """Breakpoints 0 = z_0 < ... = QUAD_L sqrt(q_hi) of Gauss-Legendre panels for variances in [q_lo, q_hi]:
+    width <= 1 where sigma varies (|z| < QUAD_ZACT), <= |z| / 4 beyond, and small enough that the Gaussian
+    exponent changes by at most 3 across a panel (3 q_lo / max(z, sqrt q_lo))."""
+    zend = QUAD_L * math.sqrt(q_hi)
+    br = [0.0]
+    while br[-1] < zend:
+        z = br[-1]
+        w = min(1.0 if z < QUAD_ZACT else z / 4, 3 * q_lo / max(z, math.sqrt(q_lo)))
+        br.append(min(z + w, zend))
+    return torch.tensor(br, dtype=torch.float64)
+
+
+def _hermite_moments(q: torch.Tensor, act, sb2: float) -> torch.Tensor:
+    """(7, M) moments for q >= QUAD_QHERM on 16-point Gauss-Legendre panels scaled to each octave of q,
+    the q-derivatives carried by the Gaussian: with t = z / sqrt(q), d/dq E h = E[h He2(t)] / (2q) and
+    d^2/dq^2 E h = E[h He4(t)] / (4 q^2) (He2 = t^2 - 1, He4 = t^4 - 6 t^2 + 3). sigma'^2 is narrower
+    than the Gaussian here, so these weights do not cancel, and rad and kap are formed from
+    E[h], E[h t^2], E[h t^4] (beta = sigma_b^2 / q) without cancellation either."""
+    out = torch.empty(7, q.numel(), dtype=torch.float64, device=q.device)
+    octave = torch.floor(torch.log2(q)).long()
+    for o in torch.unique(octave).tolist():
+        sel = (octave == o).nonzero().flatten()
+        br = _panels(2.0 ** o, 2.0 ** (o + 1))
+        a, b = br[:-1, None], br[1:, None]
+        zp = ((a + b) / 2 + (b - a) / 2 * _GL_T).reshape(-1)
+        wp = ((b - a) / 2 * _GL_W).reshape(-1)
+        z = torch.cat([-zp.flip(0), zp]).to(q.device)
+        wz = torch.cat([wp.flip(0), wp]).to(q.device)
+        h1, h2 = act.d1(z) ** 2, act.d2(z) ** 2
+        qq = q[sel]
+        t2 = z * z / qq[:, None]  # (m, Z)
+        wg = wz * torch.exp(-0.5 * t2)
+        wg = wg / wg.sum(-1, keepdim=True)  # E[1] = 1 exactly
+        M0, M2, M4 = ((wg * h1 * t2 ** k).sum(-1) for k in (0, 1, 2))
+        E0, E2 = (wg * h2).sum(-1), (wg * h2 * t2).sum(-1)
+        beta = sb2 / qq
+        out[:, sel] = torch.stack([M0, (M2 - M0) / (2 * qq), (M4 - 6 * M2 + 3 * M0) / (4 * qq * qq), E0,
+                                   (E2 - E0) / (2 * qq), beta * M0 + (1 - beta) * M2,
+                                   (1 - beta) ** 2 * (M4 - 6 * M2) - 3 * beta * (2 - beta) * M0])
+    return out
+
+
+def _quad_moments(q: torch.Tensor, act, sb2: float) -> dict:
+    """The seven moments by quadrature: Price's form below QUAD_QHERM, Hermite-weighted panels above."""
+    if q.numel() and float(q.max()) > QUAD_QMAX:
+        raise ValueError(f"variance q = sigma_w^2 |x|^2 + sigma_b^2 = {float(q.max()):.3g} is above the validated "
+                         f"range of the quadrature (q <= {QUAD_QMAX:.0e}); rescale x or sigma_w")
+    out = torch.empty(7, q.numel(), dtype=torch.float64, device=q.device)
+    lo = q < QUAD_QHERM
+    if lo.any():
+        out[:, lo] = _price_moments(q[lo], act, (q[lo] - sb2).clamp_min(0))
+    if (~lo).any():
+        out[:, ~lo] = _hermite_moments(q[~lo], act, sb2)
     return dict(zip(_KEYS, out.unbind(0)))
 
 
-def moments(q, activation="erf", method: str = "auto") -> dict:
+def _check_real(name: str, t: torch.Tensor) -> None:
+    if t.is_complex():
+        raise TypeError(f"{name} is complex ({t.dtype}); the NNGP geometry is defined for real inputs")
+
+
+def moments(q, activation="erf", method: str = "auto", sigma_b: float = 0.0) -> dict:
     """Gaussian moments at variance q (M,): xi = E[sigma'^2], dxi, ddxi (its q-derivatives),
-    eta = E[sigma''^2], deta; each (M,) float64. ``method``: "closed" (erf, z^k), "quadrature", "auto"."""
+    eta = E[sigma''^2], deta; and, with r' = q - sigma_b^2, rad = xi + 2 r' xi' and
+    kap = 4 r'^2 xi'' - 3 xi (the radial metric coefficient and the Ricci numerator, formed without
+    cancellation at large q); each (M,) float64. ``method``: "closed" (erf, sin, z^k), "quadrature", "auto".
+    The quadrature is validated for q <= QUAD_QMAX and raises above it."""
     act = _acts.get(activation)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    q = torch.as_tensor(q, dtype=torch.float64).reshape(-1)
+    q = torch.as_tensor(q)
+    _check_real("q", q)
+    q = q.to(torch.float64).reshape(-1)
     if (q < 0).any():
         raise ValueError("variance q must be >= 0")
     if method in ("auto", "closed"):
-        res = _closed_moments(q, act)
+        res = _closed_moments(q, act, float(sigma_b) ** 2)
         if res is not None:
             return res
         if method == "closed":
-            raise ValueError(f"no closed form for activation {act.name!r} (closed forms: 'erf', 'z^k'); "
+            raise ValueError(f"no closed form for activation {act.name!r} (closed forms: 'erf', 'sin', 'z^k'); "
                              "use method='quadrature' or 'auto'")
-    return _quad_moments(q, act)
+    return _quad_moments(q, act, float(sigma_b) ** 2)
 
 
 def _prep_x(x):
     x = torch.as_tensor(x)
+    _check_real("x", x)
     if x.dim() != 2:
         raise ValueError(f"x must have shape (N, d), got {tuple(x.shape)}; use x[:, None] for d = 1")
     x = x.to(torch.float64)
@@ -168,35 +246,46 @@ def _check_sig(sigma_w, sigma_b, sigma_v=1.0):
         raise ValueError("sigma_w must be > 0 (sigma_w = 0 gives a constant feature map with zero metric)")
 
 
+def _coeffs(r, activation, sigma_w, sigma_b, method) -> dict:
+    """Moments at q = sigma_w^2 r + sigma_b^2 for squared norms r (M,), as in ``moments``."""
+    _check_sig(sigma_w, sigma_b)
+    r = torch.as_tensor(r)
+    _check_real("r", r)
+    r = r.to(torch.float64)
+    m = moments(sigma_w ** 2 * r.reshape(-1) + sigma_b ** 2, activation, method, sigma_b=sigma_b)
+    return {k: v.reshape(r.shape) for k, v in m.items()}
+
+
 def metric_coefficients(r, activation="erf", sigma_w: float = 1.0, sigma_b: float = 0.0, d: int | None = None,
                         *, method: str = "auto"):
     """(f, f', f'') at squared norms r (M,): the NNGP metric is g = f(r) I + 2 f'(r) x x^T (MATH 4.1).
 
     ``d`` (input dimension) is accepted for symmetry with the other functions; f does not depend on it."""
-    _check_sig(sigma_w, sigma_b)
     if d is not None and d < 1:
         raise ValueError(f"d must be >= 1, got {d}")
-    r = torch.as_tensor(r, dtype=torch.float64)
-    shape = r.shape
-    m = moments(sigma_w ** 2 * r.reshape(-1) + sigma_b ** 2, activation, method)
+    m = _coeffs(r, activation, sigma_w, sigma_b, method)
     s2 = sigma_w ** 2
-    return tuple(v.reshape(shape) for v in (s2 * m["xi"], s2 ** 2 * m["dxi"], s2 ** 3 * m["ddxi"]))
+    return s2 * m["xi"], s2 ** 2 * m["dxi"], s2 ** 3 * m["ddxi"]
 
 
 def metric(x, activation="erf", sigma_w: float = 1.0, sigma_b: float = 0.0, *, method: str = "auto"):
-    """(N, d, d) NNGP metric f I + 2 f' x x^T."""
+    """(N, d, d) NNGP metric f I + 2 f' x x^T = f (I - u u^T) + (f + 2 r f') u u^T, u = x / |x|."""
     x = _prep_x(x)
-    f, f1, _ = metric_coefficients((x * x).sum(-1), activation, sigma_w, sigma_b, x.shape[1], method=method)
+    r = (x * x).sum(-1)
+    m = _coeffs(r, activation, sigma_w, sigma_b, method)
+    f, fr = sigma_w ** 2 * m["xi"], sigma_w ** 2 * m["rad"]  # fr = f + 2 r f', without cancellation
+    u = x / torch.where(r > 0, r, torch.ones_like(r)).sqrt()[:, None]
     eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
-    return f[:, None, None] * eye + 2 * f1[:, None, None] * x[:, :, None] * x[:, None, :]
+    uu = u[:, :, None] * u[:, None, :]
+    return f[:, None, None] * (eye - uu) + fr[:, None, None] * uu
 
 
 def log_volume_element(x, activation="erf", sigma_w: float = 1.0, sigma_b: float = 0.0, *, method: str = "auto"):
-    """(N,) log vol = ((d-1) log f + log(f + 2 r f'))/2 (MATH 4.2)."""
+    """(N,) log vol = ((d-1) log f + log(f + 2 r f'))/2 (MATH 4.2); f + 2 r f' = sigma_w^2 rad."""
     x = _prep_x(x)
-    r = (x * x).sum(-1)
-    f, f1, _ = metric_coefficients(r, activation, sigma_w, sigma_b, x.shape[1], method=method)
-    return 0.5 * ((x.shape[1] - 1) * torch.log(f) + torch.log(f + 2 * r * f1))
+    m = _coeffs((x * x).sum(-1), activation, sigma_w, sigma_b, method)
+    s2 = sigma_w ** 2
+    return 0.5 * ((x.shape[1] - 1) * torch.log(s2 * m["xi"]) + torch.log(s2 * m["rad"]))
 
 
 def volume_element(x, activation="erf", sigma_w: float = 1.0, sigma_b: float = 0.0, *, method: str = "auto"):
@@ -206,15 +295,20 @@ def volume_element(x, activation="erf", sigma_w: float = 1.0, sigma_b: float = 0
 
 def ricci_scalar(x, activation="erf", sigma_w: float = 1.0, sigma_b: float = 0.0, *, method: str = "auto",
                  convention: str = "true"):
-    """(N,) Ricci scalar of the NNGP metric (MATH 4.2 boxed formula); "paper" convention gives 3x."""
+    """(N,) Ricci scalar of the NNGP metric (MATH 4.2 boxed formula); "paper" convention gives 3x.
+
+    The boxed formula -(d-1) r f' ((d+2) f f' + 2(d-4) r f'^2 + 4 r f f'') / (f^2 (f + 2 r f')^2) is
+    evaluated as -(d-1) (f'/f) N / (f rho^2) with rho = (f + 2 r f') / f = rad / xi and
+    N = (d-4) rho^2 / 2 + (10-d) rho / 2 + kap / xi, algebraically equal, so that the leading terms
+    that cancel at large |x| never meet in floating point."""
     if convention not in ("true", "paper"):
         raise ValueError(f"unknown convention {convention!r}; use 'true' or 'paper' (3x the true value)")
     x = _prep_x(x)
     d = x.shape[1]
-    r = (x * x).sum(-1)
-    f, f1, f2 = metric_coefficients(r, activation, sigma_w, sigma_b, d, method=method)
-    num = (d - 1) * r * f1 * ((d + 2) * f * f1 + 2 * (d - 4) * r * f1 * f1 + 4 * r * f * f2)
-    R = -num / (f * f * (f + 2 * r * f1) ** 2)
+    m = _coeffs((x * x).sum(-1), activation, sigma_w, sigma_b, method)
+    rho = m["rad"] / m["xi"]
+    N = (d - 4) * rho * rho / 2 + (10 - d) * rho / 2 + m["kap"] / m["xi"]
+    R = -(d - 1) * (m["dxi"] / m["xi"]) * N / (m["xi"] * rho * rho)
     return R * (3.0 if convention == "paper" else 1.0)
 
 

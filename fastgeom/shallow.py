@@ -32,9 +32,19 @@ __all__ = ["metric", "volume_element", "log_volume_element", "ricci_scalar", "ri
 CONVENTIONS = {"true": 1.0, "paper": 3.0}
 
 
-def _prepare(W, b, x, activation):
+def _check_dtype(dtype) -> None:
+    """The result dtype must be a real floating type (an integer type would truncate the geometry)."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a real floating dtype (torch.float64, float32, ...), got {dtype!r}")
+
+
+def _prepare(W, b, x, activation, dtype=torch.float64):
+    _check_dtype(dtype)
     act = _acts.get(activation)
     W, b, x = (torch.as_tensor(t) for t in (W, b, x))
+    for name, t in (("W", W), ("b", b), ("x", x)):
+        if t.is_complex():
+            raise TypeError(f"{name} is complex ({t.dtype}); the shallow-network geometry is defined for real inputs")
     if W.dim() != 2:
         raise ValueError(f"W must have shape (n, d) (hidden units x inputs), got {tuple(W.shape)}")
     n, d = W.shape
@@ -68,7 +78,7 @@ def geometry(W, b, x, activation, *, backend: str = "auto", convention: str = "t
     """Metric (N, d, d), log volume element (N,) and Ricci scalar (N,) in one call (one fused kernel
     on the compiled/Triton backends): dict with keys 'metric', 'logvol', 'ricci'."""
     c = _conv(convention)
-    W, b, x, act = _prepare(W, b, x, activation)
+    W, b, x, act = _prepare(W, b, x, activation, dtype)
     out = _op.geometry(W, b, x, act, backend)
     out["ricci"] = out["ricci"] * c
     return {k: v.to(dtype) for k, v in out.items()}
@@ -76,7 +86,7 @@ def geometry(W, b, x, activation, *, backend: str = "auto", convention: str = "t
 
 def metric(W, b, x, activation, *, backend: str = "auto", dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """(N, d, d) pullback metric g = W^T diag(sigma'(z)^2) W / n (MATH 3.1)."""
-    W, b, x, act = _prepare(W, b, x, activation)
+    W, b, x, act = _prepare(W, b, x, activation, dtype)
     return _op.geometry(W, b, x, act, backend, want=("metric",))["metric"].to(dtype)
 
 
@@ -85,12 +95,13 @@ def log_volume_element(W, b, x, activation, *, backend: str = "auto",
     """(N,) natural log of the volume element, sum_i log s_i(diag(sigma'(z)) W / sqrt n); for n < d the
     pseudo-volume (product of the n non-zero singular values, MATH 2.3). Accurate for ill-conditioned W
     (pivoted QR, never log det g)."""
-    W, b, x, act = _prepare(W, b, x, activation)
+    W, b, x, act = _prepare(W, b, x, activation, dtype)
     return _op.geometry(W, b, x, act, backend, want=("logvol",))["logvol"].to(dtype)
 
 
 def volume_element(W, b, x, activation, *, backend: str = "auto", dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """(N,) volume element sqrt(det g) (MATH 2.2); exp of :func:`log_volume_element`."""
+    _check_dtype(dtype)
     return torch.exp(log_volume_element(W, b, x, activation, backend=backend, dtype=torch.float64)).to(dtype)
 
 
@@ -99,7 +110,7 @@ def ricci_scalar(W, b, x, activation, *, backend: str = "auto", convention: str 
     """(N,) Ricci scalar by the Gram form (MATH 3.5) or its fused equivalent; NaN where g is singular
     (n < d or degenerate W). ``convention="paper"`` gives 3x the true value (MATH 3.4)."""
     c = _conv(convention)
-    W, b, x, act = _prepare(W, b, x, activation)
+    W, b, x, act = _prepare(W, b, x, activation, dtype)
     return (_op.geometry(W, b, x, act, backend, want=("ricci",))["ricci"] * c).to(dtype)
 
 
@@ -109,7 +120,7 @@ def ricci_scalar_2d(W, b, x, activation, *, backend: str = "auto", convention: s
 
     A cross-check of :func:`ricci_scalar`; torch only (other backends are validated, then the torch form runs)."""
     c = _conv(convention)
-    W, b, x, act = _prepare(W, b, x, activation)
+    W, b, x, act = _prepare(W, b, x, activation, dtype)
     if W.shape[1] != 2:
         raise ValueError(f"ricci_scalar_2d needs d = 2 inputs, got W of shape {tuple(W.shape)}; use ricci_scalar")
     _op.pick(backend, act, 2, x.device)
@@ -120,7 +131,7 @@ def ricci_scalar_3units(W, b, x, activation, *, backend: str = "auto", conventio
                         dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """(N,) Ricci scalar for d = 2 inputs and n = 3 hidden units by the explicit form (MATH 3.7)."""
     c = _conv(convention)
-    W, b, x, act = _prepare(W, b, x, activation)
+    W, b, x, act = _prepare(W, b, x, activation, dtype)
     if W.shape != (3, 2):
         raise ValueError(f"ricci_scalar_3units needs W of shape (3, 2), got {tuple(W.shape)}; use ricci_scalar")
     _op.pick(backend, act, 2, x.device)

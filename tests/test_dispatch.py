@@ -69,7 +69,7 @@ def test_explicit_cuda_without_a_gpu_raises_for_every_op():
     with pytest.raises(RuntimeError, match="backend 'cuda'"):
         logdet.qrcp(torch.randn(1, 3, 3, dtype=D), backend="cuda")  # was: the torch loop, silently
     with pytest.raises(RuntimeError, match="backend 'cuda'"):
-        fg.logvol(nn.Linear(3, 2).to(D), torch.randn(2, 3, dtype=D), backend="cuda")
+        fg.logvol(nn.Linear(3, 2).to(D), torch.randn(2, 3, dtype=D), method="dense", backend="cuda")
 
 
 def test_explicit_impossible_backends_name_the_reason(monkeypatch):

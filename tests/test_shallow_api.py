@@ -96,3 +96,15 @@ def test_saturated_derivatives_keep_relative_accuracy():
     torch.testing.assert_close(A.get("sigmoid").d1(z), torch.exp(-z.abs()) / (1 + torch.exp(-z.abs())) ** 2, rtol=1e-14, atol=0)
     torch.testing.assert_close(A.get("tanh").d1(z), 4 * torch.exp(-2 * z.abs()) / (1 + torch.exp(-2 * z.abs())) ** 2,
                                rtol=1e-14, atol=0)
+
+
+def test_complex_inputs_and_integer_dtype_raise():
+    W, b, x = _net(5, 2)
+    with pytest.raises(TypeError, match="x is complex"):
+        sh.log_volume_element(W, b, x.to(torch.complex128), "tanh")
+    with pytest.raises(TypeError, match="W is complex"):
+        sh.metric(W.to(torch.complex128), b, x, "tanh")
+    for fn in (sh.metric, sh.log_volume_element, sh.volume_element, sh.ricci_scalar, sh.geometry):
+        with pytest.raises(TypeError, match="floating dtype"):
+            fn(W, b, x, "tanh", dtype=torch.int64)
+    assert sh.log_volume_element(W, b, x, "tanh", dtype=torch.float32).dtype == torch.float32

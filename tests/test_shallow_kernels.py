@@ -109,3 +109,80 @@ def test_gpu_backends_match_reference(backend):
         out = op.geometry(W, b, x, act, backend)
         Wc, bc, xc = W.cpu(), b.cpu(), x.cpu()
         _compare(tuple(out[k].cpu() for k in ("metric", "logvol", "ricci")), Wc, bc, xc, act, rtol_R=1e-8)
+
+
+# ---------------------------------------------------------------- saturation (issue 14 item 5)
+
+# pre-activation scale per activation: sigma' ~ 1e-300 (sigmoid, tanh, erf, gelu's left tail, softplus),
+# a large argument (sin: cos(z) is conditioned ~ |z| eps, so 1e3 keeps the comparison meaningful), or huge
+# polynomial values (z^k)
+SATURATION = {"sigmoid": 700.0, "tanh": 350.0, "erf": 26.0, "gelu": 37.0, "softplus": 700.0, "sin": 1e3,
+              "z^1": 1e100, "z^2": 1e100, "z^3": 1e60}
+
+
+def _saturated_net(name, d, mixed):
+    """6 units, biases +-Z (mixed: the last three units unsaturated), x near 0: z = b + O(0.01)."""
+    g = torch.Generator().manual_seed(7)
+    W = torch.randn(6, d, generator=g, dtype=D64)
+    x = 0.01 * torch.randn(5, d, generator=g, dtype=D64)
+    b = SATURATION[name] * torch.tensor([1.0, -1.0, 0.9, -0.8, 0.5, -0.3], dtype=D64)
+    if mixed:
+        b[3:] = torch.tensor([0.3, -0.2, 0.1], dtype=D64)
+    return W, b, x
+
+
+def _saturated_backends():
+    out = ["triton"]
+    if has_cpp:
+        out.append("cpp")
+    return out
+
+
+def _compare_saturated(out, W, b, x, act):
+    """Metric and log volume to relative accuracy (finite wherever the reference is); Ricci where the
+    reference has it (a unit whose sigma' sigma'' underflows makes both sides NaN, never 0 or a number)."""
+    g, lv, R = out
+    gr, lvr = ref.metric(W, b, x, act), ref.log_volume_element(W, b, x, act)
+    Rr = ref.ricci_scalar_auto(W, b, x, act)
+    torch.testing.assert_close(g, gr, rtol=1e-10, atol=1e-13 * float(gr.abs().max()))
+    assert torch.isfinite(lvr).all()
+    torch.testing.assert_close(lv, lvr, rtol=1e-12, atol=1e-11)
+    fin = torch.isfinite(Rr)
+    assert torch.equal(torch.isfinite(R), fin), (R, Rr)
+    assert ((R[fin] - Rr[fin]).abs() <= 1e-8 * (1 + Rr[fin].abs())).all(), (R, Rr)
+
+
+@pytest.mark.parametrize("backend", _saturated_backends())
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("mixed", [True, False])
+def test_saturated_preactivations_match_reference(backend, name, mixed):
+    act = A.get(name)
+    W, b, x = _saturated_net(name, 2, mixed)
+    if backend == "triton":
+        from fastgeom.ops.shallow import triton as tr
+        out = tr.geometry(W, b, x, act.code, act.power, True)
+    else:
+        out = torch.ops.fastgeom.shallow_geometry(W, b, x, act.code, act.power, True)
+    _compare_saturated(out, W, b, x, act)
+
+
+@pytest.mark.parametrize("backend", ["torch"] + _saturated_backends())
+def test_issue_example_erf_saturated_unit_is_finite(backend):
+    """W = I, b = (20, 0), x = 0, erf: the C++ kernel gave NaN (sqrt(a^2 + b^2) underflowed) against -400.45."""
+    W, b, x = torch.eye(2, dtype=D64), torch.tensor([20.0, 0.0], dtype=D64), torch.zeros(1, 2, dtype=D64)
+    out = sh.geometry(W, b, x, "erf", backend=backend)
+    expect = float(torch.log(A.get("erf").d1(torch.tensor(20.0, dtype=D64)) * A.get("erf").d1(torch.tensor(0.0, dtype=D64)) / 2))
+    assert abs(float(out["logvol"][0]) - expect) < 1e-12 * abs(expect)
+    assert abs(expect + 400.4516) < 1e-3
+
+
+def test_triton_gelu_derivative_tail_matches_erfc_reference():
+    """1 + erf(z / sqrt 2) cancels for negative z (1% off in GELU' below z ~ -8.3): the Triton GELU' (Mills-ratio
+    continued fraction below z = -3) keeps relative accuracy down to z = -12 and past it (z = -37: sigma' ~ 1e-297).
+    With n = d = 1 and W = 1 the log volume is log|sigma'(z)| (no squaring, so no underflow)."""
+    from fastgeom.ops.shallow import triton as tr
+    z = torch.cat([torch.linspace(-37.0, -3.0, 61, dtype=D64), torch.tensor([-12.0, -8.3, -3.0001, -2.9999, 0.5, 3.0], dtype=D64)])
+    W, b, x = torch.ones(1, 1, dtype=D64), torch.zeros(1, dtype=D64), z[:, None]
+    g, lv, _ = tr.geometry(W, b, x, A.get("gelu").code, 0, False)
+    d1 = A.get("gelu").d1(z)
+    torch.testing.assert_close(lv, torch.log(d1.abs()), rtol=0, atol=5e-14)

@@ -7,7 +7,8 @@
 //   pass 2: u_j = L^-1 w_j (so G_jk = w_j^T g^-1 w_k = u_j . u_k), P_j = sigma'(z_j) sigma''(z_j)
 //           T = sum_j P_j u_j (x) u_j (x) u_j,  v = sum_j P_j |u_j|^2 u_j
 //           R = (|T|^2 - |v|^2) / n^2   (the Gram form of MATH 3.5 expanded; true convention)
-// A metric that is not positive definite gives logvol = -inf (or NaN) and R = NaN.
+// A metric that is not positive definite gives logvol = -inf (or NaN) and R = NaN; so does R when a
+// unit's sigma' sigma'' underflows (see pass 2).
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -97,7 +98,7 @@ FG_HD void point(const double* __restrict__ W, const double* __restrict__ b, con
       const double bi = r[i];
       if (bi == 0.0) continue;
       const double ai = Rf[i][i];
-      const double h = sqrt(ai * ai + bi * bi);
+      const double h = hypot(ai, bi);  // scaled: ai, bi ~ 1e-170 (saturated units) must not underflow
       const double c = ai / h, s = bi / h;
       Rf[i][i] = h;
       for (int k = i + 1; k < d; ++k) {
@@ -144,6 +145,12 @@ FG_HD void point(const double* __restrict__ W, const double* __restrict__ b, con
     double d1, d2;
     act_d12(code, power, z, d1, d2);
     const double P = d1 * d2;
+    // sigma' sigma'' below the normal range while neither factor is 0 (a unit saturated past
+    // sigma' ~ 1e-154): its term P u^3 ~ sigma''/sigma'^2 is lost to underflow, so R is not trustworthy
+    if (fabs(P) < 2.2250738585072014e-308 && d1 != 0.0 && d2 != 0.0) {
+      *ricci = NAN;
+      return;
+    }
     double u[MAXD];
     double uu = 0.0;
     for (int i = 0; i < d; ++i) {  // forward substitution L u = w

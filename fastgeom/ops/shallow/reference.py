@@ -50,14 +50,15 @@ def log_volume_element(W, b, x, act):
     out = torch.empty(x.shape[0], dtype=W.dtype, device=W.device)
     for sl in _tiles(x.shape[0], 2 * n * d):
         s = act.d1(preact(W, b, x[sl]))
-        out[sl] = factor(s[:, :, None] * W / math.sqrt(n)).logvol
+        # rank_tol=0.0: every non-zero value; saturated units make J row-graded, and their tiny values are real
+        out[sl] = factor(s[:, :, None] * W / math.sqrt(n), rank_tol=0.0).logvol
     return out
 
 
 def _whitened(W, b, x, act):
     """U = W R^-1 with diag(s) W / sqrt(n) = Q R, so G = U U^T = W g^-1 W^T; and P = s s'.
 
-    Returns U (t, n, d) (NaN where g is singular) and P (t, n)."""
+    Returns U (t, n, d) (NaN where g is singular or a unit's P underflows) and P (t, n)."""
     n, d = W.shape
     z = preact(W, b, x)
     s, s2 = act.d1(z), act.d2(z)
@@ -65,6 +66,8 @@ def _whitened(W, b, x, act):
         return torch.full((x.shape[0], n, d), float("nan"), dtype=W.dtype, device=W.device), s * s2
     R = torch.linalg.qr(s[:, :, None] * W / math.sqrt(n), mode="r").R  # (t, d, d)
     sing = (torch.diagonal(R, dim1=-2, dim2=-1) == 0).any(-1)
+    # sigma' sigma'' underflowed while neither factor is 0 (sigma' < ~1e-154): that unit's term is lost
+    sing |= ((s * s2).abs() < torch.finfo(W.dtype).tiny).logical_and(s != 0).logical_and(s2 != 0).any(-1)
     R = torch.where(sing[:, None, None], torch.full_like(R, float("nan")), R)
     eye = torch.eye(d, dtype=R.dtype, device=R.device).expand_as(R)
     Rinv = torch.linalg.solve_triangular(R, eye, upper=True)  # (t, d, d), tiny

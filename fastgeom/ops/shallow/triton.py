@@ -6,7 +6,8 @@ the condition number) -> whitened third moments -> Ricci scalar); the torch refe
 fastgeom/ops/shallow/reference.py is the spec. Inputs are padded to 4 input dimensions (padded
 metric entries are the identity, padded weights zero, so they contribute nothing).
 Runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1 (tests). The interpreter has no
-libdevice, so only tl.exp / tl.sigmoid / tl.erf / tl.sin / tl.cos are used; tanh' = 4 sigmoid(2z) sigmoid(-2z).
+libdevice, so only tl.exp / tl.sigmoid / tl.erf / tl.sin / tl.cos are used; tanh' = 4 sigmoid(2z) sigmoid(-2z),
+and GELU's Phi(z) below z = -3 comes from a continued fraction of the Mills ratio (1 + erf cancels there).
 The 20 accumulators of the symmetric third-moment tensor (a <= b <= c, squared norm with
 multiplicities 1/3/6) are written out because Triton cannot index lists of tensors. Pass 1 is
 sequential over hidden units (a Givens update per unit, vectorised over the BLOCK_N points); pass 2
@@ -17,6 +18,22 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+
+GELU_TAIL = tl.constexpr(3.0)  # below z = -3, 1 + erf(z / sqrt 2) loses > 1e-13 relative: use the Mills ratio
+MILLS_TERMS = tl.constexpr(50)  # continued-fraction terms: < 2e-16 relative for x >= 3
+
+
+@triton.jit
+def _mills(x):
+    """Mills ratio Phi(-x) / phi(x) for x >= GELU_TAIL by Laplace's continued fraction
+    1 / (x + 1 / (x + 2 / (x + 3 / ...))), evaluated bottom-up (only +, / : the interpreter has no erfc).
+    Arguments below GELU_TAIL are clamped (the caller discards them)."""
+    xs = tl.maximum(x, GELU_TAIL)
+    t = xs
+    for i in tl.static_range(MILLS_TERMS):
+        t = xs + (MILLS_TERMS - i) / t
+    return 1.0 / t
 
 
 @triton.jit
@@ -35,9 +52,10 @@ def _act(z, CODE: tl.constexpr, power):
     elif CODE == 2:  # erf
         d1 = 1.1283791670955126 * tl.exp(-z * z)
         d2 = -2.0 * z * d1
-    elif CODE == 3:  # gelu
+    elif CODE == 3:  # gelu: d1 = Phi(z) + z phi(z)
         phi = 0.3989422804014327 * tl.exp(-0.5 * z * z)
-        d1 = 0.5 * (1.0 + tl.erf(z * 0.7071067811865476)) + z * phi
+        d1 = tl.where(z < -GELU_TAIL, phi * (_mills(-z) + z),
+                      0.5 * (1.0 + tl.erf(z * 0.7071067811865476)) + z * phi)
         d2 = (2.0 - z * z) * phi
     elif CODE == 4:  # softplus
         sp = tl.sigmoid(z)
@@ -61,9 +79,14 @@ def _act(z, CODE: tl.constexpr, power):
 
 @triton.jit
 def _givens(a, b):
-    """Rotation (c, s) with c a + s b = h = sqrt(a^2 + b^2), -s a + c b = 0; identity where h = 0."""
-    h = tl.sqrt(a * a + b * b)
-    nz = h > 0.0
+    """Rotation (c, s) with c a + s b = h = sqrt(a^2 + b^2), -s a + c b = 0; identity where h = 0.
+    h is scaled by max(|a|, |b|) first (hypot), so a, b ~ 1e-170 (saturated units) do not underflow."""
+    m = tl.maximum(tl.abs(a), tl.abs(b))
+    nz = m > 0.0
+    ms = tl.where(nz, m, 1.0)
+    an = a / ms
+    bn = b / ms
+    h = m * tl.sqrt(an * an + bn * bn)
     hs = tl.where(nz, h, 1.0)
     return tl.where(nz, a / hs, 1.0), tl.where(nz, b / hs, 0.0), h
 
@@ -196,6 +219,7 @@ def _shallow_kernel(W, B, X, G, LV, R, N, n, d, power, inv_n, inv_sqrt_n,
         t223 = tl.zeros((BLOCK_N,), tl.float64)
         t233 = tl.zeros((BLOCK_N,), tl.float64)
         t333 = tl.zeros((BLOCK_N,), tl.float64)
+        lost = tl.zeros((BLOCK_N,), tl.int32)
         for h0 in range(0, n, BLOCK_H):
             hs = h0 + tl.arange(0, BLOCK_H)
             hm = hs < n
@@ -208,6 +232,9 @@ def _shallow_kernel(W, B, X, G, LV, R, N, n, d, power, inv_n, inv_sqrt_n,
                  + x3[:, None] * w3[None, :] + bb[None, :])
             d1, d2 = _act(z, CODE, power)
             P = tl.where(hm[None, :], d1 * d2, 0.0)
+            # sigma' sigma'' underflowed while neither is 0: that unit's term is lost, R untrusted (NaN)
+            uf = hm[None, :] & (tl.abs(P) < 2.2250738585072014e-308) & (d1 != 0.0) & (d2 != 0.0)
+            lost = tl.maximum(lost, tl.max(uf.to(tl.int32), axis=1))
             u0 = m00[:, None] * w0[None, :]
             u1 = m10[:, None] * w0[None, :] + m11[:, None] * w1[None, :]
             u2 = m20[:, None] * w0[None, :] + m21[:, None] * w1[None, :] + m22[:, None] * w2[None, :]
@@ -249,7 +276,7 @@ def _shallow_kernel(W, B, X, G, LV, R, N, n, d, power, inv_n, inv_sqrt_n,
               + 1.0 * t222 * t222 + 3.0 * t223 * t223 + 3.0 * t233 * t233 + 1.0 * t333 * t333)
         v2n = v0 * v0 + v1 * v1 + v2 * v2 + v3 * v3
         r = (t2 - v2n) * inv_n * inv_n
-        tl.store(R + rows, tl.where(pd, r, float("nan")), mask=rm)
+        tl.store(R + rows, tl.where(pd & (lost == 0), r, float("nan")), mask=rm)
 
 
 def geometry(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor, code: int, power: int, want_ricci: bool,
