@@ -189,9 +189,7 @@ class Geometry:
                 eng = select(method, self.fmap, x1, p.d_in, p.d_out, budget=self.budget, mode=self.mode,
                              act_bytes=p.act_bytes)
             if p.coupled:
-                eng.points = 1
-                if hasattr(eng, "plan"):
-                    eng.plan.points = 1
+                eng.points = 1  # each point alone
             self._engines[key] = eng
         return self._engines[key]
 

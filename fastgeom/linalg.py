@@ -23,15 +23,19 @@ keeps relative accuracy on graded matrices (Demmel & Veselic 1992), precondition
 (``spectrum_from_factor``); the sweeps run in the compiled ``ops.svd`` kernel (C++ / CUDA), with the
 vectorised torch reference (round-robin ordering) as fallback and spec.
 
-Resolved rank ("rounding level"): |R_ii| <= max(M, N) * eps(dtype J was computed in) * ||a_{p(i)}||,
-i.e. the pivoted column is dependent on the previous ones up to rounding. Structurally rank-deficient
-Jacobians (late CNN layers at small inputs, LayerNorm outputs, bottlenecks, attention tokens) have
-singular values that are zero in exact arithmetic but sit at this level; by default
-(``rank_tol=None``) the trailing run of such values after dynamic pivoting is dropped (counted in
-``n_dropped``), which the column-relative criterion separates from the real tiny values of graded
-Jacobians (a dead-pixel column of norm 1e-45 has |R_ii| ~ its own norm). Rounding-level values
-that are not trailing are kept and counted (``n_rounding``), and logvol warns that they may not be
-resolved. ``rank_tol=0.0`` keeps every non-zero value; ``rank_tol=t > 0`` drops |R_ii| <= t |R_00|.
+Rounding level: |R_ii| <= max(M, N) * eps(dtype J was computed in) * ||a_{p(i)}||, i.e. the pivoted
+column is dependent on the previous ones up to rounding (counted in ``n_rounding``; logvol warns that
+such kept values may not be resolved).
+
+Resolved rank (default ``rank_tol=None``): structurally rank-deficient Jacobians (late CNN layers at
+small inputs, LayerNorm outputs, bottlenecks, attention tokens) have singular values that are zero in
+exact arithmetic but sit at the rounding level. The deficiency is measured on A with its rows, then
+its columns, scaled to unit norm (a pivoted QR of that equilibrated matrix: diagonal values <= max(M,
+N) eps), which is invariant to row and column scaling and so does not count the real tiny values of
+row-graded (saturated units) or column-graded (dead pixels) Jacobians. A deficient point is refactored
+in the equilibrated pivot order (Householder QR is column-scaling invariant), and its trailing
+deficiency-many values are dropped (``n_dropped``). ``rank_tol=0.0`` keeps every non-zero value;
+``rank_tol=t > 0`` drops |R_ii| <= t |R_00|.
 """
 from __future__ import annotations
 
@@ -79,6 +83,19 @@ def _pivot_violations(R: torch.Tensor) -> torch.Tensor:
     worst = torch.where(strict, tail, torch.zeros_like(tail)).amax(dim=-1)  # (B, N)
     d2 = torch.diagonal(R2, dim1=-2, dim2=-1)
     return (worst > (PIVOT_SLACK ** 2) * d2).any(dim=-1)
+
+
+def _equilibrated_deficiency(A: torch.Tensor, tol: float, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Numerical rank deficiency of A (B, M, N) with rows, then columns, scaled to unit 2-norm: (count (B,)
+    of pivoted-QR diagonal values <= tol, the pivot order (B, N)). Invariant to row and column scaling,
+    so the real tiny singular values of row-graded (saturated units) or column-graded (dead pixels)
+    Jacobians do not count, while a dependence that holds in exact arithmetic does; the order puts the
+    dependent columns last."""
+    As = A / _ops.reference._scaled_norm(A, dim=2)[:, :, None].clamp_min(torch.finfo(A.dtype).tiny)
+    As = As / _ops.reference._scaled_norm(As, dim=1)[:, None, :].clamp_min(torch.finfo(A.dtype).tiny)
+    Rs, perm = _ops.qrcp(As, backend=backend)
+    ds = torch.diagonal(Rs, dim1=-2, dim2=-1).abs()
+    return (ds <= tol).sum(-1), perm
 
 
 def _tril_core(Rk: torch.Tensor) -> torch.Tensor:
@@ -136,8 +153,6 @@ def factor(J: torch.Tensor, compute_dtype: torch.dtype | None = None, rank_tol: 
         d = torch.diagonal(R, dim1=-2, dim2=-1).abs()
         tol = max(Ag.shape[-2], N) * eps
         redo = _pivot_violations(R) | (d == 0).any(dim=-1)
-        if rank_tol is None:  # rounding-level values must be trailing to be dropped: pivot dynamically
-            redo |= (d <= tol * torch.where(cn > 0, cn, torch.ones_like(cn))).any(dim=-1)
         if rank_tol or known_null:
             redo[:] = True
         if redo.any():
@@ -148,6 +163,19 @@ def factor(J: torch.Tensor, compute_dtype: torch.dtype | None = None, rank_tol: 
             cn = cn.clone()
             cn[ridx] = torch.gather(cn[ridx], 1, perm)
             d = torch.diagonal(R, dim1=-2, dim2=-1).abs()
+        defic = torch.zeros(Ag.shape[0], dtype=torch.long, device=dev)
+        if rank_tol is None:  # resolved rank: refactor deficient points in the equilibrated pivot order
+            defic, perm_s = _equilibrated_deficiency(Ag, tol, backend)
+            sel = (defic > 0).nonzero().flatten()
+            if sel.numel():
+                Ap = torch.gather(Ag[sel], 2, perm_s[sel][:, None, :].expand(-1, Ag.shape[1], -1))
+                R = R.clone()
+                R[sel] = torch.linalg.qr(Ap, mode="r").R[:, :N, :]
+                cn = cn.clone()
+                cn[sel] = _ops.reference._scaled_norm(Ap, dim=1)
+                d = torch.diagonal(R, dim1=-2, dim2=-1).abs()
+                redo = redo.clone()
+                redo[sel] = True
         scaled = d / torch.where(cn > 0, cn, torch.ones_like(cn))
         rounding = scaled <= tol
         keep = d > 0
@@ -155,10 +183,10 @@ def factor(J: torch.Tensor, compute_dtype: torch.dtype | None = None, rank_tol: 
             keep &= d > rank_tol * d[:, :1]
         if known_null:
             keep &= torch.arange(N, device=dev)[None, :] < max(min(Ag.shape[-2], N) - known_null, 0)
-        if rank_tol is None:  # the trailing run of rounding-level (or already dropped) values
-            tail = torch.flip(torch.cumprod(torch.flip((rounding | ~keep).long(), [-1]), -1), [-1]).bool()
-            n_drop[idx] = (tail & keep).sum(-1)
-            keep &= ~tail
+        if rank_tol is None:  # the trailing `defic` values of the equilibrated order
+            pos = torch.arange(N, device=dev)[None, :]
+            n_drop[idx] = (keep & (pos >= N - defic[:, None])).sum(-1)
+            keep &= pos < N - defic[:, None]
         # with dynamic pivoting, dropped values are trailing; k = number kept
         k = keep.sum(-1)
         lv = _ops.logdiag_sum(R, k, backend=backend)

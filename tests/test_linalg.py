@@ -264,3 +264,26 @@ def test_jacobi_svdvals_noncontiguous_and_empty():
     X = torch.randn(2, 8, 10, dtype=D)[:, ::2, 1::2]  # (2, 4, 5) non-contiguous
     assert torch.allclose(linalg.jacobi_svdvals(X)[:, :4], torch.linalg.svdvals(X), rtol=1e-13)
     assert linalg.jacobi_svdvals(torch.zeros(0, 3, 2, dtype=D)).shape == (0, 2)
+
+
+def test_resolved_rank_keeps_real_tiny_values_of_graded_jacobians_and_drops_structural_zeros():
+    """Row-graded (saturated units: rows of 1e-30) and column-graded (dead pixels: columns of 1e-40)
+    Jacobians have real tiny singular values: the default keeps them (same as rank_tol=0.0). A
+    dependence that holds in exact arithmetic (a row that is the sum of two others) is dropped even
+    when the rows are graded too."""
+    g = torch.Generator().manual_seed(11)
+    W = torch.randn(3, 9, 6, generator=g, dtype=D)
+    rows = torch.logspace(0, -30, 9, dtype=D)
+    cols = torch.logspace(0, -40, 6, dtype=D)
+    for J in (rows[:, None] * W, W * cols[None, :], rows[:, None] * W * cols[None, :]):
+        fd, f0 = linalg.factor(J), linalg.factor(J, rank_tol=0.0)
+        assert fd.n_dropped.tolist() == [0, 0, 0] and fd.rank.tolist() == [6, 6, 6]
+        torch.testing.assert_close(fd.logvol, f0.logvol, rtol=1e-13, atol=0)
+    # a structural zero: the last row is the sum of the first two (rows graded by 1e-3 too)
+    A = torch.randn(3, 5, 7, generator=g, dtype=D) * torch.logspace(0, -12, 5, dtype=D)[:, None]
+    Js = torch.cat([A, A[:, :1] + A[:, 1:2]], 1)  # (3, 6, 7): rank 5
+    fs = linalg.factor(Js)
+    assert fs.rank.tolist() == [5, 5, 5] and fs.n_dropped.tolist() == [1, 1, 1]
+    # Js = M A with M = [I; e1 + e2]: pdet(Js) = sqrt(det(M^T M)) pdet(A) = sqrt(3) pdet(A)
+    ref = torch.tensor([0.5 * math.log(3.0) + mp_logvol(A[i]) for i in range(3)], dtype=D)
+    torch.testing.assert_close(fs.logvol, ref, rtol=1e-9, atol=0)

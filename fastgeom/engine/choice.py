@@ -49,6 +49,7 @@ class DenseEngine:
         passes = d_out if (mode or ("reverse" if d_out <= d_in else "forward")) == "reverse" else d_in
         self.plan = plan(fmap, x1, d_in, d_out, chunk_size=passes, budget=budget, mode=mode, act_bytes=act_bytes)
         self.mode = "jacrev" if self.plan.mode == "reverse" else "jacfwd"
+        self.points: int | None = None  # points per batch (None: from the plan's budget)
 
     def run(self, x, chunk_size=None, progress=None):
         if chunk_size is not None:
@@ -64,7 +65,8 @@ class DenseEngine:
 class _DenseRun:
     def __init__(self, eng: DenseEngine, x, progress):
         self.eng, self.x, self.progress = eng, x, progress
-        self.points = max(1, min(x.shape[0], eng.plan.points))
+        per_batch = eng.points or eng.plan.budget // max(eng.plan.point_bytes, 1)
+        self.points = max(1, min(x.shape[0], per_batch))
 
     @property
     def record(self) -> Record:
