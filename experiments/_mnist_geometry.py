@@ -69,7 +69,7 @@ def logvol(model, x: torch.Tensor, activation: str = "sigmoid", progress: bool =
     """(N,) natural-log volume element (pseudo-volume for n < d, MATH 2.3) of the normalised hidden
     layer at x (N, 784), float64."""
     W, b = _weights(model)
-    x = x.reshape(x.shape[0], -1).to(torch.float64)
+    x = x.reshape(x.shape[0], W.shape[1]).to(torch.float64)
     n, d = W.shape
     if n <= d:
         const = _log_pdet(model.lin1.weight)
@@ -90,6 +90,6 @@ def metric_eigenvalues(model, x: torch.Tensor, activation: str = "sigmoid") -> t
     against :func:`logvol`). ``fastgeom.spectrum``'s Jacobi SVD is relatively accurate but takes
     minutes per 784 x 784 Jacobian on a CPU."""
     W, b = _weights(model)
-    x = x.reshape(x.shape[0], -1).to(torch.float64)
+    x = x.reshape(x.shape[0], W.shape[1]).to(torch.float64)
     s = activations.get(activation).d1(torch.addmm(b, x, W.T))
     return torch.linalg.svdvals(s[:, :, None] * W / math.sqrt(W.shape[0])) ** 2

@@ -146,10 +146,13 @@ def test_dirty_mnist_standin_from_real_digits(mnist_res, outdir):
     assert res["summary"]["clean"] == mnist_res["config"]["data"]
     amb = res["records"]["ambiguous_set"]
     assert amb["kept"] > 0 and amb["entropy_median"] >= 0.2
+    assert sum(amb["label_counts"]) == amb["kept"]
     for g in ("0", "7", "9", "all"):
         r = res["records"][f"class_{g}"]
-        assert 0 <= r["auroc_ambiguous_vs_clean"] <= 1 and 0 <= r["auroc_ambiguous_vs_reconstructed"] <= 1
-        assert len(r["reconstructed_log10vol"]) == len(r["clean_log10vol"])
+        for key in ("auroc_ambiguous_vs_clean", "auroc_ambiguous_vs_reconstructed"):
+            # NaN only for a digit the tiny stand-in produced no ambiguous sample of
+            assert 0 <= r[key] <= 1 or (g != "all" and not r["ambiguous_log10vol"]), (g, key, r[key])
+        assert len(r["reconstructed_log10vol"]) == len(r["clean_log10vol"]) > 0
     assert set(res["summary"]["auroc_ambiguous_vs_clean"]) == {"0", "7", "9", "all"}
     assert res["figures"] == ["histograms"]
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
