@@ -147,9 +147,9 @@ def figures(run, cfg, groups, source, xam, yam) -> None:
     fig, axes = plt.subplots(1, 5, figsize=(19, 3.4), constrained_layout=True)
     for ax, name in zip(axes, names):
         r = groups[name]
-        h = {"clean": r["clean_log10vol"], "ambiguous": r["ambiguous_log10vol"]}
-        if "reconstructed_log10vol" in r:
-            h["clean, VAE-reconstructed"] = r["reconstructed_log10vol"]
+        h = {"clean": r["clean_log10vol"], "ambiguous": r["ambiguous_log10vol"],
+             "clean, VAE-reconstructed": r.get("reconstructed_log10vol", [])}
+        h = {k: v for k, v in h.items() if len(v)}
         fg.plot.histograms(h, ax, bins=25, title=f"digit {name}: AUROC {r['auroc_ambiguous_vs_clean']:.2f}")
     ax = axes[-1]
     pick = [int((yam == c).nonzero().flatten()[0]) for c in CLASSES if bool((yam == c).any())][:3]
