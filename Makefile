@@ -15,7 +15,7 @@ $(BIN)/python:
 
 $(VENV)/.deps: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1 numpy matplotlib tqdm \
-	    pytest hypothesis scipy scikit-learn mpmath ninja ruff mypy
+	    pytest hypothesis scipy scikit-learn mpmath ninja ruff mypy mlxtend
 	touch $@
 
 # editable install of the Python package, then the C++ extension built in place; every C++ source and

