@@ -47,13 +47,6 @@ def xor_data(dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
     return x, (x[:, 0] * x[:, 1] < 0).long()
 
 
-Research utility for the experiments (experiments/), not part of fastgeom's API: no stability promise.
-
-def sinusoid_boundary(x1: torch.Tensor) -> torch.Tensor:
-    """x2 on the sinusoid task's true boundary, 0.6 sin(7 x1 - 1) (MATH.md 7.2)."""
-    return 0.6 * torch.sin(7 * x1 - 1)
-
-
 def _flat01(data) -> torch.Tensor:
     x = torch.as_tensor(data).reshape(len(data), -1).to(torch.float64)
     return x / 255.0 if x.max() > 1.5 else x
