@@ -20,7 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch.func import jvp
 
-from .api import PrecisionWarning, _fmt_points, check_points, prepare
+from .api import check_points, prepare
+from .diagnostics import PrecisionWarning
+from .diagnostics import fmt_points as _fmt_points
 from .engine.planner import default_budget, is_oom, saved_bytes_one_point
 from .features import FeatureMap, eval_mode, no_tf32
 

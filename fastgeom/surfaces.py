@@ -24,7 +24,10 @@ import torch
 from torch.func import jvp, vmap
 from tqdm.auto import tqdm
 
-from .api import RankDeficiencyWarning, _fmt_points, _want_progress, check_points, prepare
+from .api import check_points, prepare
+from .diagnostics import RankDeficiencyWarning
+from .diagnostics import fmt_points as _fmt_points
+from .geometry import _want_progress
 from .engine.planner import default_budget, is_oom, saved_bytes_one_point
 from .features import FeatureMap, eval_mode, no_tf32
 
