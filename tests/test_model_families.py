@@ -1,7 +1,7 @@
 """Every exact engine on small torchvision families and tuple-module branches, in float64, in both modes,
 against an independent J (torch.func.jacrev on the unmodified model, one point at a time).
 
-- reverse mode: the full J from ``dense``, ``streamed`` and ``linearized`` (``jacobian_blocks``);
+- reverse mode: the full J from ``dense``, ``streamed`` and ``linearized`` (``StreamedEngine``);
 - forward mode: J t for random tangents t from the streamed pass and the Linearization (a full forward
   J of a 3072-pixel input would take minutes), and the full J where d_out > d_in (branches, ViT tokens);
 - ``auto`` (``fg.logvol``) takes the linearised engine on every family;
@@ -19,9 +19,8 @@ from torch import nn
 
 import fastgeom as fg
 from fastgeom.api import prepare
-from fastgeom.engine import batching, guards, jacobian_blocks, jacobian_dense
+from fastgeom.engine import StreamedEngine, batching, guards, jacobian_dense
 from fastgeom.engine.linear_net import LinearGraph, LinearizeError, validated_linearize
-from fastgeom.engine.planner import Plan
 from fastgeom.engine.streamed import AutogradPass
 from fastgeom.features import FeatureMap
 
@@ -35,9 +34,10 @@ def _close(got, want, rtol=1e-10):
 
 
 def _blocks(fmap, x, d_out, mode, linearize=None, chunk=64):
-    p = Plan(mode=mode, chunk=chunk, points=x.shape[0], budget=2**30, act_bytes=0)
-    with guards.ad_guards():  # streamed.py: the lead enters ad_guards there
-        return torch.cat([J for _, J in jacobian_blocks(fmap, x, d_out, p, linearize=linearize)])
+    eng = StreamedEngine(fmap, x[:1], x[0].numel(), d_out, budget=2**30, mode=mode, make_pass=linearize)
+    eng.points = x.shape[0]
+    with guards.ad_guards():  # as Geometry enters it around every pass
+        return torch.cat([J for _, J, _ in eng.run(x, chunk_size=chunk)])
 
 
 @pytest.fixture(scope="module")
