@@ -33,7 +33,7 @@ __all__ = ["gaussian_curvature", "scalar_curvature", "gaussian_curvature_fmap", 
 
 # Tests set this to a callable(stage: str) that may raise, to inject faults such as an OOM.
 fault_injector: Callable[[str], None] | None = None
-CPU_MAX_ROWS = 2048  # (pair x point) rows per vmapped pass on CPU; larger passes gain nothing (cache)
+CPU_MAX_ROWS = 2048  # (pair x point) rows per vmapped pass on CPU: small nets are overhead-bound (256 -> 2048: 2.9x on an 8-32-32-19 MLP)
 
 
 def _nested(fmap, xb: torch.Tensor, a: torch.Tensor, b: torch.Tensor):
@@ -175,9 +175,9 @@ def _check_plane(u: torch.Tensor, v: torch.Tensor) -> None:
         return
     U, V = u.reshape(u.shape[0], -1), v.reshape(v.shape[0], -1)
     nu, nv = torch.linalg.vector_norm(U, dim=1), torch.linalg.vector_norm(V, dim=1)
-    cos = (U * V).sum(1) / (nu * nv).clamp_min(torch.finfo(torch.float64).tiny)
-    sin2 = (1 - cos.clamp(-1, 1) ** 2)
-    bad = ((nu == 0) | (nv == 0) | (sin2 <= 1e-24)).nonzero().flatten().tolist()
+    uh = U / nu.clamp_min(torch.finfo(torch.float64).tiny)[:, None]
+    resid = torch.linalg.vector_norm(V - (uh * V).sum(1, keepdim=True) * uh, dim=1)  # |v_perp|, no cancellation
+    bad = ((nu == 0) | (nv == 0) | (resid <= 1e-12 * nv)).nonzero().flatten().tolist()
     if bad:
         raise ValueError(f"u and v do not span a plane (one is zero or they are parallel) at point(s) "
                          f"{_fmt_points(bad)}; pass two linearly independent directions")
