@@ -24,7 +24,9 @@ import torch
 from torch.func import jvp, vmap
 from tqdm.auto import tqdm
 
-from .api import RankDeficiencyWarning, _fmt_points, _want_progress, check_points, prepare
+from .diagnostics import RankDeficiencyWarning
+from .diagnostics import fmt_points as _fmt_points
+from .geometry import _want_progress, check_points
 from .engine.planner import default_budget, is_oom, saved_bytes_one_point
 from .features import FeatureMap, eval_mode, no_tf32
 
@@ -98,10 +100,11 @@ def second_derivatives(fmap, xb: torch.Tensor, A: torch.Tensor, Bt: torch.Tensor
     return torch.cat(first), torch.cat(second)
 
 
-def _batches(fmap, x, pair_fn, n_pairs, d_out, chunk_size, budget, progress, desc):
+def _batches(fmap, x, pair_fn, n_pairs, d_out, chunk_size, budget, progress, desc, max_points=None):
     """Yield (slice, first (P, Pb, n), second (P, Pb, n)) over point batches; OOM halves pairs, then points."""
     B = x.shape[0]
     pairs, points = _plan_rows(fmap, x, n_pairs, d_out, chunk_size, budget)
+    points = min(points, max_points or points)
     state = {"pairs": pairs}
     bar = tqdm(total=B, desc=desc, unit="pt", disable=not _want_progress(progress, B), leave=False)
     try:
@@ -185,9 +188,10 @@ def _check_plane(u: torch.Tensor, v: torch.Tensor) -> None:
 
 def gaussian_curvature_fmap(fmap: FeatureMap, x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, *,
                             return_metric: bool = False, chunk_size: int | None = None,
-                            budget: int | None = None, progress: bool | None = None):
+                            budget: int | None = None, progress: bool | None = None, max_points: int | None = None):
     """K (B,) float64 of the plane surfaces (a, b) -> fmap(x + a u + b v) at x (B, *in); u, v (*in) or
-    (B, *in). With ``return_metric`` also g (B, 2, 2). ``chunk_size``: direction pairs per pass (<= 3)."""
+    (B, *in). With ``return_metric`` also g (B, 2, 2). ``chunk_size``: direction pairs per pass (<= 3);
+    ``max_points``: points per batch at most (1 for a model that couples the points of a batch)."""
     check_points(x)
     u, v = _directions(u, x, "u"), _directions(v, x, "v")
     _check_plane(u, v)
@@ -204,7 +208,8 @@ def gaussian_curvature_fmap(fmap: FeatureMap, x: torch.Tensor, u: torch.Tensor, 
                              "so its Gaussian curvature is undefined; choose a layer with at least 2 features")
         pair_fn = lambda sl: (torch.stack([u[sl], v[sl], u[sl]]), torch.stack([u[sl], v[sl], v[sl]]))  # noqa: E731
         with eval_mode(fmap.model), no_tf32():
-            for sl, first, second in _batches(fmap, x, pair_fn, 3, d_out, chunk_size, budget, progress, "curvature"):
+            for sl, first, second in _batches(fmap, x, pair_fn, 3, d_out, chunk_size, budget, progress, "curvature",
+                                                   max_points):
                 T = torch.stack([first[0], first[1]], dim=-1)  # (Pb, n, 2): psi_u, psi_v
                 Q, R = torch.linalg.qr(T)
                 N = _normal(second.permute(1, 0, 2), Q)  # (Pb, 3, n): uu, vv, uv
@@ -227,7 +232,7 @@ def _pairs(d: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def scalar_curvature_fmap(fmap: FeatureMap, x: torch.Tensor, d_out: int | None = None, *,
                           chunk_size: int | None = None, budget: int | None = None,
-                          progress: bool | None = None) -> torch.Tensor:
+                          progress: bool | None = None, max_points: int | None = None) -> torch.Tensor:
     """R (B,) float64, the Ricci scalar of fmap's full pullback metric at x (B, *in), for an immersion
     (d_out >= d_in). ``chunk_size``: direction pairs per pass (of d_in (d_in + 1) / 2)."""
     check_points(x)
@@ -252,7 +257,8 @@ def scalar_curvature_fmap(fmap: FeatureMap, x: torch.Tensor, d_out: int | None =
         pair_fn = lambda sl: (eye[ia][:, None].expand(P, sl.stop - sl.start, *in_shape),  # noqa: E731
                               eye[ib][:, None].expand(P, sl.stop - sl.start, *in_shape))
         with eval_mode(fmap.model), no_tf32():
-            for sl, first, second in _batches(fmap, x, pair_fn, P, d_out, chunk_size, budget, progress, "scalar curvature"):
+            for sl, first, second in _batches(fmap, x, pair_fn, P, d_out, chunk_size, budget, progress,
+                                                   "scalar curvature", max_points):
                 Pb = sl.stop - sl.start
                 J = first[:d].permute(1, 2, 0)  # (Pb, n, d): diagonal pairs (a, a) give columns d_a phi
                 Q, Rf = torch.linalg.qr(J)
@@ -295,9 +301,9 @@ def gaussian_curvature(model, x: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
     Returns:
         K (and g). Points where the plane's image has rank < 2 are NaN, named in a ``RankDeficiencyWarning``.
     """
-    fmap, _, _ = prepare(model, x, layer, pool, dtype, target)
-    return gaussian_curvature_fmap(fmap, x, u, v, return_metric=return_metric, chunk_size=chunk_size,
-                                   budget=budget, progress=progress)
+    from .geometry import Geometry
+    return Geometry(model, layer, pool=pool, target=target, dtype=dtype, budget=budget).gaussian_curvature(
+        x, u, v, return_metric=return_metric, chunk_size=chunk_size, progress=progress)
 
 
 def scalar_curvature(model, x: torch.Tensor, layer=None, *, pool=None, target: str = "euclidean",
@@ -311,5 +317,6 @@ def scalar_curvature(model, x: torch.Tensor, layer=None, *, pool=None, target: s
     ``gaussian_curvature``. Other arguments as in ``gaussian_curvature``; ``chunk_size`` is direction
     pairs per pass. Points whose Jacobian has rank < d_in are NaN, named in a warning.
     """
-    fmap, _, d_out = prepare(model, x, layer, pool, dtype, target)
-    return scalar_curvature_fmap(fmap, x, d_out, chunk_size=chunk_size, budget=budget, progress=progress)
+    from .geometry import Geometry
+    return Geometry(model, layer, pool=pool, target=target, dtype=dtype, budget=budget).scalar_curvature(
+        x, chunk_size=chunk_size, progress=progress)
