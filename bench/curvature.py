@@ -50,16 +50,18 @@ def sync(dev):
 
 def timed(fns, dev, repeat=3):
     """[(median seconds, last result)] of each callable in `fns`, after one warm-up each, over `repeat`
-    interleaved rounds (a load change on a shared machine hits every method alike)."""
+    interleaved rounds (a load change on a shared machine hits every method alike). On CPU the seconds are
+    the process's CPU time (all its threads), which other processes on a shared machine do not inflate."""
+    clock = time.perf_counter if dev.type == "cuda" else time.process_time
     outs = [f() for f in fns]
     ts = [[] for _ in fns]
     for _ in range(repeat):
         for k, f in enumerate(fns):
             sync(dev)
-            t = time.perf_counter()
+            t = clock()
             outs[k] = f()
             sync(dev)
-            ts[k].append(time.perf_counter() - t)
+            ts[k].append(clock() - t)
     return [(statistics.median(t), o) for t, o in zip(ts, outs)]
 
 
@@ -183,7 +185,7 @@ def render(res) -> str:
     from _results import device_line
     lines = [f"`python bench/curvature.py {res['mode']}` — {device_line()}; load average {res.get('load', 0):.1f} "
              "(a shared machine: ratios are measured interleaved, absolute times are not representative)", "",
-             "Seconds per point (median of interleaved repeats); error = max relative difference to the brute-force oracle "
+             "Seconds per point (median of interleaved repeats; on CPU the process's CPU seconds); error = max relative difference to the brute-force oracle "
              "(float64). *naive*: Hessian of phi by nested jacfwd, one point at a time; *fast*: fastgeom.surfaces "
              "(nested JVPs vmapped over direction pairs, batched over points).", "",
              "| case | points | brute s/pt | naive s/pt | fast s/pt | brute / fast | err fast | err naive |",
