@@ -56,17 +56,6 @@ def _probe(model, x, args, pool, dtype, where):
                                   + (f" --layer {args.layer}" if args.layer else "") + f": {msg}")) from None
 
 
-def plane_directions(data, idx, dtype):
-    """d/da, d/db of fastgeom.slices.plane through data[idx] (its points are affine in (a, b))."""
-    import torch
-
-    from .slices import barycentric
-    X = torch.stack([data[i] for i in idx]).reshape(3, -1).to(torch.float64)
-    lam = barycentric(torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64), torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
-    u, v = (lam[1] - lam[0]) @ X, (lam[2] - lam[0]) @ X
-    return u.reshape(data.shape[1:]).to(dtype), v.reshape(data.shape[1:]).to(dtype)
-
-
 def _cmd_curvature(args) -> int:
     import torch
 
@@ -92,7 +81,9 @@ def _cmd_curvature(args) -> int:
     if not args.scalar:
         shape = parse_ints(args.input_shape, None, "--input-shape", 1) if args.input_shape else None
         data = load_points(args.data, shape)
-        u, v = plane_directions(data, parse_ints(args.plane, 3, "--plane"), x.dtype)
+        i, j, k = parse_ints(args.plane, 3, "--plane")
+        u, v = surfaces.plane_directions(data[i], data[j], data[k])
+        u, v = u.to(x.dtype), v.to(x.dtype)
         u, v = u.to(dev), v.to(dev)
     columns = (["R"] if args.scalar else ["K", "area"]) + extra_cols
     meta = {"command": "curvature", "columns": columns, "scalar": args.scalar, "model": args.model, "model_args": margs,

@@ -31,7 +31,7 @@ from .engine.planner import default_budget, is_oom, saved_bytes_one_point
 from .features import FeatureMap, eval_mode, no_tf32
 
 __all__ = ["gaussian_curvature", "scalar_curvature", "gaussian_curvature_fmap", "scalar_curvature_fmap",
-           "second_derivatives"]
+           "second_derivatives", "plane_directions"]
 
 # Tests set this to a callable(stage: str) that may raise, to inject faults such as an OOM.
 fault_injector: Callable[[str], None] | None = None
@@ -221,6 +221,16 @@ def gaussian_curvature_fmap(fmap: FeatureMap, x: torch.Tensor, u: torch.Tensor, 
                 bad += (sl.start + (~ok).nonzero().flatten()).tolist()
     _warn_nan(bad, 2, "the Gaussian curvature")
     return (K, g) if return_metric else K
+
+
+def plane_directions(x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d/da, d/db) float64, each shaped like x1, of ``fastgeom.slices.plane(x1, x2, x3)``'s parametrisation
+    (its points are affine in (a, b)), for the Gaussian curvature and area element of that plane."""
+    from .slices import barycentric
+    X = torch.stack([x1, x2, x3]).reshape(3, -1).to(torch.float64)
+    lam = barycentric(torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64), torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+    lam = lam.to(X.device)
+    return ((lam[1] - lam[0]) @ X).reshape(x1.shape), ((lam[2] - lam[0]) @ X).reshape(x1.shape)
 
 
 def _pairs(d: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,7 @@ import torch
 
 import fastgeom as fg
 from fastgeom import cli, runio, slices
-from fastgeom.cli_curvature import plane_directions
+from fastgeom.surfaces import plane_directions
 from fastgeom.plot import value_colors
 from fastgeom.runio import read_csv
 
@@ -47,7 +47,7 @@ def test_plane_curvature_matches_api_and_resumes(files, tmp_path, capsys):
     assert cols == ["index", "K", "area", "a", "b"] and a.shape[0] == 25
     x = files["x"]
     pl = slices.plane(x[0], x[2], x[5], 5)
-    u, v = plane_directions(x, (0, 2, 5), torch.float64)
+    u, v = plane_directions(x[0], x[2], x[5])
     # the directions are those of the plane's parametrisation
     torch.testing.assert_close(pl.points[1] - pl.points[0], (pl.b[1] - pl.b[0]) * v, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(pl.points[5] - pl.points[0], (pl.a[5] - pl.a[0]) * u, rtol=1e-12, atol=1e-12)
