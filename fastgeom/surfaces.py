@@ -68,16 +68,42 @@ def _plan_rows(fmap, x: torch.Tensor, n_pairs: int, d_out: int, chunk_size, budg
     return pairs, points
 
 
+def _full_basis(fmap, xb: torch.Tensor, E: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(J (d, Pb, n), H (d, d, Pb, n)) along the basis E (d, Pb, *in): a JVP (vmapped over the basis) of the
+    vmapped JVPs, so the d first-order streams are shared by all d^2 second-order ones ((1 + d)^2 work units
+    against 1 + 3 d (d + 1) / 2 for the pair layout; 26 vs 35 ms for an 8-256-256-19 tanh MLP at 16 points)."""
+    def inner(y):
+        return vmap(lambda a: jvp(fmap, (y,), (a,))[1])(E)
+    J, H = vmap(lambda b: jvp(inner, (xb,), (b,)))(E)  # J comes out expanded over b (it does not depend on it)
+    return J[0], H
+
+
 def second_derivatives(fmap, xb: torch.Tensor, A: torch.Tensor, Bt: torch.Tensor, pairs: int,
-                       state: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       state: dict | None = None, basis=None) -> tuple[torch.Tensor, torch.Tensor]:
     """float64 (d_a phi, d_a d_b phi), each (P, Pb, d_out), at xb (Pb, *in) for direction pairs
     A, Bt (P, Pb, *in), `pairs` pairs per vmapped pass; an out-of-memory error halves the pass
-    (``state["pairs"]`` keeps the reduced size) and retries."""
+    (``state["pairs"]`` keeps the reduced size) and retries. ``basis=(E, ia, ib)``: the pairs are
+    (E[ia], E[ib]) of a basis E (d, Pb, *in); when all of them fit in one pass they are computed in the
+    shared-first-order layout (``_full_basis``), on OOM in the pair layout."""
     P = A.shape[0]
     state = state if state is not None else {}
     state.setdefault("pairs", pairs)
     xb = xb.to(fmap.dtype) if fmap.dtype is not None else xb
     A, Bt = A.to(xb.dtype), Bt.to(xb.dtype)
+    if basis is not None and state["pairs"] >= P:
+        E, ia, ib = basis
+        try:
+            if fault_injector is not None:
+                fault_injector("pass")
+            J, H = _full_basis(fmap, xb, E.to(xb.dtype))
+            n = xb.shape[0]
+            return (J[ia].reshape(P, n, -1).to(torch.float64), H[ib, ia].reshape(P, n, -1).to(torch.float64))
+        except Exception as err:  # noqa: BLE001
+            if not is_oom(err):
+                raise
+            state["pairs"] = max(1, P // 2)
+            if xb.device.type == "cuda":
+                torch.cuda.empty_cache()
     f = vmap(lambda a, b: _nested(fmap, xb, a, b))
     first, second = [], []
     s = 0
@@ -100,7 +126,7 @@ def second_derivatives(fmap, xb: torch.Tensor, A: torch.Tensor, Bt: torch.Tensor
     return torch.cat(first), torch.cat(second)
 
 
-def _batches(fmap, x, pair_fn, n_pairs, d_out, chunk_size, budget, progress, desc, max_points=None):
+def _batches(fmap, x, pair_fn, n_pairs, d_out, chunk_size, budget, progress, desc, max_points=None, basis_fn=None):
     """Yield (slice, first (P, Pb, n), second (P, Pb, n)) over point batches; OOM halves pairs, then points."""
     B = x.shape[0]
     pairs, points = _plan_rows(fmap, x, n_pairs, d_out, chunk_size, budget)
@@ -113,7 +139,8 @@ def _batches(fmap, x, pair_fn, n_pairs, d_out, chunk_size, budget, progress, des
             e = min(B, s + points)
             A, Bt = pair_fn(slice(s, e))
             try:
-                out = second_derivatives(fmap, x[s:e], A, Bt, state["pairs"], state)
+                out = second_derivatives(fmap, x[s:e], A, Bt, state["pairs"], state,
+                                         None if basis_fn is None else basis_fn(slice(s, e)))
             except Exception as err:  # noqa: BLE001
                 if is_oom(err) and points > 1:
                     points = max(1, points // 2)
@@ -267,8 +294,9 @@ def scalar_curvature_fmap(fmap: FeatureMap, x: torch.Tensor, d_out: int | None =
         pair_fn = lambda sl: (eye[ia][:, None].expand(P, sl.stop - sl.start, *in_shape),  # noqa: E731
                               eye[ib][:, None].expand(P, sl.stop - sl.start, *in_shape))
         with eval_mode(fmap.model), no_tf32():
+            basis_fn = lambda sl: (eye[:, None].expand(d, sl.stop - sl.start, *in_shape), ia, ib)  # noqa: E731
             for sl, first, second in _batches(fmap, x, pair_fn, P, d_out, chunk_size, budget, progress,
-                                                   "scalar curvature", max_points):
+                                                   "scalar curvature", max_points, basis_fn):
                 Pb = sl.stop - sl.start
                 J = first[:d].permute(1, 2, 0)  # (Pb, n, d): diagonal pairs (a, a) give columns d_a phi
                 Q, Rf = torch.linalg.qr(J)
