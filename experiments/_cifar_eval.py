@@ -117,6 +117,18 @@ def plane_boundary_ratio(index, n: int, pred, values) -> float | None:
     return float(near.mean() / far.mean())
 
 
+def abs_curvature_logvol_spearman(K: list, logvol: list) -> float | None:
+    """Spearman rank correlation of |K| and logvol over the points where both are finite (None if < 3)."""
+    import math
+
+    from scipy.stats import spearmanr
+    pairs = [(abs(k), lv) for k, lv in zip(K, logvol) if k is not None and math.isfinite(k) and math.isfinite(lv)]
+    if len(pairs) < 3:
+        return None
+    r = spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).correlation
+    return None if r != r else float(r)
+
+
 def snapshot(maps: list[GeoMap], logits_fn: Callable, images: torch.Tensor, anchors: dict, cfg: GeoConfig,
              planes: bool, progress: bool = True, log=print) -> dict:
     """All geometry of one snapshot. ``images``: normalised test images (N, 3, H, W); ``logits_fn``:
@@ -155,7 +167,8 @@ def snapshot(maps: list[GeoMap], logits_fn: Callable, images: torch.Tensor, anch
             pred, ent = _pred(logits_fn, pl.points)
             entry = {"anchors": list(t), "hull": hull, "n": n, "extent": ext, "index": pl.index.tolist(),
                      "a": pl.a.tolist(), "b": pl.b.tolist(), "pred": pred, "entropy": ent, "logvol": {}, "rank": {},
-                     "curvature": {}, "curvature_boundary_ratio": {}, "volume_boundary_ratio": {}}
+                     "curvature": {}, "curvature_boundary_ratio": {}, "volume_boundary_ratio": {},
+                     "curvature_logvol_spearman": {}}
             log(f"[geometry] plane {name}: {len(pl.points)} points x {len(ms)} map(s)")
             u, v = plane_directions(X[t[0]], X[t[1]], X[t[2]])
             for m in ms:
@@ -168,6 +181,7 @@ def snapshot(maps: list[GeoMap], logits_fn: Callable, images: torch.Tensor, anch
                 lv = torch.tensor(entry["logvol"][m.name], dtype=torch.float64)
                 vol = (lv - lv[torch.isfinite(lv)].max()).exp() if bool(torch.isfinite(lv).any()) else lv
                 entry["volume_boundary_ratio"][m.name] = plane_boundary_ratio(idx, n, pred, vol.tolist())
+                entry["curvature_logvol_spearman"][m.name] = abs_curvature_logvol_spearman(K, entry["logvol"][m.name])
             rec["planes"][name] = entry
     return rec
 

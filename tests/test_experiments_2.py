@@ -94,6 +94,8 @@ def test_cifar_tiny_run_resume_and_recompute(tmp_path):
     got = torch.tensor([float("nan") if k is None else k for k in K[:3]], dtype=torch.float64)
     torch.testing.assert_close(got, ref, rtol=1e-8, atol=1e-10, equal_nan=True)
     assert "curvature_boundary_ratio" in res["summary"] and "volume_boundary_ratio" in res["summary"]
+    rho = e["curvature_logvol_spearman"]["euclidean"]
+    assert rho is None or -1 <= rho <= 1
 
 
 @pytest.mark.parametrize("name,maps", [("barlow_twins", ["euclidean"]),
