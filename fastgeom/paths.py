@@ -13,7 +13,6 @@
 """
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -22,9 +21,9 @@ from torch.func import jvp
 
 from .diagnostics import PrecisionWarning
 from .diagnostics import fmt_points as _fmt_points
-from .geometry import check_points
 from .engine.planner import default_budget, is_oom, saved_bytes_one_point
 from .features import FeatureMap, eval_mode, no_tf32
+from .geometry import check_points
 
 __all__ = ["path_length", "geodesic", "path_length_fmap", "geodesic_fmap", "GeodesicResult"]
 

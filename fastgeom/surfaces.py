@@ -26,9 +26,9 @@ from tqdm.auto import tqdm
 
 from .diagnostics import RankDeficiencyWarning
 from .diagnostics import fmt_points as _fmt_points
-from .geometry import _want_progress, check_points
 from .engine.planner import default_budget, is_oom, saved_bytes_one_point
 from .features import FeatureMap, eval_mode, no_tf32
+from .geometry import _want_progress, check_points
 
 __all__ = ["gaussian_curvature", "scalar_curvature", "gaussian_curvature_fmap", "scalar_curvature_fmap",
            "second_derivatives", "plane_directions"]
