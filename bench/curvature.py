@@ -48,17 +48,21 @@ def sync(dev):
         torch.cuda.synchronize()
 
 
-def timed(fn, dev, repeat=3):
-    """(median seconds, last result) over `repeat` runs after one warm-up."""
-    out = fn()
-    ts = []
+def timed(fns, dev, repeat=3):
+    """[(median seconds, last result)] of each callable in `fns`, after one warm-up each, over `repeat`
+    interleaved rounds (a load change on a shared machine hits every method alike). On CPU the seconds are
+    the process's CPU time (all its threads), which other processes on a shared machine do not inflate."""
+    clock = time.perf_counter if dev.type == "cuda" else time.process_time
+    outs = [f() for f in fns]
+    ts = [[] for _ in fns]
     for _ in range(repeat):
-        sync(dev)
-        t = time.perf_counter()
-        out = fn()
-        sync(dev)
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts), out
+        for k, f in enumerate(fns):
+            sync(dev)
+            t = clock()
+            outs[k] = f()
+            sync(dev)
+            ts[k].append(clock() - t)
+    return [(statistics.median(t), o) for t, o in zip(ts, outs)]
 
 
 def mlp(d, dev, width=32):
@@ -132,9 +136,8 @@ def part_small(dev, points, repeat):
         net = mlp(d, dev, width)
         x = torch.randn(points, d, dtype=D64, device=dev)
         fmap = FeatureMap(net)
-        tb, Rb = timed(lambda: brute_R(fmap, x), dev, repeat)
-        tn, Rn = timed(lambda: naive_R(fmap, x), dev, repeat)
-        tf, Rf = timed(lambda: fg.scalar_curvature(net, x, progress=False), dev, repeat)
+        (tb, Rb), (tn, Rn), (tf, Rf) = timed([lambda: brute_R(fmap, x), lambda: naive_R(fmap, x),
+                                              lambda: fg.scalar_curvature(net, x, progress=False)], dev, repeat)
         rows.append({"case": f"scalar_curvature, tanh MLP {d}-{width}-{width}-{2 * d + 3}", "points": points,
                      "brute_s": tb / points, "naive_s": tn / points, "fast_s": tf / points,
                      "err_fast": rel(Rf, Rb), "err_naive": rel(Rn, Rb)})
@@ -143,9 +146,8 @@ def part_small(dev, points, repeat):
     x = torch.randn(points, 3, 13, 13, dtype=D64, device=dev)
     u, v = torch.randn(3, 13, 13, dtype=D64, device=dev), torch.randn(3, 13, 13, dtype=D64, device=dev)
     fmap = FeatureMap(net)
-    tb, Kb = timed(lambda: brute_K(fmap, x, u, v), dev, repeat)
-    tn, Kn = timed(lambda: naive_K(fmap, x, u, v), dev, repeat)
-    tf, Kf = timed(lambda: fg.gaussian_curvature(net, x, u, v, progress=False), dev, repeat)
+    (tb, Kb), (tn, Kn), (tf, Kf) = timed([lambda: brute_K(fmap, x, u, v), lambda: naive_K(fmap, x, u, v),
+                                          lambda: fg.gaussian_curvature(net, x, u, v, progress=False)], dev, repeat)
     rows.append({"case": "gaussian_curvature, GELU CNN 3x13x13 -> 24, plane", "points": points,
                  "brute_s": tb / points, "naive_s": tn / points, "fast_s": tf / points,
                  "err_fast": rel(Kf, Kb), "err_naive": rel(Kn, Kb)})
@@ -165,9 +167,9 @@ def part_resnet(dev, arch, width, size, grid, lv_points, repeat):
     A, Bm = torch.meshgrid(a, a, indexing="ij")
     X = x0 + A.reshape(-1, 1, 1, 1) * u + Bm.reshape(-1, 1, 1, 1) * v
     n = X.shape[0]
-    tk, K = timed(lambda: fg.gaussian_curvature(model, X, u, v, progress=False), dev, repeat)
     sub = X[torch.linspace(0, n - 1, min(lv_points, n)).long()]
-    tl, _ = timed(lambda: fg.logvol(model, sub, progress=False), dev, max(1, repeat - 1))
+    (tk, K), (tl, _) = timed([lambda: fg.gaussian_curvature(model, X, u, v, progress=False),
+                              lambda: fg.logvol(model, sub, progress=False)], dev, repeat)
     # float32 vs float64 network at a few points: what float32 loses
     few = X[:4]
     K64 = fg.gaussian_curvature(model, few, u, v, dtype=D64, progress=False)
@@ -181,8 +183,9 @@ def part_resnet(dev, arch, width, size, grid, lv_points, repeat):
 
 def render(res) -> str:
     from _results import device_line
-    lines = [f"`python bench/curvature.py {res['mode']}` — {device_line()}", "",
-             "Seconds per point (median of the repeats); error = max relative difference to the brute-force oracle "
+    lines = [f"`python bench/curvature.py {res['mode']}` — {device_line()}; load average {res.get('load', 0):.1f} "
+             "(a shared machine: ratios are measured interleaved, absolute times are not representative)", "",
+             "Seconds per point (median of interleaved repeats; on CPU the process's CPU seconds); error = max relative difference to the brute-force oracle "
              "(float64). *naive*: Hessian of phi by nested jacfwd, one point at a time; *fast*: fastgeom.surfaces "
              "(nested JVPs vmapped over direction pairs, batched over points).", "",
              "| case | points | brute s/pt | naive s/pt | fast s/pt | brute / fast | err fast | err naive |",
@@ -232,6 +235,7 @@ def main(argv=None):
         res["resnet"] = part_resnet(dev, "resnet34", 64, 32, a.grid or 64, a.logvol_points or 64, a.repeat)
     else:
         res["resnet"] = part_resnet(dev, "resnet18", 8, 16, a.grid or 8, a.logvol_points or 8, a.repeat)
+    res["load"] = os.getloadavg()[0]
     os.makedirs(os.path.dirname(a.json), exist_ok=True)
     with open(a.json, "w") as f:
         json.dump(res, f, indent=1)

@@ -1,9 +1,12 @@
 """Geometry of one snapshot of a CIFAR network: logvol along paths and on planes, per-block logvol,
 spectra at the anchors, with predictions and normalised softmax entropy at every point.
 
-Everything calls the library (``fastgeom.logvol``, ``fastgeom.spectrum``, ``fastgeom.slices``);
-nothing is re-derived here. ``logvol`` is in nats with ``normalize=True`` (features / sqrt(d_out),
-MATH.md 2.1); the figures convert to log10.
+Everything calls the library (``fastgeom.logvol``, ``fastgeom.spectrum``, ``fastgeom.slices``,
+``fastgeom.gaussian_curvature``); nothing is re-derived here. ``logvol`` is in nats with ``normalize=True``
+(features / sqrt(d_out), MATH.md 2.1); the figures convert to log10. On every plane, beside the log
+volume, the Gaussian curvature K of the plane's image (of the same normalised features: d_out times K of
+the raw ones) and ``boundary_ratio`` statistics: mean |K| (and mean volume element) on the plane's
+decision-boundary cells (a grid neighbour is predicted differently) over the mean elsewhere.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import torch
 
 import fastgeom as fg
 from fastgeom.slices import normalized_entropy, path, plane
+from fastgeom.surfaces import plane_directions
 
 
 @dataclass
@@ -79,6 +83,52 @@ def _pred(logits_fn, x: torch.Tensor, batch: int = 256):
     return logits.argmax(1).tolist(), normalized_entropy(logits).tolist()
 
 
+def _gauss(m: GeoMap, pts: torch.Tensor, u, v, cfg: GeoConfig, progress: bool) -> list:
+    """K (P,) of the plane x + a u + b v at pts for the normalised features of m (None where undefined)."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fg.RankDeficiencyWarning)  # undefined points are recorded as None
+        K = fg.gaussian_curvature(m.model, pts, u, v, layer=m.layer, target=m.target, dtype=_dtype(cfg.dtype),
+                                  progress=progress)
+    with torch.no_grad():
+        d_out = fg.Geometry(m.model, m.layer, target=m.target, dtype=_dtype(cfg.dtype)).probe(pts[:1]).d_out
+    return [v if v == v else None for v in (K * d_out).tolist()]
+
+
+def plane_boundary_ratio(index, n: int, pred, values) -> float | None:
+    """mean(values) on the plane's decision-boundary cells (a 4-neighbour on the n x n grid is predicted as
+    another class) over mean(values) on the other cells; cells without a finite value are left out."""
+    import math
+    grid_pred = torch.full((n * n,), -1, dtype=torch.long)
+    grid_val = torch.full((n * n,), float("nan"), dtype=torch.float64)
+    grid_pred[torch.tensor(index)] = torch.tensor(pred)
+    grid_val[torch.tensor(index)] = torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float64)
+    P, V = grid_pred.reshape(n, n), grid_val.reshape(n, n)
+    edge = torch.zeros(n, n, dtype=torch.bool)
+    for dim in (0, 1):
+        a, b = P.narrow(dim, 0, n - 1), P.narrow(dim, 1, n - 1)
+        diff = (a != b) & (a >= 0) & (b >= 0)
+        edge.narrow(dim, 0, n - 1).logical_or_(diff)
+        edge.narrow(dim, 1, n - 1).logical_or_(diff)
+    ok = torch.isfinite(V) & (P >= 0)
+    near, far = V[ok & edge], V[ok & ~edge]
+    if near.numel() == 0 or far.numel() == 0 or float(far.mean()) == 0:
+        return None
+    return float(near.mean() / far.mean())
+
+
+def abs_curvature_logvol_spearman(K: list, logvol: list) -> float | None:
+    """Spearman rank correlation of |K| and logvol over the points where both are finite (None if < 3)."""
+    import math
+
+    from scipy.stats import spearmanr
+    pairs = [(abs(k), lv) for k, lv in zip(K, logvol) if k is not None and math.isfinite(k) and math.isfinite(lv)]
+    if len(pairs) < 3:
+        return None
+    r = spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).correlation
+    return None if r != r else float(r)
+
+
 def snapshot(maps: list[GeoMap], logits_fn: Callable, images: torch.Tensor, anchors: dict, cfg: GeoConfig,
              planes: bool, progress: bool = True, log=print) -> dict:
     """All geometry of one snapshot. ``images``: normalised test images (N, 3, H, W); ``logits_fn``:
@@ -116,10 +166,22 @@ def snapshot(maps: list[GeoMap], logits_fn: Callable, images: torch.Tensor, anch
             pl = plane(X[t[0]], X[t[1]], X[t[2]], n=n, hull=hull, extent=ext)
             pred, ent = _pred(logits_fn, pl.points)
             entry = {"anchors": list(t), "hull": hull, "n": n, "extent": ext, "index": pl.index.tolist(),
-                     "a": pl.a.tolist(), "b": pl.b.tolist(), "pred": pred, "entropy": ent, "logvol": {}, "rank": {}}
+                     "a": pl.a.tolist(), "b": pl.b.tolist(), "pred": pred, "entropy": ent, "logvol": {}, "rank": {},
+                     "curvature": {}, "curvature_boundary_ratio": {}, "volume_boundary_ratio": {},
+                     "curvature_logvol_spearman": {}}
             log(f"[geometry] plane {name}: {len(pl.points)} points x {len(ms)} map(s)")
+            u, v = plane_directions(X[t[0]], X[t[1]], X[t[2]])
             for m in ms:
                 entry["logvol"][m.name], entry["rank"][m.name], _ = _lv(m, pl.points, cfg, progress)
+                K = _gauss(m, pl.points, u.to(dt), v.to(dt), cfg, progress)
+                entry["curvature"][m.name] = K
+                idx = entry["index"]
+                entry["curvature_boundary_ratio"][m.name] = plane_boundary_ratio(
+                    idx, n, pred, [None if k is None else abs(k) for k in K])
+                lv = torch.tensor(entry["logvol"][m.name], dtype=torch.float64)
+                vol = (lv - lv[torch.isfinite(lv)].max()).exp() if bool(torch.isfinite(lv).any()) else lv
+                entry["volume_boundary_ratio"][m.name] = plane_boundary_ratio(idx, n, pred, vol.tolist())
+                entry["curvature_logvol_spearman"][m.name] = abs_curvature_logvol_spearman(K, entry["logvol"][m.name])
             rec["planes"][name] = entry
     return rec
 

@@ -63,6 +63,38 @@ def planes_figure(records: dict, epoch: int, names: list[str], classes, test_y, 
                                 suptitle=f"{title}, epoch {epoch}")
 
 
+def curvature_figure(records: dict, names: list[str], classes, test_y, title: str, map_name: str):
+    """Rows: planes; columns: for each plane epoch, log10 vol beside the Gaussian curvature K (diverging map
+    centred at 0, +-99th percentile of |K| per panel), with the boundary ratio of |K| in the title."""
+    eps = {e: g for e, g in _epochs(records).items() if any(n in g["planes"] for n in names)}
+    rows = [n for n in names if any(n in g["planes"] and "curvature" in g["planes"][n]
+                                    and map_name in g["planes"][n]["curvature"] for g in eps.values())]
+    if not rows:
+        return None
+    cols = sorted(eps)
+    fig, axes = plt.subplots(len(rows), 2 * len(cols), figsize=(3.2 * 2 * len(cols), 3.0 * len(rows)),
+                             squeeze=False, constrained_layout=True)
+    for i, nm in enumerate(rows):
+        for j, e in enumerate(cols):
+            entry = eps[e]["planes"].get(nm)
+            ax_v, ax_k = axes[i, 2 * j], axes[i, 2 * j + 1]
+            if entry is None or map_name not in entry.get("curvature", {}):
+                ax_v.axis("off")
+                ax_k.axis("off")
+                continue
+            pl = _plane(entry)
+            anchors = [_cls(classes, int(test_y[k])) for k in entry["anchors"]]
+            fplot.plane_panel(pl, fplot.log10(entry["logvol"][map_name]), ax_v, kind="value",
+                              title=f"epoch {e}: " + r"$\log_{10}$ vol", anchor_names=anchors, colorbar="log10 vol")
+            K = [float("nan") if k is None else k for k in entry["curvature"][map_name]]
+            br = entry["curvature_boundary_ratio"].get(map_name)
+            fplot.plane_panel(pl, K, ax_k, kind="curvature", anchor_names=anchors, colorbar="K",
+                              title=f"epoch {e}: K" + ("" if br is None else f" (|K| boundary ratio {br:.2f})"))
+        axes[i, 0].set_ylabel(f"{nm} [{map_name}]", fontsize=8)
+    fig.suptitle(f"{title}: Gaussian curvature of the plane beside log volume", fontsize=10)
+    return fig
+
+
 def blocks_figure(records: dict, title: str):
     """One panel per block (layer1..layer4, each average-pooled), log10 vol along the first path, a line per epoch."""
     eps = _epochs(records)
@@ -110,3 +142,7 @@ def make_figures(run, classes, test_y, title: str, maps: list[str]) -> None:
             fig = planes_figure(recs, e, names, classes, test_y, title, m)
             if fig is not None:
                 run.savefig(fig, f"plane_{tag}_epoch{e}")
+    names = sorted({n for g in eps.values() for n in g["planes"]})
+    fig = curvature_figure(recs, names, classes, test_y, title, maps[0])
+    if fig is not None:
+        run.savefig(fig, "plane_curvature")

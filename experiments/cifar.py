@@ -6,7 +6,9 @@ RandomCrop(32, pad 4) + flip + normalisation; 64-step paths, 80x80 planes, block
 Quick (CPU minutes): ResNet-18 of width 8 (64 features) on 16x16 images, 2000 training images
 (the procedural stand-in unless CIFAR-10 is under --data-root), 16-point paths, small planes,
 blocks pooled to 64. Figures: paths over epochs, convex-hull and affine planes (prediction,
-normalised softmax entropy, log10 vol), same-class planes, per-block logvol, spectra at anchors.
+normalised softmax entropy, log10 vol), same-class planes, per-block logvol, spectra at anchors, and
+(beyond the paper) the Gaussian curvature of every plane beside its log volume (``plane_curvature``),
+with ``curvature_boundary_ratio`` / ``volume_boundary_ratio`` in the summary (``_cifar_eval``).
 
     python -m experiments.cifar --quick --out runs/cifar-quick [--activation relu]
     python -m experiments.cifar --full --data-root data --download --out runs/cifar-gelu
@@ -102,7 +104,13 @@ def _main(args) -> Run:
         run.record(key, rec)
     make_figures(run, data.classes, data.test_y, title, ["euclidean"])
     last = run.results["records"][f"epoch_{epochs}"]
-    run.summary(final_test_acc=last["test_acc"], final_train_acc=last["train_acc"])
+    run.summary(final_test_acc=last["test_acc"], final_train_acc=last["train_acc"],
+                curvature_boundary_ratio={e: {n: pl.get("curvature_boundary_ratio", {}).get("euclidean")
+                                              for n, pl in run.results["records"][f"epoch_{e}"]["geometry"]["planes"].items()}
+                                          for e in plane_eps if f"epoch_{e}" in run.results["records"]},
+                volume_boundary_ratio={e: {n: pl.get("volume_boundary_ratio", {}).get("euclidean")
+                                           for n, pl in run.results["records"][f"epoch_{e}"]["geometry"]["planes"].items()}
+                                       for e in plane_eps if f"epoch_{e}" in run.results["records"]})
     print(f"[cifar] done in {run.results['wall_seconds']} s; results in {run.out}")
     return run
 

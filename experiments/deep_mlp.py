@@ -10,6 +10,12 @@ Model: [2, 8, 8, 8, 2] with h_l = sigmoid((W_l h_{l-1} + b_l)/sqrt(n_{l-1})) aft
 l's metric is that of h_l/sqrt(n_l): ``fastgeom.logvol(model, grid, layer=f"acts.{l}",
 normalize=True, method="dense")`` (exact engine, float64). results.json also has each layer's
 ``boundary_ratio`` (as the sinusoid driver).
+
+Beyond the paper (which shows only volume for deep nets): each layer's Ricci scalar R of the same
+metric (``fastgeom.scalar_curvature``, Gauss's equation; every hidden layer is an immersion, 8 >= 2,
+and for 2-D inputs R = 2K; scaled by n_l because the features are h_l/sqrt(n_l)) on the grid, its map
+over training (figure ``curvature_layers``), and ``curvature_boundary_ratio``: mean |R| within 0.15 of
+the true boundary over the mean elsewhere (points where R is undefined, NaN, left out).
 """
 from __future__ import annotations
 
@@ -24,9 +30,16 @@ from experiments.xor import TaggedRun, add_common
 import fastgeom as fg
 from fastgeom import data, slices
 from fastgeom.sinusoid import boundary_ratio
+from fastgeom.surfaces import scalar_curvature
 from fastgeom.train import DeepMLP, full_batch_epoch, logits
 
 LN10 = math.log(10)
+
+
+def curvature_boundary_ratio(grid: torch.Tensor, R: torch.Tensor) -> float:
+    """boundary_ratio of |R| over the points where R is defined (NaN where it is not measurable)."""
+    ok = torch.isfinite(R)
+    return boundary_ratio(grid[ok], R[ok].abs()) if bool(ok.any()) else float("nan")
 
 
 def config(args) -> dict:
@@ -61,13 +74,16 @@ def main(argv=None) -> dict:
     for ep in run.snapshot_loop(model, opt, cfg["snapshots"], lambda e: full_batch_epoch(model, opt, x, y),
                                 desc="deep_mlp"):
         key = f"epoch_{ep}"
-        if not run.has(key):
+        if not run.has(key) or "ricci" not in run.results["records"][key].get(layers[0], {}):  # older runs: no R
             lg = logits(model, grid)
             rec = {"epoch": ep, "train_accuracy": float((logits(model, x).argmax(1) == y).double().mean()),
                    "margin": (lg[:, 1] - lg[:, 0]).tolist()}
-            for layer in layers:
+            for i, layer in enumerate(layers):
                 lv = fg.logvol(model, grid, layer=layer, normalize=True, method="dense", progress=False)
-                rec[layer] = {"log10vol": (lv / LN10).tolist(), "boundary_ratio": boundary_ratio(grid, lv.exp())}
+                R = scalar_curvature(model, grid, layer, progress=False) * cfg["widths"][i + 1]  # of h_l/sqrt(n_l)
+                rec[layer] = {"log10vol": (lv / LN10).tolist(), "boundary_ratio": boundary_ratio(grid, lv.exp()),
+                              "ricci": [v if math.isfinite(v) else None for v in R.tolist()],
+                              "curvature_boundary_ratio": curvature_boundary_ratio(grid, R)}
             run.record(key, rec)
         recs[ep] = run.results["records"][key]
     epochs = sorted(recs)
@@ -77,7 +93,18 @@ def main(argv=None) -> dict:
     fig = fg.plot.heatmap_grid(panels, axis, row_labels=[f"layer {i + 1}: " + r"$\log_{10}$ vol" for i in range(len(layers))],
                                suptitle=f"deep MLP {cfg['widths']} on the sinusoid task ({run.mode} mode)")
     run.savefig(fig, "heatmaps_layers")
+    nan = float("nan")
+    panels = [[{"values": [nan if v is None else v for v in recs[e][layer]["ricci"]], "margin": recs[e]["margin"],
+                "true_boundary": data.sinusoid_boundary, "symmetric": True,
+                "title": (f"epoch {e} (acc {recs[e]['train_accuracy']:.2f})" if i == 0 else None)}
+               for e in epochs] for i, layer in enumerate(layers)]
+    fig = fg.plot.heatmap_grid(panels, axis, row_labels=[f"layer {i + 1}: Ricci scalar R" for i in range(len(layers))],
+                               suptitle=f"deep MLP {cfg['widths']}: scalar curvature per layer ({run.mode} mode; "
+                                        r"colour $\pm$95th percentile of |R|)")
+    run.savefig(fig, "curvature_layers")
     run.summary(boundary_ratio={layer: {str(e): recs[e][layer]["boundary_ratio"] for e in epochs} for layer in layers},
+                curvature_boundary_ratio={layer: {str(e): recs[e][layer]["curvature_boundary_ratio"] for e in epochs}
+                                          for layer in layers},
                 final_accuracy=recs[epochs[-1]]["train_accuracy"])
     print(f"wrote {run.out}/results.json", file=sys.stderr)
     return run.results

@@ -436,7 +436,7 @@ def _cmd_plot(args) -> int:
         raise InputError(f"{args.csv}: has no rows to plot")
     out = args.out or os.path.splitext(args.csv)[0] + ".png"
     spec_cols = [c for c in cols if c[:1] == "s" and c[1:].isdigit()]
-    col = args.column or ("logvol" if "logvol" in cols else None)
+    col = args.column or next((c for c in ("logvol", "K", "R") if c in cols), None)
     if col is not None and col not in cols:
         raise InputError(f"{args.csv}: no column {col!r}; it has {', '.join(cols)}")
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
@@ -473,7 +473,8 @@ def _cmd_plot(args) -> int:
             label = "log10 volume element"
         if "a" in cols and "b" in cols:
             img, ext = plane_image(a[:, cols.index("a")], a[:, cols.index("b")], v)
-            im = ax.imshow(img, origin="lower", aspect="equal", cmap=args.cmap, extent=ext)
+            from .plot import value_colors  # curvature columns: diverging map centred at 0
+            im = ax.imshow(img, origin="lower", aspect="equal", extent=ext, **value_colors(col, v, args.cmap))
             fig.colorbar(im, ax=ax, label=label)
             ax.set_xlabel("a")
             ax.set_ylabel("b")
@@ -530,6 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--max-lines", type=int, default=16, help="spectra: at most this many rows")
     pp.add_argument("--quiet", action="store_true")
     pp.set_defaults(func=_cmd_plot)
+    from .cli_curvature import add_parsers  # curvature, geodesic
+    add_parsers(sub, _add_compute_args)
     return p
 
 

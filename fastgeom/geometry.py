@@ -384,3 +384,40 @@ class Geometry:
             if what == "logvol":
                 return randomized.logvol(self.fmap, xc, p.d_in, p.d_out, make_pass=make_pass, **kw, **opts)
             return randomized.spectrum(self.fmap, xc, p.d_in, p.d_out, make_pass=make_pass, **kw, **opts)
+
+    # ------------------------------------------------------------------ curvature and paths (fastgeom.surfaces/paths)
+    def gaussian_curvature(self, x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, *, return_metric: bool = False,
+                           chunk_size: int | None = None, progress: bool | None = None):
+        """Gaussian curvature (B,) of the input planes x + a u + b v (see ``fastgeom.surfaces.gaussian_curvature``)."""
+        from . import surfaces
+        p = self.probe(x)
+        self._warn_train()
+        return surfaces.gaussian_curvature_fmap(self.fmap, x, u, v, return_metric=return_metric, chunk_size=chunk_size,
+                                                budget=self.budget, progress=progress, max_points=1 if p.coupled else None)
+
+    def scalar_curvature(self, x: torch.Tensor, *, chunk_size: int | None = None, progress: bool | None = None):
+        """Ricci scalar (B,) of the full pullback metric of an immersion (see ``fastgeom.surfaces.scalar_curvature``)."""
+        from . import surfaces
+        p = self.probe(x)
+        self._warn_train()
+        return surfaces.scalar_curvature_fmap(self.fmap, x, p.d_out, chunk_size=chunk_size, budget=self.budget,
+                                              progress=progress, max_points=1 if p.coupled else None)
+
+    def path_length(self, path: torch.Tensor, *, per_segment: bool = False, rtol: float = 1e-8, pieces: int = 4):
+        """Feature-space length of the polyline `path` (T, *in) (see ``fastgeom.paths.path_length``)."""
+        from . import paths
+        paths.check_path(path)
+        self.probe(path)
+        self._warn_train()
+        return paths.path_length_fmap(self.fmap, path, per_segment=per_segment, rtol=rtol, pieces=pieces,
+                                      budget=self.budget)
+
+    def geodesic(self, x0: torch.Tensor, x1: torch.Tensor, *, n: int = 32, max_iter: int = 500, tol: float = 1e-10,
+                 rtol: float = 1e-8):
+        """Discrete geodesic from x0 to x1 (each (*in)) (see ``fastgeom.paths.geodesic``)."""
+        from . import paths
+        if not isinstance(x0, torch.Tensor):
+            raise TypeError(f"x0 must be a torch.Tensor of shape input_shape, got {type(x0).__name__}")
+        self.probe(x0[None])
+        self._warn_train()
+        return paths.geodesic_fmap(self.fmap, x0, x1, n=n, max_iter=max_iter, tol=tol, rtol=rtol, budget=self.budget)

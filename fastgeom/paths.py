@@ -13,18 +13,17 @@
 """
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
 import torch
 from torch.func import jvp
 
-from .api import check_points, prepare
 from .diagnostics import PrecisionWarning
 from .diagnostics import fmt_points as _fmt_points
 from .engine.planner import default_budget, is_oom, saved_bytes_one_point
 from .features import FeatureMap, eval_mode, no_tf32
+from .geometry import check_points
 
 __all__ = ["path_length", "geodesic", "path_length_fmap", "geodesic_fmap", "GeodesicResult"]
 
@@ -85,7 +84,7 @@ def _rows(fmap, x1: torch.Tensor, budget) -> int:
     return min(n, 1024) if x1.device.type == "cpu" else n
 
 
-def _check_path(path, name="path") -> torch.Tensor:
+def check_path(path, name="path") -> torch.Tensor:
     if not isinstance(path, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor (T, *input_shape), got {type(path).__name__}")
     check_points(path)
@@ -101,7 +100,7 @@ def path_length_fmap(fmap: FeatureMap, path: torch.Tensor, *, per_segment: bool 
     Each segment starts as `pieces` intervals. The error estimate controls what the nodes resolve: a
     feature of the integrand narrower than the node spacing (about 1 / (30 pieces) of a segment at the
     start), such as a short linear piece of a ReLU network, can be missed entirely."""
-    _check_path(path)
+    check_path(path)
     if not (isinstance(rtol, float) and 0 < rtol < 1):
         raise ValueError(f"rtol must be a float in (0, 1), got {rtol!r}")
     dev = path.device
@@ -248,9 +247,9 @@ def path_length(model, path: torch.Tensor, layer=None, *, pool=None, target: str
     the integrand narrower than the node spacing, like short linear pieces of a ReLU net, can be missed).
     model, layer, pool, target, dtype as in ``fastgeom.logvol``.
     """
-    _check_path(path)
-    fmap, _, _ = prepare(model, path, layer, pool, dtype, target)
-    return path_length_fmap(fmap, path, per_segment=per_segment, rtol=rtol, pieces=pieces, budget=budget)
+    from .geometry import Geometry
+    return Geometry(model, layer, pool=pool, target=target, dtype=dtype, budget=budget).path_length(
+        path, per_segment=per_segment, rtol=rtol, pieces=pieces)
 
 
 def geodesic(model, x0: torch.Tensor, x1: torch.Tensor, layer=None, *, n: int = 32, pool=None,
@@ -263,7 +262,6 @@ def geodesic(model, x0: torch.Tensor, x1: torch.Tensor, layer=None, *, n: int = 
     starting from the straight path; endpoints fixed. For a submersion the minimiser is not unique (the
     energy is flat along the fibres of phi), see ``fastgeom.paths``. Returns a ``GeodesicResult``.
     """
-    if not isinstance(x0, torch.Tensor):
-        raise TypeError(f"x0 must be a torch.Tensor of shape input_shape, got {type(x0).__name__}")
-    fmap, _, _ = prepare(model, x0[None], layer, pool, dtype, target)
-    return geodesic_fmap(fmap, x0, x1, n=n, max_iter=max_iter, tol=tol, rtol=rtol, budget=budget)
+    from .geometry import Geometry
+    return Geometry(model, layer, pool=pool, target=target, dtype=dtype, budget=budget).geodesic(
+        x0, x1, n=n, max_iter=max_iter, tol=tol, rtol=rtol)

@@ -206,6 +206,27 @@ def paths_over_epochs(paths: Mapping[str, Mapping[int, dict]], *, ylabel: str = 
     return fig
 
 
+CURVATURE_COLUMNS = ("K", "R")
+
+
+def curvature_limits(values, q: float = 99.0) -> tuple[float, float]:
+    """Symmetric colour limits (-m, m) for a signed curvature map: m = the q-th percentile of |values|
+    (finite ones; a few extreme points near singular ones must not wash out the map), 1 if all are 0/NaN."""
+    v = np.abs(_np(values))
+    v = v[np.isfinite(v)]
+    m = float(np.percentile(v, q)) if v.size else 0.0
+    return (-m, m) if m > 0 else (-1.0, 1.0)
+
+
+def value_colors(column: str, values, cmap: str = "viridis") -> dict:
+    """imshow colour keywords for a value column: curvature (K, R) gets a diverging map centred at 0
+    (RdBu_r unless another cmap than the default is asked for), other columns ``cmap``."""
+    if column in CURVATURE_COLUMNS:
+        lo, hi = curvature_limits(values)
+        return {"cmap": "RdBu_r" if cmap == "viridis" else cmap, "vmin": lo, "vmax": hi}
+    return {"cmap": cmap}
+
+
 # ---------------------------------------------------------------------------------------------
 # Planes through three anchors
 # ---------------------------------------------------------------------------------------------
@@ -231,7 +252,7 @@ def plane_panel(plane: Plane, values, ax=None, *, kind: str = "value", title: st
                 vmin=None, vmax=None, colorbar: str | None = None):
     """One panel of a plane (MATH.md 8.2) in (a, b) coordinates, with the anchor triangle.
 
-    ``kind``: ``"value"`` (continuous, e.g. log10 vol), ``"class"`` (predicted class, tab10) or
+    ``kind``: ``"value"`` (continuous, e.g. log10 vol), ``"curvature"`` (signed, diverging map centred at 0), ``"class"`` (predicted class, tab10) or
     ``"entropy"`` (normalised softmax entropy, fixed limits [0, 1]). A convex-hull plane (all kept
     points inside) is drawn as the ternary triangle; an affine plane fills [-extent, extent]^2."""
     fig, ax = _axes(ax)
@@ -247,8 +268,12 @@ def plane_panel(plane: Plane, values, ax=None, *, kind: str = "value", title: st
     elif kind == "value":
         im = ax.imshow(img, origin="lower", extent=(ext[0], ext[1], ext[0], ext[1]), cmap=cmap or "viridis",
                        vmin=vmin, vmax=vmax, interpolation="nearest")
+    elif kind == "curvature":  # signed: diverging map centred at 0, symmetric limits
+        lo, hi = curvature_limits(values) if vmin is None and vmax is None else (vmin, vmax)
+        im = ax.imshow(img, origin="lower", extent=(ext[0], ext[1], ext[0], ext[1]), cmap=cmap or "RdBu_r",
+                       vmin=lo, vmax=hi, interpolation="nearest")
     else:
-        raise ValueError(f"kind must be 'value', 'class' or 'entropy', got {kind!r}")
+        raise ValueError(f"kind must be 'value', 'curvature', 'class' or 'entropy', got {kind!r}")
     convex = bool(_np(plane.inside).all())
     _triangle(ax, anchor_names, color="w" if kind != "class" else "k")
     if convex:

@@ -91,6 +91,13 @@ def test_deep_mlp(outdir):
         assert len(v) == 400 and all(math.isfinite(x) for x in v)
     # deeper layers compose more contractions: different maps, different volumes
     assert rec["acts.0"]["log10vol"] != rec["acts.2"]["log10vol"]
+    # per-layer scalar curvature (every layer an immersion): defined on the grid, a boundary statistic, a figure
+    for layer in ("acts.0", "acts.1", "acts.2"):
+        R = rec[layer]["ricci"]
+        assert len(R) == 400 and sum(v is not None and math.isfinite(v) for v in R) >= 390
+        assert rec[layer]["curvature_boundary_ratio"] > 0
+    assert set(res["summary"]["curvature_boundary_ratio"]) == {"acts.0", "acts.1", "acts.2"}
+    assert (outdir / "deep_mlp" / "curvature_layers.png").exists()
 
 
 def test_infinite_width_errors_shrink(outdir):

@@ -75,6 +75,27 @@ def test_cifar_tiny_run_resume_and_recompute(tmp_path):
     cifar.main(TINY + ["--out", out])
     assert os.path.getmtime(os.path.join(out, "ckpt", "epoch_000001.pt")) == mtime
     assert _load(out)["records"] == res["records"]
+    # Gaussian curvature on the planes beside logvol: recorded K equals the API on the checkpoint (K of the
+    # normalised features = d_out K), boundary statistics and the figure are there
+    assert os.path.getsize(os.path.join(out, "plane_curvature.png")) > 1000
+    planes = res["records"]["epoch_1"]["geometry"]["planes"]
+    e = next(v for k, v in planes.items() if k.startswith("affine"))
+    K = e["curvature"]["euclidean"]
+    assert len(K) == len(e["a"]) and sum(k is not None for k in K) >= len(K) - 1
+    t = e["anchors"]
+    X = D.normalize(data.test_x[t]).double()
+    from fastgeom.slices import plane
+    from fastgeom.surfaces import plane_directions
+    pl = plane(X[0], X[1], X[2], n=e["n"], hull="affine", extent=e["extent"])
+    u, v = plane_directions(X[0], X[1], X[2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = fg.gaussian_curvature(model.double(), pl.points[:3], u, v, layer="avgpool") * 32  # width 4: 32 features
+    got = torch.tensor([float("nan") if k is None else k for k in K[:3]], dtype=torch.float64)
+    torch.testing.assert_close(got, ref, rtol=1e-8, atol=1e-10, equal_nan=True)
+    assert "curvature_boundary_ratio" in res["summary"] and "volume_boundary_ratio" in res["summary"]
+    rho = e["curvature_logvol_spearman"]["euclidean"]
+    assert rho is None or -1 <= rho <= 1
 
 
 @pytest.mark.parametrize("name,maps", [("barlow_twins", ["euclidean"]),

@@ -41,6 +41,7 @@ def relu_length_exact(W1, b1, W2, path):
     """Exact length of a polyline through a one-hidden-layer ReLU net: on each linear piece of each
     segment (cut where a pre-activation changes sign) the integrand |J dx| is constant."""
     total = []
+    W1, b1, W2 = W1.detach(), b1.detach(), W2.detach()
     for p, q in zip(path[:-1], path[1:]):
         dz = (q - p) @ W1.T
         z0 = p @ W1.T + b1

@@ -114,7 +114,8 @@ def test_cnn_plane_vs_oracle(layer):
     x = torch.randn(3, 1, 6, 7, dtype=D64)
     u, v = torch.randn(3, 1, 6, 7, dtype=D64), torch.randn(3, 1, 6, 7, dtype=D64)
     net.train()
-    K = fg.gaussian_curvature(net, x, u, v, layer)
+    with pytest.warns(fg.geometry.EvalModeWarning):
+        K = fg.gaussian_curvature(net, x, u, v, layer)
     assert net.training  # restored
     net.eval()
     ref = oracle_K(FeatureMap(net, layer), x, u, v)
@@ -211,3 +212,15 @@ def test_float32_network_close_to_float64():
     torch.testing.assert_close(K32, K64, rtol=1e-3, atol=1e-4 * float(K64.abs().max()))
     R32, R64 = fg.scalar_curvature(net, x, "3"), fg.scalar_curvature(net, x, "3", dtype=D64)
     torch.testing.assert_close(R32, R64, rtol=1e-3, atol=1e-4 * float(R64.abs().max()))
+
+
+def test_geometry_handle_methods_equal_the_functional_forms():
+    net = mlp()
+    x = torch.randn(5, 3, dtype=D64)
+    u, v = torch.randn(3, dtype=D64), torch.randn(3, dtype=D64)
+    g = fg.Geometry(net, "3")
+    torch.testing.assert_close(g.scalar_curvature(x), fg.scalar_curvature(net, x, "3"), rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(g.gaussian_curvature(x, u, v), fg.gaussian_curvature(net, x, u, v, "3"), rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(g.path_length(x), fg.path_length(net, x, "3"), rtol=1e-13, atol=0)
+    r = g.geodesic(x[0], x[1], n=5)
+    torch.testing.assert_close(r.path, fg.geodesic(net, x[0], x[1], "3", n=5).path, rtol=1e-12, atol=1e-12)
