@@ -19,7 +19,7 @@ from torch import nn
 
 import fastgeom as fg
 from fastgeom.api import prepare
-from fastgeom.engine import StreamedEngine, batching, guards, jacobian_dense
+from fastgeom.engine import StreamedEngine, batching, choice, guards, jacobian_dense
 from fastgeom.engine.linear_net import LinearGraph, LinearizeError, validated_linearize
 from fastgeom.engine.streamed import AutogradPass
 from fastgeom.features import FeatureMap
@@ -38,6 +38,13 @@ def _blocks(fmap, x, d_out, mode, linearize=None, chunk=64):
     eng.points = x.shape[0]
     with guards.ad_guards():  # as Geometry enters it around every pass
         return torch.cat([J for _, J, _ in eng.run(x, chunk_size=chunk)])
+
+
+def _auto_always_pays(monkeypatch):
+    """auto tries the linearised engine at once and keeps it (its timing policy is tested in test_geometry):
+    what is checked is that every family linearises, validates and agrees."""
+    monkeypatch.setattr(choice, "LINEARIZE_MIN_SECONDS", 0.0)
+    monkeypatch.setattr(choice, "SWITCH_GAIN", float("inf"))
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +78,10 @@ def test_family_every_exact_engine_matches_float64_reference(name, family_cache)
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_auto_takes_the_linearised_engine(name, family_cache):
+def test_auto_takes_the_linearised_engine(name, family_cache, monkeypatch):
+    _auto_always_pays(monkeypatch)
     m, x, ref = _family(name, family_cache)
-    lv, diag = fg.logvol(m, x, return_diagnostics=True)
+    lv, diag = fg.logvol(m, x, return_diagnostics=True, chunk_size=3)  # the trial needs a chunk after the first
     assert diag.method == "linearized"
     want = torch.linalg.svdvals(ref).log().sum(-1)
     torch.testing.assert_close(lv, want, rtol=1e-9, atol=1e-9)
@@ -92,7 +100,7 @@ def test_rules_cover_gating_layernorm_and_inplace_families(family_cache):
 
 @pytest.mark.parametrize("kind", ["mha", "lstm", "gru"])
 @pytest.mark.parametrize("scale", [1.0, 1e-6])
-def test_tuple_module_branch_every_engine_both_modes(kind, scale):
+def test_tuple_module_branch_every_engine_both_modes(kind, scale, monkeypatch):
     """h = lin(x) + scale * module(x)[0]: a tuple-returning module, not a constant of x. At scale 1e-6 the
     branch is below the old 1e-4 check: dropping it would show as a 1e-6 error here."""
     m, x = tuple_branch(kind, scale, out=6)  # d_in 12, d_out 18
@@ -106,7 +114,8 @@ def test_tuple_module_branch_every_engine_both_modes(kind, scale):
     for mode in ("reverse", "forward"):
         _close(_blocks(fmap, x, d_out, mode, chunk=5), ref, 1e-12)
         _close(_blocks(fmap, x, d_out, mode, linearize=lz, chunk=5), ref, 1e-12)
-    lv, diag = fg.logvol(m, x, return_diagnostics=True)
+    _auto_always_pays(monkeypatch)
+    lv, diag = fg.logvol(m, x, return_diagnostics=True, chunk_size=3)
     assert diag.method == "linearized"
     torch.testing.assert_close(lv, torch.linalg.svdvals(ref).log().sum(-1), rtol=1e-11, atol=1e-11)
 

@@ -124,7 +124,7 @@ class AutoEngine(StreamedEngine):
             self.make_pass = self.autograd_pass
             return self.autograd_pass(xb, self.mode)
         remaining = (run.total - run.done) * self.per_direction
-        if remaining < LINEARIZE_MIN_SECONDS:
+        if run.done >= run.total or remaining < LINEARIZE_MIN_SECONDS:
             return lin
         try:
             self.linear_pass = validated_linearize(self.fmap, xb, self.d_out)
