@@ -43,7 +43,7 @@ class Diagnostics:
     backends: dict = field(default_factory=dict)  # op -> implementation that ran, e.g. {"qrcp": "torch"}
 
 
-def fmt_points(idx: list[int], vals: list | None = None, limit: int = 10, label: str = "rank") -> str:
+def fmt_points(idx: list, vals: list | None = None, limit: int = 10, label: str = "rank") -> str:
     """'3, 7 (rank 2), ...' for the first ``limit`` points."""
     items = [f"{i}" if vals is None else f"{i} ({label} {v})" for i, v in zip(idx, vals or [None] * len(idx))]
     more = f" and {len(items) - limit} more" if len(items) > limit else ""

@@ -262,7 +262,7 @@ class Geometry:
                             out[n][sl] = getattr(f, n)
                     out["nonfinite"][sl] = bad
                     if spec is not None:
-                        spec[sl] = linalg.spectrum_from_factor(f, r)[:, :kk]
+                        spec[sl] = linalg.spectrum_from_factor(f, r, backend=self.backend)[:, :kk]
                     del f, J
         finally:
             bar.close()

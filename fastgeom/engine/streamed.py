@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import torch
 from torch.func import jvp, vjp
@@ -62,13 +62,13 @@ class AutogradPass:
 
     def __init__(self, fmap, xb: torch.Tensor, mode: str):
         self.fmap, self.xb = fmap, xb
-        self._vjp_fn = None
-        self._feature = None
+        self._vjp_fn: Callable | None = None
+        self._feature: torch.Tensor | None = None
         if mode == "reverse":
             self._forward()
 
     def _forward(self) -> None:
-        out, self._vjp_fn = vjp(self.fmap, self.xb)
+        out, self._vjp_fn = vjp(self.fmap, self.xb)  # type: ignore[misc]  # 2-tuple without has_aux
         self._feature = out.detach()
 
     @property
@@ -77,6 +77,7 @@ class AutogradPass:
         if self._feature is None:
             with torch.no_grad():
                 self._feature = self.fmap(self.xb)
+        assert self._feature is not None
         return self._feature
 
     @property
@@ -86,13 +87,28 @@ class AutogradPass:
     def vjp(self, C: torch.Tensor) -> torch.Tensor:
         if self._vjp_fn is None:
             self._forward()
+        assert self._vjp_fn is not None
         return vmap(self._vjp_fn, key="streamed: vmap over cotangents")(C)[0]
 
     def jvp(self, T: torch.Tensor) -> torch.Tensor:
         return vmap(lambda t: jvp(self.fmap, (self.xb,), (t,))[1], key="streamed: vmap over tangents")(T)
 
 
-PassFactory = Callable[[torch.Tensor, str], object]  # (xb, mode) -> a pass (AutogradPass / Linearization)
+class Pass(Protocol):
+    """J of one point batch over K directions at once (AutogradPass, linear_net.Linearization)."""
+
+    @property
+    def out_dtype(self) -> torch.dtype: ...
+
+    @property
+    def feature(self) -> torch.Tensor: ...  # (P, d_out)
+
+    def vjp(self, C: torch.Tensor) -> torch.Tensor: ...  # (K, P, d_out) -> (K, P, *in)
+
+    def jvp(self, T: torch.Tensor) -> torch.Tensor: ...  # (K, P, *in) -> (K, P, d_out)
+
+
+PassFactory = Callable[[torch.Tensor, str], Pass]  # (xb, mode) -> the pass of a point batch
 
 
 class StreamedEngine:
@@ -109,7 +125,8 @@ class StreamedEngine:
         self.make_pass = make_pass or (lambda xb, m: AutogradPass(fmap, xb, m))
         self.plan: Plan = plan(fmap, x1, d_in, d_out, budget=budget, mode=mode, act_bytes=act_bytes)
         self.mode = self.plan.mode
-        self.chunk, self.points = self.plan.chunk, None  # points: from the plan per call (capped by B)
+        self.chunk = self.plan.chunk
+        self.points: int | None = None  # points per batch (None: from the plan's budget, capped by B)
 
     def sizes(self, B: int, chunk_size: int | None) -> tuple[int, int]:
         """(chunk, points per batch) a run over B points starts from."""
@@ -127,7 +144,7 @@ class StreamedEngine:
         return self.make_pass(xb, mode)
 
     # hook for AutoEngine: called after each chunk with its wall time; may return a new pass for the batch
-    def after_chunk(self, run: "Run", xb: torch.Tensor, lin, seconds: float, k: int):
+    def after_chunk(self, run: "Run", xb: torch.Tensor, lin: Pass, seconds: float, k: int) -> Pass:
         return lin
 
 
