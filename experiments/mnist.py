@@ -43,6 +43,7 @@ from experiments.common import Run, parser, seed_everything
 
 import fastgeom as fg
 from fastgeom import data, slices
+from fastgeom.surfaces import plane_directions
 from fastgeom.train import MLPClassifier, accuracy, logits, minibatch_epoch
 
 LN10 = math.log(10)
@@ -135,10 +136,19 @@ def planes_for(anchors: dict, tri, cfg) -> dict:
             "affine": slices.plane(*x, n=cfg["plane_grid"], hull="affine")}
 
 
+def plane_curvature(model, pl, u, v) -> torch.Tensor:
+    """Gaussian curvature (N,) of the plane's image under the normalised hidden layer sigma(W x + b) / sqrt(n)
+    (``fastgeom.gaussian_curvature`` of layer ``act``, float64; scaling features by c scales K by 1/c^2)."""
+    n = model.lin1.out_features
+    K = fg.gaussian_curvature(model, pl.points.to(torch.float64), u, v, layer="act", dtype=torch.float64)
+    return K * n
+
+
 def evaluate_planes(model, anchors: dict, cfg, progress: bool = False) -> dict:
     out = {}
     for tri in cfg["triples"]:
         name = "-".join(map(str, tri))
+        u, v = plane_directions(*[anchors[k].to(torch.float64) for k in tri])
         for hull, pl in planes_for(anchors, tri, cfg).items():
             lv = geometry(model, pl.points, progress=progress, desc=f"plane {name} {hull}") / LN10
             lg = logits(model, pl.points)
@@ -147,6 +157,10 @@ def evaluate_planes(model, anchors: dict, cfg, progress: bool = False) -> dict:
             out[f"{name}/{hull}"] = {"log10vol": lv.tolist(), "entropy": h.tolist(), "classes": cls.tolist(),
                                      "inside": pl.inside.tolist(), "entropy_logvol_pearson": st.pearson(lv, h),
                                      "boundary": st.boundary_stats(lv, cls, pl.index, pl.n)}
+            K = plane_curvature(model, pl, u, v)
+            absK = torch.log10(K.abs().clamp_min(1e-300))
+            out[f"{name}/{hull}"].update({"K": K.tolist(), "curvature_boundary": st.boundary_stats(
+                absK, cls, pl.index, pl.n), "abs_curvature_logvol_pearson": st.pearson(absK, lv)})
     return out
 
 
@@ -219,7 +233,24 @@ def summarize(recs: dict) -> dict:
                                  for k in ("log10_top", "log10_median", "log10vol", "effective_rank")} for e in eps}}
     out["plane_boundary"] = {str(e): {name: p["boundary"] for name, p in recs[e]["planes"].items()}
                              for e in eps if "planes" in recs[e]}
+    out["plane_curvature_boundary"] = {str(e): {name: p["curvature_boundary"] for name, p in recs[e]["planes"].items()
+                                                if "curvature_boundary" in p} for e in eps if "planes" in recs[e]}
     return out
+
+
+def curvature_figure(krows: dict, name: str, tri, tag: str):
+    """Gaussian curvature K of each plane in ``krows`` ({label: (Plane, K)}), diverging map centred at 0."""
+    import matplotlib.pyplot as plt
+    if not krows:
+        return None
+    fig, axes = plt.subplots(1, len(krows), figsize=(4.2 * len(krows), 4), squeeze=False)
+    for ax, (label, (plane, K)) in zip(axes[0], krows.items()):
+        lo, hi = fg.plot.curvature_limits(K)
+        fg.plot.plane_panel(plane, K, ax, kind="curvature", title=label, anchor_names=[str(t) for t in tri],
+                            vmin=lo, vmax=hi, colorbar="K")
+    fig.suptitle(f"Gaussian curvature of the plane through test digits {name} (normalised hidden layer)\n{tag}")
+    fig.tight_layout()
+    return fig
 
 
 def figures(run: Run, cfg: dict, recs: dict, anchors: dict) -> None:
@@ -234,7 +265,7 @@ def figures(run: Run, cfg: dict, recs: dict, anchors: dict) -> None:
     for tri in cfg["triples"]:
         name = "-".join(map(str, tri))
         planes = planes_for(anchors, tri, cfg)
-        rows = {}
+        rows, krows = {}, {}
         for e in cfg["plane_snapshots"]:
             if e not in recs or "planes" not in recs[e]:
                 continue
@@ -242,9 +273,14 @@ def figures(run: Run, cfg: dict, recs: dict, anchors: dict) -> None:
                 r = recs[e]["planes"][f"{name}/{hull}"]
                 rows[f"epoch {e}, {hull}"] = {"plane": planes[hull], "classes": r["classes"], "entropy": r["entropy"],
                                               "values": r["log10vol"]}
+                if "K" in r:
+                    krows[f"epoch {e}, {hull}"] = (planes[hull], r["K"])
         fig = fg.plot.plane_triptych(rows, anchor_names=[str(k) for k in tri], share_values=False,
                                      suptitle=f"plane through test digits {name}\n{tag}")
         run.savefig(fig, f"plane_{name}")
+        fig = curvature_figure(krows, name, tri, tag)
+        if fig is not None:
+            run.savefig(fig, f"plane_curvature_{name}")
     digits = sorted(anchors)
     spec = {e: torch.tensor([recs[e]["metric_eigenvalues"][str(k)] for k in digits[:3]]) for e in eps}
     fig = fg.plot.spectra_over_epochs(spec, labels=[str(k) for k in digits[:3]],

@@ -131,7 +131,11 @@ def test_mnist_tiny_on_real_digits(mnist_res):
     assert rec["spectrum_logvol_gap"] < 1e-6  # SVD spectrum and volume route agree at the anchors
     assert len(rec["metric_eigenvalues"]["1"]) == 64
     assert set(mnist_res["summary"]["spectrum"]["8"]) == {"log10_top", "log10_median", "log10vol", "effective_rank"}
-    assert set(mnist_res["figures"]) == {"paths", "plane_5-6-1", "spectra"}
+    K = rec["planes"]["5-6-1/affine"]["K"]
+    assert len(K) == 144 and sum(math.isfinite(k) for k in K) >= 140
+    kb = mnist_res["summary"]["plane_curvature_boundary"]["8"]["5-6-1/affine"]
+    assert set(kb) == {"excess", "auroc", "fraction"}
+    assert set(mnist_res["figures"]) == {"paths", "plane_5-6-1", "plane_curvature_5-6-1", "spectra"}
 
 
 def test_mnist_records_match_the_engine(mnist_res, outdir):
@@ -145,6 +149,15 @@ def test_mnist_records_match_the_engine(mnist_res, outdir):
     ref = fg.logvol(net, pts, layer="act", normalize=True, method="dense", progress=False) / math.log(10)
     got = torch.tensor(mnist_res["records"]["epoch_8"]["paths"]["1-5"]["log10vol"], dtype=torch.float64)
     assert torch.allclose(got, ref, atol=1e-9)
+    # the plane curvature is K of the normalised hidden layer, here through a callable feature map
+    from fastgeom.surfaces import plane_directions
+    anchors = {k: mn.anchor(d.x_test, d.y_test, k) for k in (5, 6, 1)}
+    pl = mn.planes_for(anchors, (5, 6, 1), {"plane_grid": 12})["affine"]
+    u, v = plane_directions(anchors[5], anchors[6], anchors[1])
+    net = net.double()
+    K = fg.gaussian_curvature(None, pl.points[:5], u, v, layer=lambda z: torch.sigmoid(net.lin1(z)) / 8.0)
+    got = torch.tensor(mnist_res["records"]["epoch_8"]["planes"]["5-6-1/affine"]["K"][:5], dtype=torch.float64)
+    torch.testing.assert_close(got, K, rtol=1e-8, atol=0)
 
 
 def test_dirty_mnist_standin_from_real_digits(mnist_res, outdir):
