@@ -123,7 +123,7 @@ def table(res: dict, trees: list[str], load: tuple[float, float], note: str) -> 
               "`fastgeom.Geometry(model, method=...)` reused (built and warmed before the timing); jacrev: "
               "`torch.func.jacrev` of the batch-summed output plus float64 `svdvals`, identical code in every "
               "tree (a control for load drift between the trees' processes). Trees: "
-              + ", ".join(f"{t} = fastgeom at `{res[t]['commit']}`" for t in trees)
+              + ", ".join(f"{t} = fastgeom/ as of commit `{res[t]['commit']}`" for t in trees)
               + f". One worker process per tree, the trees alternated; medians over all timed calls; "
               f"first call = the warm-up call in a fresh process (median over the tree's processes). "
               f"Load average (1 min) {load[0]:.1f} at the start, {load[1]:.1f} at the end, on 2 cores shared "
@@ -155,8 +155,8 @@ def main(argv=None) -> int:
             print(f"[{i}] {lab}: {d}", file=sys.stderr, flush=True)
             w = spawn(d, a.rounds, a.timeout)
             r = res[lab]
-            r["commit"] = subprocess.run(["git", "-C", d, "rev-parse", "--short", "HEAD"], capture_output=True,
-                                         text=True).stdout.strip() + (
+            r["commit"] = subprocess.run(["git", "-C", d, "log", "-1", "--format=%h", "--", "fastgeom"],
+                                         capture_output=True, text=True).stdout.strip() + (
                 " + working tree" if subprocess.run(["git", "-C", d, "status", "--porcelain", "fastgeom"],
                                                     capture_output=True, text=True).stdout.strip() else "")
             r["fastgeom_file"] = w["fastgeom_file"]
