@@ -213,12 +213,16 @@ def worker(a) -> dict:
                 torch.cuda.empty_cache()
             return None
 
+    rounds = a.rounds
     if a.warmup:
         for m in methods:
             r = one(m)
             if r is not None:
                 out[m]["cold_s"] = r["seconds"]
-    for i in range(a.rounds):
+        if a.min_seconds:  # short calls: more rounds, up to min_seconds of timing in all (at most 40 rounds)
+            per_round = sum(o.get("cold_s", 0.0) for o in out.values())
+            rounds = max(rounds, min(40, int(a.min_seconds / max(per_round, 1e-3))))
+    for i in range(rounds):
         k = i % len(methods)
         order = methods[k:] + methods[:k]
         for m in order[::-1] if i % 2 else order:
@@ -241,11 +245,12 @@ def worker(a) -> dict:
 def spawn(model: str, methods: list[str], a, *, dtype: str | None = None, rounds=None, warmup=None,
           isolate_rss=False) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--models", model, "--methods", ",".join(methods),
-           "--size", str(a.size), "--points", str(a.points_of(model)), "--device", a.device,
+           "--size", str(a.size_of(model)), "--points", str(a.points_of(model)), "--device", a.device,
            "--dtype", dtype or a.dtype, "--rounds", str(a.rounds_of(model) if rounds is None else rounds),
            "--threads", str(a.threads or 0)]
     cmd += ["--warmup"] if (a.warmup if warmup is None else warmup) else []
     cmd += ["--isolate-rss"] if isolate_rss else []
+    cmd += ["--min-seconds", str(a.min_seconds)] if a.min_seconds and not isolate_rss else []
     cmd += ["--checkpoint", a.checkpoint] if a.checkpoint else []
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     try:
@@ -371,9 +376,12 @@ def main(argv=None) -> int:
     ap.add_argument("--note", default="", help="a sentence appended to the section (e.g. the machine load)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--merge", action="store_true", help="keep the other models of the JSON's earlier run")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--warmup", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--isolate-rss", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--min-seconds", type=float, default=0.0,
+                    help="in-process: add rounds (up to 40) until the timing takes about this long")
     a = ap.parse_args(argv)
     if a.worker:
         a.model = a.models
@@ -389,12 +397,15 @@ def main(argv=None) -> int:
         a.threads = 1 if a.device == "cpu" else 0
     models = (a.models or {"full": "resnet34,resnet50", "auto": "mlp64,mlp512,resnet18w8,resnet18,resnet34",
                            "quick": "resnet18"}[label]).split(",")
-    a.size = a.size or (8 if label == "quick" else 32)
     default_points = {"full": 2, "quick": 1}
-    a.points_of = lambda m: a.points or default_points.get(label) or (16 if m in small else 1)
+    a.points_of = lambda m: a.points or default_points.get(label) or (
+        4 if m == "mlp512" else 16 if m in small else 1)
+    a.size_of = lambda m: a.size or (8 if m == "resnet18w8" or label == "quick" else 32)
     a.isolate = a.isolate or label == "quick"
     a.warmup = not a.isolate
     a.rounds_of = lambda m: a.rounds or (1 if a.isolate else 7 if m in small else 2)
+    if label == "auto" and not a.min_seconds:
+        a.min_seconds = 20.0
     a.timeout = a.timeout or (240 if label == "full" else 900)
     if a.methods:
         methods = a.methods.split(",")
@@ -413,9 +424,12 @@ def main(argv=None) -> int:
                    "own process, peak RSS above the loaded model" if a.isolate else "in-process RSS, a lower bound")
     section = {"full": "logvol_full", "auto": "logvol_auto", "quick": "logvol_quick"}[label]
     json_path = a.json or os.path.join(HERE, "out", f"logvol_{label}.json")
-    load0 = os.getloadavg()[0]
-    results, parts = {}, []
+    results = {}
+    if a.merge and os.path.exists(json_path):  # keep the other models of an earlier run of this mode
+        with open(json_path) as f:
+            results = {k: v for k, v in json.load(f)["results"].items() if k not in models}
     for name in models:
+        load0 = os.getloadavg()[0]
         print(f"[{name}] {','.join(methods)} ...", file=sys.stderr, flush=True)
         if a.isolate:
             res = None
@@ -433,7 +447,8 @@ def main(argv=None) -> int:
                         res["methods"][m] = cur
         else:
             res = spawn(name, methods, a)
-        _, shape = model_and_shape(name, a.size) if name not in RESNETS else (None, (3, a.size, a.size))
+        size = a.size_of(name)
+        _, shape = model_and_shape(name, size) if name not in RESNETS else (None, (3, size, size))
         res.update(shape=list(shape), points=a.points_of(name))
         res.setdefault("d_in", int(torch.tensor(shape).prod()))
         ref = None
@@ -445,20 +460,23 @@ def main(argv=None) -> int:
             if label == "full":  # the float64 network's cost against float32 (issue 4: <= 2x on ResNet-34)
                 for m in f64:
                     res["methods"][f"{m} (float64 network)"] = rr["methods"][m]
-        flops = forward_flops(name, a.size)
+        res.update(ref=ref, flops=forward_flops(name, size), load=(load0, os.getloadavg()[0]),
+                   measured=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
         results[name] = res
-        shape_s = "x".join(map(str, shape))
-        parts.append(f"**{name}**, input {shape_s} ({a.dtype} network, float64 accumulation), {res['points']} "
-                     f"point(s) per call, forward {flops / 1e9:.4f} GFLOP, torch threads {res.get('threads')}; "
-                     f"roofline peak: {peak_note}\n\n" + model_table(res, ref, flops, peak, memory_note))
-        load = (load0, os.getloadavg()[0])
+        parts = []
+        for nm, rs in results.items():
+            shape_s = "x".join(map(str, rs["shape"]))
+            parts.append(f"**{nm}**, input {shape_s} ({rs.get('dtype', a.dtype)} network, float64 accumulation), "
+                         f"{rs['points']} point(s) per call, forward {rs['flops'] / 1e9:.4f} GFLOP, torch threads "
+                         f"{rs.get('threads')}; measured {rs['measured']}, load average (1 min) {rs['load'][0]:.1f} "
+                         f"before, {rs['load'][1]:.1f} after; roofline peak: {peak_note}\n\n"
+                         + model_table(rs, rs["ref"], rs["flops"], peak, memory_note))
         how = ("every method in its own process, no warm-up" if a.isolate else
                "one process per model, every method warmed once, then interleaved in rotating order")
         body = (f"`python bench/logvol.py --{'set' if label == 'auto' else label}` — {device_line()}\n\n"
                 + (auto_table(results) + "\n\n" if label == "auto" else "")
                 + "\n\n".join(parts) + "\n\n"
-                + f"Timing: {how}; medians over the 'calls' column. Load average (1 min) {load[0]:.1f} "
-                  f"at the start, {load[1]:.1f} now ({os.cpu_count()} CPUs visible). " + NOTES
+                + f"Timing: {how}; medians over the 'calls' column ({os.cpu_count()} CPUs visible). " + NOTES
                 + (f"\n{a.note}" if a.note else ""))
         os.makedirs(os.path.dirname(json_path), exist_ok=True)
         with open(json_path, "w") as f:
