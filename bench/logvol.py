@@ -139,7 +139,7 @@ def call(method: str, model, x: torch.Tensor) -> dict:
     from fastgeom import linalg
     dev = x.device
     _sync(dev)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     info: dict = {}
     err = None
     if method.startswith("jacrev"):
@@ -164,16 +164,20 @@ def call(method: str, model, x: torch.Tensor) -> dict:
         info = {"ran": f"{diag.method} ({diag.mode}" + (f", chunk {diag.chunk}" if diag.chunk else "") + ")",
                 "passes": passes, "reason": diag.reason, "points_per_batch": diag.points_per_batch}
     _sync(dev)
-    info["seconds"] = time.perf_counter() - t0
+    info["seconds"], info["cpu_seconds"] = time.perf_counter() - t0, time.process_time() - c0
     info["values"] = [float(v) for v in val.detach().cpu()]
     info["stderr"] = [float(v) for v in err.cpu()] if err is not None else None
     return info
 
 
-def measured_call(method: str, model, x: torch.Tensor, rss_base: int | None = None) -> dict:
-    """``call`` with its peak memory above the start of the call (or above ``rss_base`` on CPU)."""
+def measured_call(method: str, model, x: torch.Tensor, rss_base: int | None = None, rss: bool = True) -> dict:
+    """``call`` with its peak memory above the start of the call (or above ``rss_base`` on CPU; -1 with
+    ``rss=False``, which keeps the sampling thread's CPU time out of ``cpu_seconds``)."""
     dev = x.device
-    if dev.type == "cuda":
+    if dev.type == "cpu" and not rss:
+        r = call(method, model, x)
+        r["peak_bytes"] = -1
+    elif dev.type == "cuda":
         _sync(dev)
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -200,12 +204,12 @@ def worker(a) -> dict:
     model = model.to(dev, dtype)
     x = points(a.points, shape).to(dev, dtype)
     methods = a.methods.split(",")
-    out = {m: {"times": [], "status": "ok"} for m in methods}
+    out = {m: {"times": [], "cpu_times": [], "status": "ok"} for m in methods}
     rss0 = RssSampler()._rss() if dev.type == "cpu" else None
 
     def one(m, isolated_base=None):
         try:
-            return measured_call(m, model, x, isolated_base)
+            return measured_call(m, model, x, isolated_base, rss=not a.no_rss)
         except Exception as e:  # noqa: BLE001 - recorded in the table
             from fastgeom.engine import is_oom
             out[m]["status"] = "out of memory" if is_oom(e) else f"failed: {type(e).__name__}: {str(e)[:120]}"
@@ -219,10 +223,10 @@ def worker(a) -> dict:
             r = one(m)
             if r is not None:
                 out[m]["cold_s"] = r["seconds"]
-        if a.min_seconds:  # short calls: more rounds, up to min_seconds of timing in all (at most 40 rounds)
-            per_round = sum(o.get("cold_s", 0.0) for o in out.values())
-            rounds = max(rounds, min(40, int(a.min_seconds / max(per_round, 1e-3))))
-    for i in range(rounds):
+    t_start = time.perf_counter()
+    i = 0
+    # short calls: more rounds, until the timing has taken min_seconds (at most 40 rounds)
+    while i < rounds or (time.perf_counter() - t_start < a.min_seconds and i < 40):
         k = i % len(methods)
         order = methods[k:] + methods[:k]
         for m in order[::-1] if i % 2 else order:
@@ -233,8 +237,10 @@ def worker(a) -> dict:
                 continue
             o = out[m]
             o["times"].append(r.pop("seconds"))
-            o["peak_bytes"] = max(o.get("peak_bytes", 0), r.pop("peak_bytes"))
+            o["cpu_times"].append(r.pop("cpu_seconds"))
+            o["peak_bytes"] = max(o.get("peak_bytes", -1), r.pop("peak_bytes"))
             o.update(r)
+        i += 1
     with torch.no_grad():
         d_out = model(x[:1]).flatten(1).shape[1]
     return {"model": a.model, "size": a.size, "points": a.points, "d_in": x[0].numel(), "d_out": d_out,
@@ -251,6 +257,7 @@ def spawn(model: str, methods: list[str], a, *, dtype: str | None = None, rounds
     cmd += ["--warmup"] if (a.warmup if warmup is None else warmup) else []
     cmd += ["--isolate-rss"] if isolate_rss else []
     cmd += ["--min-seconds", str(a.min_seconds)] if a.min_seconds and not isolate_rss else []
+    cmd += ["--no-rss"] if a.no_rss and not isolate_rss else []
     cmd += ["--checkpoint", a.checkpoint] if a.checkpoint else []
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     try:
@@ -291,14 +298,20 @@ def peak_fp32(dev: torch.device) -> tuple[float, str]:
     return best, f"measured float32 1024^2 matmul {best / 1e9:.1f} GFLOP/s"
 
 
-def auto_ratio(ms: dict) -> tuple[float | None, str | None]:
-    """(median auto time / fastest exact method's, that method) from one model's results."""
-    med = {m: statistics.median(r["times"]) for m, r in ms.items() if r.get("status") == "ok" and r["times"]}
+def auto_ratio(ms: dict, key: str = "times") -> tuple[float | None, str | None]:
+    """(median auto time / the fastest exact method's, that method); ``key``: "times" (wall) or
+    "cpu_times" (CPU time of the process: with one torch thread, robust to other jobs' load)."""
+    med = {m: statistics.median(r[key]) for m, r in ms.items() if r.get("status") == "ok" and r.get(key)}
     exact = {m: t for m, t in med.items() if m.split("-")[0] in EXACT}
     if "auto" not in med or not exact:
         return None, None
     best = min(exact, key=exact.get)
     return med["auto"] / exact[best], best
+
+
+def med_ratio(ms: dict, a: str, b: str, key: str = "times") -> float | None:
+    ta, tb = ms.get(a, {}).get(key), ms.get(b, {}).get(key)
+    return statistics.median(ta) / statistics.median(tb) if ta and tb else None
 
 
 def model_table(res: dict, ref: list | None, flops: float, peak: float, memory_note: str) -> str:
@@ -310,13 +323,13 @@ def model_table(res: dict, ref: list | None, flops: float, peak: float, memory_n
     exact = [m for m in med if m.split("-")[0] in EXACT]
     best_exact = min(exact, key=med.get) if exact else None
     n = min(res["d_in"], res.get("d_out") or res["d_in"])
-    lines = ["| method | what ran | s / call (median) | calls | vs fastest exact | vs best jacrev | "
+    lines = ["| method | what ran | s / call (median) | CPU s / call (median) | calls | vs fastest exact | vs best jacrev | "
              f"peak extra memory ({memory_note}) | passes / point | max abs error vs fp64 | stderr (mean) | "
-             "FP32 roofline |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "FP32 roofline |", "|" + "---|" * 12]
     for m, r in ms.items():
         tag = (" (best chunk)" if m == best_jac else "") + (" (fastest exact)" if m == best_exact else "")
         if m not in ok:
-            lines.append(f"| {m}{tag} | {r.get('status')} | | | | | | | | | |")
+            lines.append(f"| {m}{tag} | {r.get('status')} |" + " |" * 10)
             continue
         t = med[m]
         err = max(abs(a - b) for a, b in zip(r["values"], ref)) if ref else float("nan")
@@ -324,35 +337,63 @@ def model_table(res: dict, ref: list | None, flops: float, peak: float, memory_n
         useful = (1 + (r["passes"] if m.startswith("randomized") else n)) * flops * res["points"]
         vs_exact = f"{t / med[best_exact]:.2f}x" if best_exact else ""
         vs_jac = f"{t / med[best_jac]:.2f}x" if best_jac else ""
-        lines.append(f"| {m}{tag} | {r['ran']} | {t:.3g} | {len(r['times'])} | {vs_exact} | {vs_jac} | "
-                     f"{r['peak_bytes'] / 2**20:.0f} MiB | {r['passes']} | {err:.2e} | "
+        cpu = f"{statistics.median(r['cpu_times']):.3g}" if r.get("cpu_times") else ""
+        mem = f"{r['peak_bytes'] / 2**20:.0f} MiB" if r.get("peak_bytes", -1) >= 0 else "not measured"
+        lines.append(f"| {m}{tag} | {r['ran']} | {t:.3g} | {cpu} | {len(r['times'])} | {vs_exact} | {vs_jac} | "
+                     f"{mem} | {r['passes']} | {err:.2e} | "
                      f"{(sum(se) / len(se)) if se else float('nan'):.3g} | {useful / (t * peak):.1%} |")
-    ratio, _ = auto_ratio(ms)
+    ratio, best = auto_ratio(ms)
+    cratio, cbest = auto_ratio(ms, "cpu_times")
     if ratio is not None:
         reason = ok["auto"].get("reason", "")
-        lines += ["", f"auto / fastest exact ({best_exact}) = {ratio:.2f}x "
-                  f"({'within' if ratio <= 1.2 else 'OUTSIDE'} the 1.2x target); auto's reason: {reason}"]
+        cpu = f"; CPU time: {cratio:.2f}x the fastest ({cbest})" if cratio else ""
+        lines += ["", f"auto / fastest exact: wall {ratio:.2f}x the fastest ({best}){cpu}; auto's reason: {reason}"]
     return "\n".join(lines)
 
 
 def auto_table(results: dict) -> str:
-    lines = ["| model | input | points | auto s | dense s | streamed s | linearized s | fastest exact | "
-             "auto / fastest | <= 1.2x | auto ran | auto's reason |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | input | points | auto s | dense s | streamed s | linearized s | auto CPU s | dense CPU s | "
+             "streamed CPU s | linearized CPU s | fastest exact (CPU) | auto / fastest, CPU time | <= 1.2x | "
+             "auto / fastest, wall | auto / streamed, CPU | auto ran | auto's reason |", "|" + "---|" * 18]
     for name, res in results.items():
         ms = res["methods"]
 
-        def cell(m):
+        def cell(m, key="times"):
             r = ms.get(m, {})
-            return f"{statistics.median(r['times']):.3g}" if r.get("status") == "ok" and r["times"] else (
+            return f"{statistics.median(r[key]):.3g}" if r.get("status") == "ok" and r.get(key) else (
                 r.get("status", "-"))
-        ratio, best = auto_ratio(ms)
+        ratio, _ = auto_ratio(ms)
+        cratio, cbest = auto_ratio(ms, "cpu_times")
+        same = med_ratio(ms, "auto", "streamed", "cpu_times")
         shape = "x".join(str(s) for s in res.get("shape", [])) or "?"
         a = ms.get("auto", {})
-        lines.append(f"| {name} | {shape} | {res.get('points')} | {cell('auto')} | {cell('dense')} | "
-                     f"{cell('streamed')} | {cell('linearized')} | {best or '-'} | "
-                     + (f"{ratio:.2f}x | {'yes' if ratio <= 1.2 else '**no**'}" if ratio else " | ")
-                     + f" | {a.get('ran', '')} | {a.get('reason', '')} |")
+        verdict = ("yes" if cratio <= 1.2 else "**no**") if cratio else ""
+        lines.append(f"| {name} | {shape} | {res.get('points')} | "
+                     + " | ".join(cell(m) for m in ("auto",) + EXACT) + " | "
+                     + " | ".join(cell(m, "cpu_times") for m in ("auto",) + EXACT)
+                     + f" | {cbest or '-'} | {f'{cratio:.2f}x' if cratio else ''} | {verdict} | "
+                     + f"{f'{ratio:.2f}x' if ratio else ''} | {f'{same:.2f}x' if same else ''} | "
+                     + f"{a.get('ran', '')} | {a.get('reason', '')} |")
     return "\n".join(lines)
+
+
+def render(results: dict, label: str, a, peak_note: str, memory_note: str, peak: float) -> str:
+    from _results import device_line
+    parts = []
+    for nm, rs in results.items():
+        shape_s = "x".join(map(str, rs["shape"]))
+        parts.append(f"**{nm}**, input {shape_s} ({rs.get('dtype', a.dtype)} network, float64 accumulation), "
+                     f"{rs['points']} point(s) per call, forward {rs['flops'] / 1e9:.4f} GFLOP, torch threads "
+                     f"{rs.get('threads')}; measured {rs['measured']}, load average (1 min) {rs['load'][0]:.1f} "
+                     f"before, {rs['load'][1]:.1f} after; roofline peak: {peak_note}\n\n"
+                     + model_table(rs, rs["ref"], rs["flops"], peak, memory_note))
+    how = ("every method in its own process, no warm-up" if a.isolate else
+           "one process per model, every method warmed once, then interleaved in rotating order")
+    return (f"`python bench/logvol.py --{'set' if label == 'auto' else label}` — {device_line()}\n\n"
+            + (auto_table(results) + "\n\n" + AUTO_NOTES + "\n\n" if label == "auto" else "")
+            + "\n\n".join(parts) + "\n\n"
+            + f"Timing: {how}; medians over the 'calls' column ({os.cpu_count()} CPUs visible). " + NOTES
+            + (f"\n{a.note}" if a.note else ""))
 
 
 def main(argv=None) -> int:
@@ -377,9 +418,11 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--merge", action="store_true", help="keep the other models of the JSON's earlier run")
+    ap.add_argument("--render", action="store_true", help="only re-render the section from the JSON")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--warmup", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--isolate-rss", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--no-rss", action="store_true", help="CPU in-process: no RSS sampling thread")
     ap.add_argument("--min-seconds", type=float, default=0.0,
                     help="in-process: add rounds (up to 40) until the timing takes about this long")
     a = ap.parse_args(argv)
@@ -404,8 +447,9 @@ def main(argv=None) -> int:
     a.isolate = a.isolate or label == "quick"
     a.warmup = not a.isolate
     a.rounds_of = lambda m: a.rounds or (1 if a.isolate else 7 if m in small else 2)
-    if label == "auto" and not a.min_seconds:
-        a.min_seconds = 20.0
+    if label == "auto":
+        a.min_seconds = a.min_seconds or 20.0
+        a.no_rss = True  # CPU time of the process is the load-robust measure here (one torch thread)
     a.timeout = a.timeout or (240 if label == "full" else 900)
     if a.methods:
         methods = a.methods.split(",")
@@ -425,6 +469,16 @@ def main(argv=None) -> int:
     section = {"full": "logvol_full", "auto": "logvol_auto", "quick": "logvol_quick"}[label]
     json_path = a.json or os.path.join(HERE, "out", f"logvol_{label}.json")
     results = {}
+    if a.render:
+        with open(json_path) as f:
+            saved = json.load(f)
+        results = saved["results"]
+        peak, peak_note = saved.get("peak", peak), saved.get("peak_note", peak_note)
+        body = render(results, label, a, peak_note, memory_note, peak)
+        print(body)
+        if not a.no_write:
+            write_section(section, body)
+        return 0
     if a.merge and os.path.exists(json_path):  # keep the other models of an earlier run of this mode
         with open(json_path) as f:
             results = {k: v for k, v in json.load(f)["results"].items() if k not in models}
@@ -442,6 +496,7 @@ def main(argv=None) -> int:
                     cur = r["methods"][m]
                     if prev and prev.get("status") == "ok" and cur.get("status") == "ok":
                         prev["times"] += cur["times"]
+                        prev["cpu_times"] += cur.get("cpu_times", [])
                         prev["peak_bytes"] = max(prev["peak_bytes"], cur["peak_bytes"])
                     else:
                         res["methods"][m] = cur
@@ -463,24 +518,10 @@ def main(argv=None) -> int:
         res.update(ref=ref, flops=forward_flops(name, size), load=(load0, os.getloadavg()[0]),
                    measured=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
         results[name] = res
-        parts = []
-        for nm, rs in results.items():
-            shape_s = "x".join(map(str, rs["shape"]))
-            parts.append(f"**{nm}**, input {shape_s} ({rs.get('dtype', a.dtype)} network, float64 accumulation), "
-                         f"{rs['points']} point(s) per call, forward {rs['flops'] / 1e9:.4f} GFLOP, torch threads "
-                         f"{rs.get('threads')}; measured {rs['measured']}, load average (1 min) {rs['load'][0]:.1f} "
-                         f"before, {rs['load'][1]:.1f} after; roofline peak: {peak_note}\n\n"
-                         + model_table(rs, rs["ref"], rs["flops"], peak, memory_note))
-        how = ("every method in its own process, no warm-up" if a.isolate else
-               "one process per model, every method warmed once, then interleaved in rotating order")
-        body = (f"`python bench/logvol.py --{'set' if label == 'auto' else label}` — {device_line()}\n\n"
-                + (auto_table(results) + "\n\n" if label == "auto" else "")
-                + "\n\n".join(parts) + "\n\n"
-                + f"Timing: {how}; medians over the 'calls' column ({os.cpu_count()} CPUs visible). " + NOTES
-                + (f"\n{a.note}" if a.note else ""))
+        body = render(results, label, a, peak_note, memory_note, peak)
         os.makedirs(os.path.dirname(json_path), exist_ok=True)
         with open(json_path, "w") as f:
-            json.dump({"device": device_line(), "results": results}, f, indent=1)
+            json.dump({"device": device_line(), "peak": peak, "peak_note": peak_note, "results": results}, f, indent=1)
         if not a.no_write:  # after every model, so a run cut short keeps what it measured
             write_section(section, body)
     print(body)
@@ -493,6 +534,12 @@ batch-summed output, reduced by the same `fastgeom.linalg.factor`. randomized ro
 numbers and (probes x Golub-Kahan steps); passes = probes * (2 * steps - 1). |error| against fastgeom
 `streamed` on the float64 network. Roofline = (1 + n) forward FLOPs per point (n = min(d_in, d_out);
 randomized: 1 + its passes) / (time x peak FP32)."""
+
+AUTO_NOTES = """auto / fastest: auto's median time over that of the fastest of dense, streamed and linearized
+on this model. The verdict uses the CPU time of the worker process (one torch thread, no sampling
+thread): on a machine shared with other jobs the wall time of a call also counts the time the process
+waited for a core, so wall ratios of short calls swing by 1.5x and more. auto / streamed: where auto ran
+the streamed engine both rows run the same code, so its distance from 1.00x is the noise left."""
 
 
 if __name__ == "__main__":

@@ -63,8 +63,8 @@ def worker(rounds: int, seed: int = 0) -> dict:
 
     names = ["auto", "dense", "jacrev"] + (["handle-auto", "handle-dense"] if has_handle else [])
     items = [(m, n) for n in SIZES for m in names]
-    out = {"fastgeom_file": fg.__file__, "threads": torch.get_num_threads(), "cold": {}, "times": {}, "values": {},
-           "diag": {}}
+    out = {"fastgeom_file": fg.__file__, "threads": torch.get_num_threads(), "cold": {}, "times": {}, "cpu": {},
+           "values": {}, "diag": {}}
     for m, n in items:  # warm-up: every call once (the handles are built and warmed here, outside the timing)
         key = f"{m}@{n}"
         if m.startswith("handle-"):
@@ -81,9 +81,10 @@ def worker(rounds: int, seed: int = 0) -> dict:
         if r % 2:
             order = order[::-1]
         for m, n in order:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             call(m, n)
             out["times"][f"{m}@{n}"].append(time.perf_counter() - t0)
+            out["cpu"].setdefault(f"{m}@{n}", []).append(time.process_time() - c0)
     return out
 
 
@@ -101,28 +102,33 @@ def spawn(tree: str, rounds: int, timeout: int) -> dict:
 def table(res: dict, trees: list[str], load: tuple[float, float], note: str) -> str:
     from _results import device_line
     keys = list(dict.fromkeys(k for t in trees for k in res[t]["times"]))
-    hdr = "| call | points | " + " | ".join(f"{t} s (median)" for t in trees)
-    hdr += (f" | {trees[-1]} / {trees[0]} |" if len(trees) > 1 else " |")
+    hdr = "| call | points | " + " | ".join(f"{t} CPU s (median)" for t in trees)
+    hdr += (f" | {trees[-1]} / {trees[0]} (CPU) | " if len(trees) > 1 else " | ")
+    hdr += " | ".join(f"{t} wall s (median)" for t in trees)
+    hdr += (f" | {trees[-1]} / {trees[0]} (wall) |" if len(trees) > 1 else " |")
     hdr += " " + " | ".join(f"{t} first call s" for t in trees) + " | calls timed | what ran (last tree) |"
     lines = ["## Per-call overhead of the public API (`bench/overhead.py`)", "", device_line(), "", hdr,
              "|" + "---|" * (hdr.count("|") - 1)]
     for k in keys:
         m, n = k.split("@")
-        med = {t: statistics.median(res[t]["times"][k]) for t in trees if k in res[t]["times"]}
-        cells = [f"{med[t]:.3f}" if t in med else "n/a" for t in trees]
-        ratio = (f"{med[trees[-1]] / med[trees[0]]:.2f}x" if len(trees) > 1 and all(t in med for t in trees)
-                 else "")
+        def cols(key):
+            med = {t: statistics.median(res[t][key][k]) for t in trees if res[t].get(key, {}).get(k)}
+            cells = [f"{med[t]:.3f}" if t in med else "n/a" for t in trees]
+            ratio = (f"{med[trees[-1]] / med[trees[0]]:.2f}x" if len(trees) > 1 and all(t in med for t in trees)
+                     else "")
+            return " | ".join(cells) + (f" | {ratio}" if len(trees) > 1 else "")
         cold = [f"{res[t]['cold'][k]:.2f}" if k in res[t]["cold"] else "n/a" for t in trees]
         counts = "/".join(str(len(res[t]["times"].get(k, []))) for t in trees)
         d = res[trees[-1]]["diag"].get(k)
         what = f"{d['method']} ({d['mode']}, chunk {d['chunk']})" if d else ""
-        lines.append(f"| {m} | {n} | " + " | ".join(cells) + (f" | {ratio}" if len(trees) > 1 else "")
+        lines.append(f"| {m} | {n} | " + cols("cpu") + " | " + cols("times")
                      + " | " + " | ".join(cold) + f" | {counts} | {what} |")
     lines += ["", "Model `cifar_resnet(\"resnet18\", width=8)` (10 outputs), 3x8x8 points, 1 torch thread. "
               "auto/dense: a fresh `fastgeom.logvol` call each time (set-up paid per call); handle-*: one "
               "`fastgeom.Geometry(model, method=...)` reused (built and warmed before the timing); jacrev: "
               "`torch.func.jacrev` of the batch-summed output plus float64 `svdvals`, identical code in every "
-              "tree (a control for load drift between the trees' processes). Trees: "
+              "tree (a control for load drift between the trees' processes). CPU s = CPU time of the worker process (one "
+              "torch thread; robust to other jobs' load, which inflates the wall time by the waits for a core). Trees: "
               + ", ".join(f"{t} = fastgeom/ as of commit `{res[t]['commit']}`" for t in trees)
               + f". One worker process per tree, the trees alternated; medians over all timed calls; "
               f"first call = the warm-up call in a fresh process (median over the tree's processes). "
@@ -147,7 +153,7 @@ def main(argv=None) -> int:
         return 0
     trees = [t.split("=", 1) for t in (a.tree or [f"after={os.path.dirname(HERE)}"])]
     labels = [t[0] for t in trees]
-    res = {lab: {"times": {}, "cold": {}, "diag": {}, "values": {}} for lab in labels}
+    res = {lab: {"times": {}, "cold": {}, "diag": {}, "values": {}, "cpu": {}} for lab in labels}
     load0 = os.getloadavg()[0]
     colds: dict = {lab: {} for lab in labels}
     for i in range(a.alternations):
@@ -162,6 +168,7 @@ def main(argv=None) -> int:
             r["fastgeom_file"] = w["fastgeom_file"]
             for k, ts in w["times"].items():
                 r["times"].setdefault(k, []).extend(ts)
+                r.setdefault("cpu", {}).setdefault(k, []).extend(w["cpu"].get(k, []))
                 colds[lab].setdefault(k, []).append(w["cold"][k])
             r["diag"].update(w["diag"])
             r["values"].update(w["values"])

@@ -26,9 +26,14 @@ def test_every_method_is_a_public_call_with_the_same_values(name):
 
 
 def test_auto_ratio_uses_the_fastest_exact_method():
-    ms = {"auto": {"status": "ok", "times": [1.1, 1.3, 1.2]}, "dense": {"status": "ok", "times": [1.0]},
-          "streamed": {"status": "ok", "times": [2.0]}, "linearized": {"status": "out of memory", "times": []},
-          "jacrev@64": {"status": "ok", "times": [0.1]}}
+    ms = {"auto": {"status": "ok", "times": [1.1, 1.3, 1.2], "cpu_times": [1.0, 1.3, 1.25]},
+          "dense": {"status": "ok", "times": [1.0], "cpu_times": [1.0]},
+          "streamed": {"status": "ok", "times": [2.0], "cpu_times": [0.9]},
+          "linearized": {"status": "out of memory", "times": []},
+          "jacrev@64": {"status": "ok", "times": [0.1], "cpu_times": [0.1]}}
     ratio, best = bench_logvol.auto_ratio(ms)
     assert best == "dense" and ratio == pytest.approx(1.2)
-    assert "1.20x" in bench_logvol.auto_table({"m": {"methods": ms, "shape": [4], "points": 2}})
+    cratio, cbest = bench_logvol.auto_ratio(ms, "cpu_times")
+    assert cbest == "streamed" and cratio == pytest.approx(1.25 / 0.9)
+    row = bench_logvol.auto_table({"m": {"methods": ms, "shape": [4], "points": 2}}).splitlines()[-1]
+    assert "| streamed | 1.39x | **no** | 1.20x |" in row
