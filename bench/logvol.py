@@ -147,7 +147,7 @@ def call(method: str, model, x: torch.Tensor) -> dict:
         J = torch.func.jacrev(lambda xb: model(xb).flatten(1).sum(0), chunk_size=chunk)(x)  # (d_out, B, *in)
         J = J.reshape(J.shape[0], x.shape[0], -1).permute(1, 0, 2).to(torch.float64)
         val = linalg.factor(J, compute_dtype=x.dtype).logvol
-        info = {"ran": f"jacrev (chunk {chunk or J.shape[1]})", "passes": J.shape[1]}
+        info = {"ran": f"jacrev (chunk {chunk})" if chunk else "jacrev (unchunked)", "passes": J.shape[1]}
     elif method.startswith("randomized"):
         pr, st = (int(s) for s in method.split("@")[1].split("x"))
         val, err = fg.logvol(model, x, method="randomized", seed=1234, return_stderr=True, progress=False,
