@@ -26,7 +26,8 @@ Modes:
     python bench/logvol.py --full     # GPU: ResNet-34 and ResNet-50 on 32x32     -> section logvol_full
 
 In-process runs warm every method once, then time ``--rounds`` rounds in rotating order (ratios side
-by side); peak memory is CUDA ``max_memory_allocated`` above the start of the call, or on CPU the
+by side; ``--set`` adds rounds until 20 s of timing, and judges auto by the CPU time of its
+single-threaded worker, which other jobs' load does not inflate as it does the wall time); peak memory is CUDA ``max_memory_allocated`` above the start of the call, or on CPU the
 sampled RSS above it (a lower bound in-process: the allocator reuses what earlier calls freed;
 ``--isolate`` gives every method its own process, where it is the process's peak above the
 model-loaded baseline). |error| is against fastgeom ``streamed`` on the float64 network. Writes JSON
