@@ -5,7 +5,7 @@
 #           torch (skipped when an up-to-date build is already there)                        (<= 240 s)
 #   test    pytest -m gpu: fused kernels on CUDA vs their references, Triton on CUDA, the linearised
 #           and streamed engines on CUDA vs CPU                                                (<= 150 s)
-#   bench   logvol_resnet --full (ResNet-34/50: time, peak memory, roofline; float64 vs float32),
+#   bench   logvol --full (ResNet-34/50 through the public API: time, peak memory, roofline),
 #           vjp_chunk on CUDA, shallow on CUDA, randomized_path --full (cost/accuracy curve)  (<= 470 s)
 # Every result goes to $OUT (default bench/out) and to bench/RESULTS.md as the step finishes, so a step
 # cut by its timeout keeps what it measured.
@@ -63,14 +63,14 @@ if os.path.exists(junit):
     summary = (f"pytest -m gpu: {s.get('tests')} tests, {s.get('failures')} failures, {s.get('errors')} errors, "
                f"{s.get('skipped')} skipped")
 write_section("gpu", f"`bash bench/gpu_check.sh` — {device_line()}\n\n{summary}. Benchmark tables: sections "
-              "logvol_resnet_gpu, vjp_chunk_gpu, shallow-cuda and randomized_path_full.")
+              "logvol_full, vjp_chunk_gpu, shallow-cuda and randomized_path_full.")
 PYEOF
 fi
 
 if want bench; then
-  stamp "bench/logvol_resnet.py --full"
-  timeout 230 $PY bench/logvol_resnet.py --full --points 2 --timeout 60 --json "$OUT/logvol_resnet_gpu.json"
-  echo "logvol_resnet rc=$?"
+  stamp "bench/logvol.py --full"
+  timeout 230 $PY bench/logvol.py --full --points 2 --rounds 1 --timeout 110 --json "$OUT/logvol_full.json"
+  echo "logvol rc=$?"
 
   stamp "bench/vjp_chunk.py on CUDA"
   timeout 60 $PY bench/vjp_chunk.py --device cuda --K 256 --pairs 5 --json "$OUT/vjp_chunk_gpu.json"

@@ -5,7 +5,7 @@ exact at <= 1/4 of the exact passes on ResNet-50, and the top-32 singular values
 relative at <= 1/8 of the passes. This script measures the curve and says whether the target is met.
 
 Path: x(t) = (1 - t) x_a + t x_b, t = linspace(0, 1, P) (``fastgeom.slices.path``), x_a, x_b
-two N(0, 1) images (``--seed``). Model: the CIFAR-style GELU ResNet of bench/logvol_resnet.py
+two N(0, 1) images (``--seed``). Model: the CIFAR-style GELU ResNet of bench/logvol.py
 (random init with BatchNorm statistics from N(0, 1) inputs, or ``--checkpoint``); network in float32
 unless ``--dtype float64``, accumulation in float64 throughout.
 
@@ -487,7 +487,7 @@ def main(argv=None):
         print(publish(saved, meta, final=meta.get("finished", True)))
         return
 
-    from logvol_resnet import build_model
+    from logvol import build_model
     device = device_line()
     model = build_model(arch, args.checkpoint).to(dev, getattr(torch, args.dtype))
     xs = path_points((3, size, size), npts, args.seed).to(dev, getattr(torch, args.dtype))

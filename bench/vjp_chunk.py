@@ -3,8 +3,9 @@
 One chunk = K one-hot cotangents pulled back through the network at one point: the work that
 ``jacrev(chunk_size=K)`` and ``method="streamed"`` repeat d_out / K times (torch.func's vmapped VJP,
 ``AutogradPass``), against the linearised engine's hand-written transposed pass
-(``Linearization.vjp``, ``method="linearized"``). The two alternate, chunk after chunk, on the same
-cotangents; the table gives the median seconds of each and the median of the per-pair ratios.
+(``Linearization.vjp``, built by ``linear_net.validated_linearize`` as ``method="linearized"`` does).
+The two alternate, chunk after chunk, on the same cotangents; the table gives the median seconds
+of each and the median of the per-pair ratios.
 
     python bench/vjp_chunk.py                       # ResNet-34 and ResNet-50, 32x32, K=64, 7 pairs
     python bench/vjp_chunk.py --archs resnet18 --size 16 --pairs 3    # a quick check
@@ -27,7 +28,7 @@ import torch  # noqa: E402
 
 
 def measure(arch: str, size: int, K: int, pairs: int, dtype=torch.float32, device="cpu") -> dict:
-    from fastgeom.engine.linear_net import LinearGraph
+    from fastgeom.engine.linear_net import validated_linearize
     from fastgeom.engine.streamed import AutogradPass, _one_hot
     from fastgeom.features import FeatureMap
     from fastgeom.models import cifar_resnet
@@ -39,11 +40,10 @@ def measure(arch: str, size: int, K: int, pairs: int, dtype=torch.float32, devic
     t0 = time.perf_counter()
     ag = AutogradPass(fmap, x, "reverse")
     t_ag_setup = time.perf_counter() - t0
+    d_out = ag.feature.shape[1]
     t0 = time.perf_counter()
-    graph = LinearGraph(fmap)
-    lin = graph.linearize(x)
+    lin = validated_linearize(fmap, x, d_out)(x, "reverse")  # the linearized engine's pass factory
     t_lin_setup = time.perf_counter() - t0
-    d_out = lin.feature.shape[1]
     C = _one_hot(K, 0, 1, d_out, dtype, x.device)
     sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
     ref = ag.vjp(C)  # also warms both up
@@ -62,14 +62,14 @@ def measure(arch: str, size: int, K: int, pairs: int, dtype=torch.float32, devic
             "median_autograd_s": statistics.median(t_ag), "median_linearized_s": statistics.median(t_lin),
             "median_ratio": statistics.median(ratios), "min_ratio": min(ratios), "max_ratio": max(ratios),
             "setup_autograd_s": t_ag_setup, "setup_linearized_s": t_lin_setup, "rel_diff": err,
-            "channels_last": graph.channels_last, "threads": torch.get_num_threads()}
+            "channels_last": lin.channels_last, "threads": torch.get_num_threads()}
 
 
 def table(rows: list[dict]) -> str:
     from _results import device_line
     out = ["## Exact engines' inner loop, one chunk of cotangents (`bench/vjp_chunk.py`)", "", device_line(), "",
            "| model | input | dtype | K | pairs | autograd VJP s (median) | linearized VJP s (median) | "
-           "linearized / autograd (median of pairs) | range | setup s (autograd / linearized) | rel. diff |",
+           "linearized / autograd (median of pairs) | range | setup s (autograd / linearized incl. validation) | rel. diff |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append(f"| {r['arch']} | 3x{r['size']}x{r['size']} | {r['dtype']} | {r['K']} | {r['pairs']} | "
