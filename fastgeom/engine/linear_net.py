@@ -291,7 +291,7 @@ class LinearGraph:
         self.gm = _trace(fmap)
         has_conv2d = any(type(m) is nn.Conv2d for m in self.gm.modules())
         dev = next((p.device for p in self.gm.parameters()), torch.device("cpu"))
-        # NHWC: oneDNN's transposed convolutions are 10-30% faster on CPU (bench/logvol_cpu.py). On CUDA the
+        # NHWC: oneDNN's transposed convolutions are 10-30% faster on CPU (bench/logvol.py (historical section logvol_cpu)). On CUDA the
         # fused kernels take contiguous NCHW tensors, so the default there is NCHW.
         self.channels_last = (has_conv2d and dev.type == "cpu") if channels_last is None else bool(channels_last)
         if self.channels_last:

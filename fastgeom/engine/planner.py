@@ -113,7 +113,7 @@ def plan(fmap, x: torch.Tensor, d_in: int, d_out: int, chunk_size: int | None = 
     if chunk_size is None:
         chunk = max(1, min(passes, (budget - act) // unit))
         if x.device.type == "cpu":
-            # CPU throughput peaks at moderate chunks and then falls (cache): bench/logvol_cpu.py on
+            # CPU throughput peaks at moderate chunks and then falls (cache): bench/logvol.py (historical section logvol_cpu) on
             # ResNet-34, 2 cores: chunk 64 took 14.0 s, 128 took 18.0 s, 268 took 19.7 s. Small models
             # (a chunk's working set far below that) take every direction at once, like jacrev.
             chunk = min(chunk, max(CPU_MAX_CHUNK, CPU_CHUNK_BYTES // unit))
