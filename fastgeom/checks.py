@@ -120,7 +120,7 @@ def layer_calls(fmap: FeatureMap, x1: torch.Tensor) -> int:
     h = fmap.module.register_forward_hook(hook)
     try:
         with torch.no_grad(), eval_mode(fmap.model):
-            torch.func.functional_call(fmap.model, fmap.params, (fmap.own_input(x1),))
+            torch.func.functional_call(fmap.model, fmap.params, (fmap.own_input(x1),))  # type: ignore[arg-type]
     except _Stop:
         pass
     except Exception:  # noqa: BLE001 - only the count matters here; the computation reports real errors

@@ -298,7 +298,7 @@ def _run(cmd: str, args) -> int:
                 "seed": args.seed, "layer": args.layer, "pool": args.pool, "target": args.target,
                 "normalize": args.normalize, "method": args.method, "dtype": args.dtype, "rank_tol": args.rank_tol,
                 "n_points": N, "points_sha1": tensor_digest(x), "source": src}
-        status = None
+        status: dict | None = None
         if ctx.is_main:
             try:
                 csv = ResultsCSV(args.out, columns, meta).open()
@@ -466,7 +466,7 @@ def _cmd_plot(args) -> int:
         if len(rows) <= 8:
             ax.legend(fontsize="small")
     else:
-        v = a[:, cols.index(col)].copy()
+        v = a[:, cols.index(str(col))].copy()
         label = col
         if args.log10 and col == "logvol":
             v = v / math.log(10)

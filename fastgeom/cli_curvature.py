@@ -91,7 +91,8 @@ def _cmd_curvature(args) -> int:
             "checkpoint_sha1": file_digest(args.checkpoint) if args.checkpoint else None, "seed": args.seed,
             "layer": args.layer, "pool": args.pool, "target": args.target, "dtype": args.dtype,
             "n_points": N, "points_sha1": tensor_digest(x), "source": src}
-    t0, warned, todo = time.time(), {}, 0
+    t0, todo = time.time(), 0
+    warned: dict[str, int] = {}
     with ResultsCSV(args.out, columns, meta) as csv:
         pending = [i for i in range(N) if i not in csv.done]
         todo = len(pending)
@@ -117,8 +118,8 @@ def _cmd_curvature(args) -> int:
             csv.append([[i, *vals[j], *(extra[i].tolist() if extra is not None else [])] for j, i in enumerate(b)])
         csv.finalize()
     if not args.quiet:
-        for k, n in sorted(warned.items()):
-            print(f"fastgeom: note: {k} in {n} batch(es); those points are NaN in the CSV", file=sys.stderr)
+        for kind, nb in sorted(warned.items()):
+            print(f"fastgeom: note: {kind} in {nb} batch(es); those points are NaN in the CSV", file=sys.stderr)
         print(f"curvature: {N} points in {args.out} ({todo} computed now, {N - todo} already there) "
               f"in {time.time() - t0:.1f} s")
     return 0

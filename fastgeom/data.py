@@ -103,7 +103,8 @@ def digits_standin(size: int = 28) -> tuple[torch.Tensor, torch.Tensor]:
     return up.reshape(up.shape[0], -1), torch.as_tensor(d.target, dtype=torch.long)
 
 
-def split(x: torch.Tensor, y: torch.Tensor, train_fraction: float = 0.75, seed: int = 0):
+def split(x: torch.Tensor, y: torch.Tensor, train_fraction: float = 0.75,
+          seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_train, y_train, x_test, y_test): a random split stratified by class (the paper's 75/25).
 
     round(train_fraction * N) points go to training; each class contributes floor(train_fraction *

@@ -134,7 +134,8 @@ class FeatureMap:
             fp = [p for p in owner.parameters() if p.is_floating_point()]
             dtype = fp[0].dtype if fp else None
         self.dtype = dtype
-        self._window = "unset"
+        self._window: tuple[int, int] | None = None
+        self._window_known = False
 
     def _raw(self, x: torch.Tensor):
         if self.layer is not None and not isinstance(self.layer, str):
@@ -142,6 +143,7 @@ class FeatureMap:
                 return self.layer(x)
             return torch.func.functional_call(self._bound, self._bound_params, (x,))
         if self.module is None:
+            assert self.model is not None
             return torch.func.functional_call(self.model, self.params, (x,))
         box = {}
 
@@ -149,6 +151,7 @@ class FeatureMap:
             box["out"] = out
             raise _Stop
 
+        assert self.model is not None  # a layer name needs a model (checked at construction)
         h = self.module.register_forward_hook(hook)
         try:
             torch.func.functional_call(self.model, self.params, (x,))
@@ -190,8 +193,9 @@ class FeatureMap:
     def post(self, out: torch.Tensor) -> torch.Tensor:
         """The layer's output (B, *feature_shape) -> features (B, d_out): pool, flatten, sphere projection."""
         if self.pool is not None:
-            if self._window == "unset":
-                self._window = pool_window(tuple(out.shape[1:]), self.pool)
+            if not self._window_known:
+                self._window, self._window_known = pool_window(tuple(out.shape[1:]), self.pool), True
+            assert self._window is not None
             out = F.avg_pool2d(out, kernel_size=self._window, stride=self._window)
         out = out.reshape(out.shape[0], -1)
         if self.target == "sphere":

@@ -67,7 +67,7 @@ def _jvp_norms(fmap, X: torch.Tensor, D: torch.Tensor, rows: list) -> torch.Tens
     while s < X.shape[0]:
         e = min(X.shape[0], s + rows[0])
         try:
-            _, t = jvp(fmap, (X[s:e].to(dt),), (D[s:e].to(dt),))
+            _, t = jvp(fmap, (X[s:e].to(dt),), (D[s:e].to(dt),))  # type: ignore[misc]
         except Exception as err:  # noqa: BLE001
             if not is_oom(err) or rows[0] == 1:
                 raise
@@ -156,7 +156,7 @@ def path_length_fmap(fmap: FeatureMap, path: torch.Tensor, *, per_segment: bool 
             ok = (err <= rtol * total[seg] * (hi - lo)) | ((hi - lo) < 1e-13)
             done = done.index_add(0, seg[ok], (kl + kr)[ok])
             keep = ~ok
-            seg, lo, hi, mid = seg[keep].repeat(2), torch.cat([lo[keep], mid[keep]]), torch.cat([mid[keep], hi[keep]]), None
+            seg, lo, hi = seg[keep].repeat(2), torch.cat([lo[keep], mid[keep]]), torch.cat([mid[keep], hi[keep]])
             kval = torch.cat([kl[keep], kr[keep]])
         else:
             if seg.numel():

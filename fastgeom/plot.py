@@ -150,7 +150,7 @@ def path_line(t, values, classes, ax=None, *, n_classes: int = 10, lw: float = 2
     pts = np.stack([t, v], axis=1)
     segs = np.stack([pts[:-1], pts[1:]], axis=1)
     cmap = plt.get_cmap(CLASS_CMAP, max(n_classes, 2))
-    lc = LineCollection(segs, colors=cmap(c[:-1] % cmap.N), linewidths=lw, label=label)
+    lc = LineCollection(list(segs), colors=cmap(c[:-1] % cmap.N), linewidths=lw, label=label)
     ax.add_collection(lc)
     ax.autoscale_view()
     return lc
@@ -174,7 +174,7 @@ def paths_over_epochs(paths: Mapping[str, Mapping[int, dict]], *, ylabel: str = 
     epochs = sorted({e for p in paths.values() for e in p})
     fig, axes = plt.subplots(len(names), len(epochs), figsize=(panel_size[0] * len(epochs), panel_size[1] * len(names)),
                              squeeze=False, constrained_layout=True, sharey="row" if sharey else False)
-    seen = set()
+    seen: set = set()
     for i, name in enumerate(names):
         for j, ep in enumerate(epochs):
             ax = axes[i, j]
