@@ -135,15 +135,15 @@ def main() -> None:
     warnings.simplefilter("ignore")  # rank / precision / batching-fallback warnings: not what is measured
     dtype = getattr(torch, a.dtype)
     rows = []
+    os.makedirs(os.path.dirname(a.json), exist_ok=True)
     for name in a.families.split(","):
         t = time.perf_counter()
         rows.append(measure(name, cases[name], a.points, a.repeats, dtype))
         print(f"{name}: {time.perf_counter() - t:.1f}s", file=sys.stderr, flush=True)
+        with open(a.json, "w") as f:  # after every family, so that an interrupted run keeps what it measured
+            json.dump(rows, f, indent=1)
     body = table(rows)
     print(body)
-    os.makedirs(os.path.dirname(a.json), exist_ok=True)
-    with open(a.json, "w") as f:
-        json.dump(rows, f, indent=1)
     if not a.no_write:
         from _results import device_line, write_section
         write_section("model_families", "## Model families: engine chosen, time and error by method "

@@ -112,7 +112,7 @@ def test_tuple_module_branch_every_engine_both_modes(kind, scale):
 
 
 def test_vit_token_layer_larger_than_input_forward_mode():
-    """17 tokens x 64 > 3 x 16 x 16: jacfwd / forward JVPs through nn.MultiheadAttention (no MHA fast path,
+    """5 tokens x 48 > 3 x 8 x 8: jacfwd / forward JVPs through nn.MultiheadAttention (no MHA fast path,
     math attention kernel)."""
     m, x, layer = vit_tokens()
     fmap, d_in, d_out = prepare(m, x, layer, None, None)
