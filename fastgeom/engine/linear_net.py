@@ -14,10 +14,10 @@ only what the linear map needs:
   d = act'(pre-activation), one tensor per point batch;
 - products ``a * b`` (SE / gating, layer scale): the other factor of each carried one;
 - LayerNorm: the normalised input and 1/sigma;
-- residual ``add`` / ``sub``, average pooling, ``flatten``: nothing (pooling is applied to, and
-  transposed on, the whole (K*P)-batch of directions at once);
-- any other node that depends on x (concatenation, channel shuffles and other reshapes with captured
-  sizes, max-pool, attention, tuple-returning modules such as ``nn.MultiheadAttention`` / ``nn.LSTM`` /
+- residual ``add`` / ``sub`` (cotangents summed back over broadcast dims), reshapes (``view``,
+  ``flatten``, ``squeeze``, ...) and axis permutations (channel shuffles, patch flattening), average
+  pooling: nothing (pooling is applied to, and transposed on, the whole (K*P)-batch of directions at once);
+- any other node that depends on x (concatenation, indexing, max-pool, attention, tuple-returning modules such as ``nn.MultiheadAttention`` / ``nn.LSTM`` /
   ``nn.GRU`` and ``getitem`` on their results, the feature map's pool and ``target="sphere"``
   normalisation, unknown functions): its inputs, and ``torch.func.vjp`` / ``jvp`` at that node (a
   node without a forward-mode formula gets its JVP as the transpose of its VJP). A node whose value is
