@@ -188,7 +188,7 @@ def test_inplace_ops_are_rewritten_with_their_semantics():
     m = InPlace().to(D).eval()
     x = torch.randn(3, 5, dtype=D)
     ref = brute_jacobian(lambda z: m(z), x)
-    fmap, d_in, d_out = prepare(m, x, None, None, None)
+    fmap, _, d_out = prepare(m, x, None, None, None)
     lz = validated_linearize(fmap, x, d_out)
     for mode in ("reverse", "forward"):
         _close(_blocks(fmap, x, d_out, mode, linearize=lz), ref, 1e-12)
@@ -211,7 +211,7 @@ def test_inplace_write_without_rewrite_is_a_linearize_error_and_auto_falls_back(
     fmap, _, d_out = prepare(m, x, None, None, None)
     with pytest.raises(LinearizeError, match="writes in place"):
         validated_linearize(fmap, x, d_out)
-    lv, diag = fg.logvol(m, x, return_diagnostics=True)
+    _, diag = fg.logvol(m, x, return_diagnostics=True)
     assert diag.method == "streamed"
 
 
