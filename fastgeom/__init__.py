@@ -10,8 +10,9 @@ import importlib
 
 __version__ = "0.1.0"
 
-from .api import (Diagnostics, PrecisionWarning, RankDeficiencyWarning, jacobian, logvol,  # noqa: E402
-                  metric, spectrum)
+from .api import jacobian, logvol, metric, spectrum  # noqa: E402
+from .diagnostics import Diagnostics, NonFiniteWarning, PrecisionWarning, RankDeficiencyWarning  # noqa: E402
+from .geometry import Geometry  # noqa: E402
 from .info import info  # noqa: E402
 
 _LAZY = ("shallow", "nngp", "slices", "plot", "models", "randomized", "linalg", "engine", "features",
@@ -24,5 +25,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'fastgeom' has no attribute {name!r}")
 
 
-__all__ = ["logvol", "spectrum", "jacobian", "metric", "info", "Diagnostics", "RankDeficiencyWarning",
-           "PrecisionWarning", "__version__", *_LAZY]
+__all__ = ["Geometry", "logvol", "spectrum", "jacobian", "metric", "info", "Diagnostics", "RankDeficiencyWarning",
+           "PrecisionWarning", "NonFiniteWarning", "__version__", *_LAZY]

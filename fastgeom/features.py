@@ -143,6 +143,12 @@ class FeatureMap:
                             "choose a layer whose output is a single tensor, or pass a callable feature map")
         return self.post(out)
 
+    def null_dims(self, d_in: int, d_out: int) -> int:
+        """Singular values of J that are zero by construction: 1 for ``target="sphere"`` when
+        d_out <= d_in (phi/|phi| has no radial derivative, so rank <= d_out - 1), else 0. The null
+        direction itself is the feature phi/|phi| (in feature space)."""
+        return int(self.target == "sphere" and d_out <= d_in)
+
     def post(self, out: torch.Tensor) -> torch.Tensor:
         """The layer's output (B, *feature_shape) -> features (B, d_out): pool, flatten, sphere projection."""
         if self.pool is not None:

@@ -22,10 +22,15 @@ Spectra come from a one-sided (Hestenes) Jacobi SVD of R^T (column-graded after 
 keeps relative accuracy on graded matrices (Demmel & Veselic 1992); it is vectorised with a
 round-robin ordering, so it runs batched on CPU and GPU.
 
-Numerical rank diagnostic ("rounding level"): |R_ii| <= max(M, N) * eps(dtype J was computed in) *
-||a_{p(i)}||, i.e. the pivoted column is dependent on the previous ones up to rounding. Such
-values are kept (unless ``rank_tol`` drops them) and reported, and logvol warns that it may not be
-resolved in that precision.
+Resolved rank ("rounding level"): |R_ii| <= max(M, N) * eps(dtype J was computed in) * ||a_{p(i)}||,
+i.e. the pivoted column is dependent on the previous ones up to rounding. Structurally rank-deficient
+Jacobians (late CNN layers at small inputs, LayerNorm outputs, bottlenecks, attention tokens) have
+singular values that are zero in exact arithmetic but sit at this level; by default
+(``rank_tol=None``) the trailing run of such values after dynamic pivoting is dropped (counted in
+``n_dropped``), which the column-relative criterion separates from the real tiny values of graded
+Jacobians (a dead-pixel column of norm 1e-45 has |R_ii| ~ its own norm). Rounding-level values
+that are not trailing are kept and counted (``n_rounding``), and logvol warns that they may not be
+resolved. ``rank_tol=0.0`` keeps every non-zero value; ``rank_tol=t > 0`` drops |R_ii| <= t |R_00|.
 """
 from __future__ import annotations
 
@@ -46,6 +51,7 @@ class Factorization:
     rank: torch.Tensor  # int64 (B,): number of singular values kept
     rank_structural: torch.Tensor  # int64 (B,): min(#non-zero rows, #non-zero cols) of J
     n_rounding: torch.Tensor  # int64 (B,): kept values at the rounding level of the compute dtype
+    n_dropped: torch.Tensor  # int64 (B,): values dropped at the rounding level (default rank_tol=None)
     cond_est: torch.Tensor  # float64 (B,): max|R_ii| / min|R_ii| over kept values (estimate of kappa)
     cores: list  # per point: (k, k) float64 triangular matrix with the kept singular values
     dynamic_pivoting: torch.Tensor  # bool (B,): point was refactored with dynamic column pivoting
@@ -86,7 +92,13 @@ def factor(J: torch.Tensor, compute_dtype: torch.dtype | None = None, rank_tol: 
 
     ``known_null``: number of singular values that are zero by construction (1 for the sphere
     pullback, whose Jacobian has no radial component); the smallest that many are dropped.
+    ``rank_tol``: None drops the trailing rounding-level values, 0.0 keeps every non-zero value,
+    t > 0 drops values below t times the largest.
     """
+    if rank_tol is not None and (isinstance(rank_tol, bool) or not isinstance(rank_tol, (int, float))
+                                 or not 0 <= rank_tol < 1):
+        raise ValueError(f"rank_tol must be a float in [0, 1) relative to the largest singular value (0.0 keeps "
+                         f"every non-zero value) or None (drop values at the rounding level), got {rank_tol!r}")
     if J.dim() != 3:
         raise ValueError(f"J must be (B, m, n), got shape {tuple(J.shape)}")
     compute_dtype = compute_dtype or J.dtype
@@ -102,6 +114,7 @@ def factor(J: torch.Tensor, compute_dtype: torch.dtype | None = None, rank_tol: 
     logvol = torch.zeros(B, dtype=torch.float64, device=dev)
     rank = torch.zeros(B, dtype=torch.long, device=dev)
     n_round = torch.zeros(B, dtype=torch.long, device=dev)
+    n_drop = torch.zeros(B, dtype=torch.long, device=dev)
     cond = torch.full((B,), float("nan"), dtype=torch.float64, device=dev)
     dyn = torch.zeros(B, dtype=torch.bool, device=dev)
     cores: list = [None] * B
@@ -119,8 +132,11 @@ def factor(J: torch.Tensor, compute_dtype: torch.dtype | None = None, rank_tol: 
         N = Ag.shape[-1]
         R = torch.linalg.qr(Ag, mode="r").R
         d = torch.diagonal(R, dim1=-2, dim2=-1).abs()
+        tol = max(Ag.shape[-2], N) * eps
         redo = _pivot_violations(R) | (d == 0).any(dim=-1)
-        if rank_tol is not None or known_null:
+        if rank_tol is None:  # rounding-level values must be trailing to be dropped: pivot dynamically
+            redo |= (d <= tol * torch.where(cn > 0, cn, torch.ones_like(cn))).any(dim=-1)
+        if rank_tol or known_null:
             redo[:] = True
         if redo.any():
             ridx = redo.nonzero().flatten()
@@ -131,12 +147,16 @@ def factor(J: torch.Tensor, compute_dtype: torch.dtype | None = None, rank_tol: 
             cn[ridx] = torch.gather(cn[ridx], 1, perm)
             d = torch.diagonal(R, dim1=-2, dim2=-1).abs()
         scaled = d / torch.where(cn > 0, cn, torch.ones_like(cn))
-        rounding = scaled <= max(Ag.shape[-2], N) * eps
+        rounding = scaled <= tol
         keep = d > 0
-        if rank_tol is not None:
+        if rank_tol:
             keep &= d > rank_tol * d[:, :1]
         if known_null:
             keep &= torch.arange(N, device=dev)[None, :] < max(min(Ag.shape[-2], N) - known_null, 0)
+        if rank_tol is None:  # the trailing run of rounding-level (or already dropped) values
+            tail = torch.flip(torch.cumprod(torch.flip((rounding | ~keep).long(), [-1]), -1), [-1]).bool()
+            n_drop[idx] = (tail & keep).sum(-1)
+            keep &= ~tail
         # with dynamic pivoting, dropped values are trailing; k = number kept
         k = keep.sum(-1)
         lv = _ops.logdiag_sum(R, k, backend=backend)
@@ -154,7 +174,7 @@ def factor(J: torch.Tensor, compute_dtype: torch.dtype | None = None, rank_tol: 
         cond[idx] = torch.nan_to_num(dk, nan=-1.0).amax(-1) / torch.nan_to_num(dk, nan=float("inf")).amin(-1)
         dyn[idx] = redo
     return Factorization(logvol=logvol, rank=rank, rank_structural=torch.minimum(nr_all, nc_all),
-                         n_rounding=n_round, cond_est=cond, cores=cores, dynamic_pivoting=dyn)
+                         n_rounding=n_round, n_dropped=n_drop, cond_est=cond, cores=cores, dynamic_pivoting=dyn)
 
 
 def _round_robin(q: int) -> list[tuple[list[int], list[int]]]:

@@ -42,56 +42,95 @@ import sys
 from dataclasses import dataclass
 
 import torch
-from torch.func import jvp, vjp, vmap
 from tqdm.auto import tqdm
 
-from .engine.planner import default_budget, saved_bytes_one_point
+from .engine.planner import default_budget, is_oom, saved_bytes_one_point
 
 __all__ = ["logvol", "spectrum", "logvol_probes", "LinearOperator", "passes_logvol", "passes_spectrum"]
 
 
 class LinearOperator:
-    """K (n -> m) of every point of a batch, from JVPs and VJPs of a feature map.
+    """K (n -> m) of every point of a batch, from the JVPs and VJPs of an engine's pass.
 
     ``matvec(V (B, p, n)) -> (B, p, m)`` and ``rmatvec(U (B, p, m)) -> (B, p, n)`` take and return
     float64; the network runs in its own dtype. ``passes`` counts single-vector products per point.
+    ``null`` (B, n): a known unit null vector of K per point (the sphere target's radial direction
+    when K = J^T); K is then restricted to its orthogonal complement (inputs and outputs of
+    ``rmatvec`` projected), so the quadrature runs over the n - 1 other singular values.
     """
 
-    def __init__(self, fmap, x: torch.Tensor, d_out: int):
-        dt = fmap.dtype or x.dtype
-        self.fmap = fmap
-        self.x = x.to(dt)
+    def __init__(self, lin, x: torch.Tensor, d_out: int, null: torch.Tensor | None = None):
+        self.lin = lin
+        self.x = x
         self.B = x.shape[0]
         self.in_shape = x.shape[1:]
         self.d_in = x[0].numel()
         self.d_out = d_out
-        self.dtype = dt
-        out, self._vjp_fn = vjp(fmap, self.x)
-        self.out_dtype = out.dtype
+        self.dtype = x.dtype
+        self.out_dtype = lin.out_dtype
         self.transposed = self.d_out < self.d_in  # K = J^T
         self.n = min(self.d_in, self.d_out)
         self.m = max(self.d_in, self.d_out)
+        self.null = null
+        self.n_eff = self.n - (null is not None)  # dimension of the space K is restricted to
         self.passes = 0
+
+    def project(self, V: torch.Tensor) -> torch.Tensor:
+        """V (B, p, n) with its component along ``null`` removed."""
+        if self.null is None:
+            return V
+        u = self.null[:, None, :]
+        return V - (V * u).sum(-1, keepdim=True) * u
 
     def _jvp(self, V: torch.Tensor) -> torch.Tensor:  # (B, p, d_in) -> (B, p, d_out)
         p = V.shape[1]
         tan = V.to(self.dtype).transpose(0, 1).reshape(p, self.B, *self.in_shape)
-        cols = vmap(lambda t: jvp(self.fmap, (self.x,), (t,))[1])(tan)
+        cols = self.lin.jvp(tan)
         self.passes += p
         return cols.reshape(p, self.B, self.d_out).transpose(0, 1).to(torch.float64)
 
     def _vjp(self, U: torch.Tensor) -> torch.Tensor:  # (B, p, d_out) -> (B, p, d_in)
         p = U.shape[1]
         cot = U.to(self.out_dtype).transpose(0, 1).contiguous()
-        (g,) = vmap(self._vjp_fn)(cot)
+        g = self.lin.vjp(cot)
         self.passes += p
         return g.reshape(p, self.B, self.d_in).transpose(0, 1).to(torch.float64)
 
     def matvec(self, V: torch.Tensor) -> torch.Tensor:
+        V = self.project(V)
         return self._vjp(V) if self.transposed else self._jvp(V)
 
     def rmatvec(self, U: torch.Tensor) -> torch.Tensor:
-        return self._jvp(U) if self.transposed else self._vjp(U)
+        return self.project(self._jvp(U) if self.transposed else self._vjp(U))
+
+
+def pass_factory(fmap, d_out: int):
+    """(xb, mode) -> a pass over a point batch: the linearised engine's when the model linearises
+    (validated at the first point it sees), else torch.func's (``engine.streamed.AutogradPass``)."""
+    from .engine.linear_net import LinearizeError, validated_linearize
+    from .engine.choice import EngineWarning, strict
+    from .engine.streamed import AutogradPass
+    state: dict = {}
+
+    def make(xb, mode):
+        if "lin" not in state:
+            state["lin"] = None
+            if fmap.model is not None and (fmap.layer is None or isinstance(fmap.layer, str)):
+                try:
+                    state["lin"] = validated_linearize(fmap, xb[:1], d_out)
+                except LinearizeError:
+                    pass
+                except Exception as e:  # noqa: BLE001
+                    if is_oom(e) or strict():
+                        raise
+                    import warnings
+                    warnings.warn(f"the linearised engine failed unexpectedly ({type(e).__name__}: {e}); "
+                                  "method='randomized' uses torch.func's passes", EngineWarning, stacklevel=2)
+        if state["lin"] is not None:
+            return state["lin"](xb, mode)
+        return AutogradPass(fmap, xb, "reverse")
+
+    return make
 
 
 def _orth_against(w: torch.Tensor, Q: torch.Tensor | None) -> torch.Tensor:
@@ -146,7 +185,7 @@ def logvol_probes(op: LinearOperator, z: torch.Tensor, steps: int, breakdown_tol
     direction into the span of the previous images) means a zero singular value: ValueError.
     """
     B, p, n = z.shape
-    k = max(1, min(int(steps), n))
+    k = max(1, min(int(steps), op.n_eff))
     N = B * p
     znorm2 = (z * z).sum(-1).reshape(N)
     v = (z / torch.sqrt((z * z).sum(-1, keepdim=True))).reshape(N, n)
@@ -197,7 +236,7 @@ def logvol_probes(op: LinearOperator, z: torch.Tensor, steps: int, breakdown_tol
     for kk in torch.unique(kdone).tolist():
         sel = (kdone == kk).nonzero().flatten()
         q = _quadrature(alpha[sel], beta[sel], kk)
-        if kk < k or kk >= n:  # breakdown or Krylov space exhausted: quadrature is exact
+        if kk < k or kk >= op.n_eff:  # breakdown or Krylov space exhausted: quadrature is exact
             qp = q
         else:
             qp = _quadrature(alpha[sel], beta[sel], kk - 1) if kk > 1 else q
@@ -244,15 +283,45 @@ def _check_opts(probes, steps, extra):
             raise ValueError(f"options['{name}'] must be a positive int, got {v!r}")
 
 
-def _point_batches(fmap, x, per_point_vectors: int, points_per_batch, budget):
-    B = x.shape[0]
+def _points_per_batch(fmap, x, per_point_vectors: int, points_per_batch, budget) -> int:
     if points_per_batch is None:
         budget = int(budget or default_budget(x.device))
         act, _ = saved_bytes_one_point(fmap, x[:1].to(fmap.dtype or x.dtype))
-        points_per_batch = max(1, budget // max(2 * act * per_point_vectors, 1))
-    elif isinstance(points_per_batch, bool) or not isinstance(points_per_batch, int) or points_per_batch < 1:
+        return max(1, budget // max(2 * act * per_point_vectors, 1))
+    if isinstance(points_per_batch, bool) or not isinstance(points_per_batch, int) or points_per_batch < 1:
         raise ValueError(f"options['points_per_batch'] must be a positive int, got {points_per_batch!r}")
-    return [(s, min(B, s + points_per_batch)) for s in range(0, B, points_per_batch)]
+    return points_per_batch
+
+
+def _over_batches(B: int, points: int, work, desc: str, progress) -> None:
+    """work(s, e) over point batches of x; an out-of-memory error halves the batch and retries."""
+    show = (B > 1 and sys.stderr.isatty()) if progress is None else bool(progress)
+    bar = tqdm(total=B, desc=desc, unit="pt", disable=not show, leave=False)
+    s = 0
+    try:
+        while s < B:
+            e = min(B, s + points)
+            try:
+                work(s, e)
+            except Exception as err:  # noqa: BLE001
+                if not is_oom(err) or points == 1:
+                    raise
+                points = max(1, points // 2)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            bar.update(e - s)
+            s = e
+    finally:
+        bar.close()
+
+
+def _null(fmap, lin, d_in: int, d_out: int):
+    """The per-point known null vector of K (B, n), or None (see ``FeatureMap.null_dims``)."""
+    if not fmap.null_dims(d_in, d_out):
+        return None
+    u = lin.feature.reshape(lin.feature.shape[0], -1).to(torch.float64)
+    return u / torch.linalg.vector_norm(u, dim=-1, keepdim=True)
 
 
 def _generator(seed) -> torch.Generator:
@@ -279,7 +348,8 @@ def passes_spectrum(n: int, k: int, oversample: int, iters: int) -> int:
 
 def logvol(fmap, x: torch.Tensor, d_in: int, d_out: int, *, seed: int | None = None, progress=None,
            probes: int = 8, steps: int = 32, common_random_numbers: bool = False,
-           points_per_batch: int | None = None, budget: int | None = None, **extra) -> tuple[torch.Tensor, torch.Tensor]:
+           points_per_batch: int | None = None, budget: int | None = None, make_pass=None,
+           **extra) -> tuple[torch.Tensor, torch.Tensor]:
     """SLQ estimate of the log volume element at each point of x (B, *input_shape).
 
     Options: ``probes`` (Hutchinson probes, >= 2 for an error bar), ``steps`` (Golub-Kahan steps per
@@ -298,18 +368,22 @@ def logvol(fmap, x: torch.Tensor, d_in: int, d_out: int, *, seed: int | None = N
     z = _probes(gen, B, probes, n, bool(common_random_numbers), dev)
     val = torch.empty(B, dtype=torch.float64, device=dev)
     err = torch.empty(B, dtype=torch.float64, device=dev)
-    batches = _point_batches(fmap, x, probes, points_per_batch, budget)
-    show = (B > 1 and sys.stderr.isatty()) if progress is None else bool(progress)
-    for s, e in tqdm(batches, desc="logvol (randomized)", unit="batch", disable=not show, leave=False):
-        op = LinearOperator(fmap, x[s:e], d_out)
-        est = logvol_probes(op, z[s:e], steps)
+    make_pass = make_pass or pass_factory(fmap, d_out)
+
+    def work(s, e):
+        lin = make_pass(x[s:e], "reverse")
+        op = LinearOperator(lin, x[s:e], d_out, _null(fmap, lin, d_in, d_out))
+        est = logvol_probes(op, op.project(z[s:e]), steps)
         val[s:e], err[s:e] = combine(est)
+
+    _over_batches(B, _points_per_batch(fmap, x, probes, points_per_batch, budget), work,
+                  "logvol (randomized)", progress)
     return val, err
 
 
 def spectrum(fmap, x: torch.Tensor, d_in: int, d_out: int, *, k: int, seed: int | None = None, progress=None,
              oversample: int = 8, iters: int = 4, points_per_batch: int | None = None,
-             budget: int | None = None, **extra) -> torch.Tensor:
+             budget: int | None = None, make_pass=None, **extra) -> torch.Tensor:
     """Top-k singular values (B, k), descending, by randomized block Krylov with q = ``iters`` iterations
     on a block of b = k + ``oversample`` Gaussian vectors (float64, fully reorthogonalised)."""
     if extra:
@@ -328,15 +402,16 @@ def spectrum(fmap, x: torch.Tensor, d_in: int, d_out: int, *, k: int, seed: int 
     b = min(n, k + oversample)
     gen = _generator(seed)
     out = torch.empty(B, k, dtype=torch.float64, device=dev)
-    batches = _point_batches(fmap, x, b, points_per_batch, budget)
-    show = (B > 1 and sys.stderr.isatty()) if progress is None else bool(progress)
-    for s, e in tqdm(batches, desc="spectrum (randomized)", unit="batch", disable=not show, leave=False):
-        op = LinearOperator(fmap, x[s:e], d_out)
+    make_pass = make_pass or pass_factory(fmap, d_out)
+
+    def work(s, e):
+        lin = make_pass(x[s:e], "reverse")
+        op = LinearOperator(lin, x[s:e], d_out, _null(fmap, lin, d_in, d_out))
         Bb = e - s
-        S = torch.randn(Bb, b, n, generator=gen, dtype=torch.float64).to(dev)
+        S = op.project(torch.randn(Bb, b, n, generator=gen, dtype=torch.float64).to(dev))
         V = torch.linalg.qr(S.mT).Q.mT  # (Bb, b, n) orthonormal rows
         Vall, Zall = [V], []
-        for it in range(iters):
+        for _it in range(iters):
             if sum(t.shape[1] for t in Vall) >= n:
                 break
             Z = op.matvec(V)  # (Bb, b, m)
@@ -352,4 +427,6 @@ def spectrum(fmap, x: torch.Tensor, d_in: int, d_out: int, *, k: int, seed: int 
         Zall.append(op.matvec(V))
         KV = torch.cat(Zall, 1)  # (Bb, r, m) = (K V)^T, V orthonormal
         out[s:e] = torch.linalg.svdvals(KV)[:, :k]
+
+    _over_batches(B, _points_per_batch(fmap, x, b, points_per_batch, budget), work, "spectrum (randomized)", progress)
     return out

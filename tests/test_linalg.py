@@ -186,8 +186,14 @@ def test_rounding_level_values_warn_and_rank_tol_drops_them():
     feat = lambda z: torch.cat([m(z), m(z)[:, :1] + m(z)[:, 1:2]], 1)  # noqa: E731  (5 outputs, rank 4)
     x = torch.randn(3, 6, dtype=D)
     J = brute_jacobian(feat, x)
+    # default: the rounding-level value is dropped (resolved rank), counted and named
+    with pytest.warns(fg.RankDeficiencyWarning, match=r"3 point\(s\).*rank 4.*rounding level of torch.float64.*dropped"):
+        lvd, diagd = fg.logvol(None, x, feat, return_diagnostics=True)
+    assert diagd.n_dropped.tolist() == [1, 1, 1] and diagd.rank.tolist() == [4] * 3
+    assert rel_err(lvd, brute_logvol(J, rank=4)) < 1e-12
+    # rank_tol=0.0 keeps it and flags it
     with pytest.warns(fg.PrecisionWarning, match=r"3 point\(s\).*rounding level.*0 \(count 1\)"):
-        lv, diag = fg.logvol(None, x, feat, return_diagnostics=True)
+        lv, diag = fg.logvol(None, x, feat, rank_tol=0.0, return_diagnostics=True)
     assert diag.n_rounding.tolist() == [1, 1, 1] and diag.rank.tolist() == [5] * 3
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
@@ -216,11 +222,16 @@ def test_rank_tol_pseudo_determinant_of_kept_part():
     f3 = linalg.factor(J, rank_tol=1e-12)
     assert f3.rank.tolist() == [3, 3]
     assert torch.allclose(f3.logvol, torch.full((2,), log(1.5e-9), dtype=D), rtol=1e-7, atol=0)
-    f0 = linalg.factor(J)
+    f0 = linalg.factor(J, rank_tol=0.0)
     assert f0.rank.tolist() == [5, 5]
     # the two noise values are at rounding level by the documented criterion (|R_ii| <= max(m, n) eps
     # ||pivot column||); the noise of forming J in float64 may put one of them just above it
     assert all(1 <= c <= 2 for c in f0.n_rounding.tolist())
+    # the default drops the trailing run of them (the resolved rank) and keeps the real 1e-9
+    # (after dynamic pivoting both noise values are trailing and at rounding level)
+    fd = linalg.factor(J)
+    assert fd.rank.tolist() == [3, 3] and fd.n_dropped.tolist() == [2, 2] and fd.n_rounding.tolist() == [0, 0]
+    assert torch.allclose(fd.logvol, torch.full((2,), log(1.5e-9), dtype=D), rtol=1e-7, atol=0)
 
 
 def test_full_rank_gives_no_warning():

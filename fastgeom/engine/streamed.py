@@ -1,20 +1,27 @@
 """Streamed exact Jacobians: points batched, cotangents (VJPs) or tangents (JVPs) in chunks.
 
-Reverse mode runs one forward pass per point batch and ``vmap``s the VJP over a chunk of one-hot
-cotangents (rows of J for every point at once); forward mode ``vmap``s JVPs over one-hot tangents
-(columns of J). Each chunk is written into a float64 J of the point batch, then freed. An
-out-of-memory error halves the chunk (then the point batch) and retries the same rows/columns, so
-results equal those of an uninterrupted run up to rounding (only the vmap batch size changes, which
-may change the BLAS blocking, about 1e-16 relative).
+A *pass* is J of one point batch as a linear map over K directions at once: ``vjp(C (K, P, d_out))
+-> (K, P, *in)`` (rows of J) and ``jvp(T (K, P, *in)) -> (K, P, d_out)`` (columns), plus the
+features ``feature`` (P, d_out). ``AutogradPass`` is the torch.func one (any model);
+``linear_net.Linearization`` is the hand-written one of a traced, linearised network. Both serve
+the exact engine and ``fastgeom.randomized``.
+
+``StreamedEngine.run(x)`` walks x in point batches and fills a float64 J per batch chunk by chunk.
+An out-of-memory error halves the chunk (then the point batch) and retries the same rows/columns,
+so results equal those of an uninterrupted run up to rounding (only the vmap batch size changes,
+which may change the BLAS blocking, about 1e-16 relative). Each halving is an event of the run's
+``Record``; the engine starts its next run from the halved sizes.
 """
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
 from torch.func import jvp, vjp, vmap
 
-from .planner import Plan, is_oom
+from .planner import Plan, is_oom, plan
 
 # Tests set this to a callable(stage: str) that may raise, to inject faults such as an OOM.
 fault_injector: Callable[[str], None] | None = None
@@ -36,86 +43,164 @@ def _one_hot(k: int, start: int, B: int, dim: int, dtype, device) -> torch.Tenso
     return e
 
 
-class AutogradPass:
-    """J of a point batch through torch.func: ``vjp`` (K, P, d_out) -> (K, P, *in), ``jvp`` the reverse.
+@dataclass(frozen=True)
+class Record:
+    """What an exact run did: engine, mode, final chunk and point batch, OOM halvings, why this engine."""
 
-    Reverse mode runs the forward pass once (``torch.func.vjp``) and vmaps the VJP over cotangents;
-    forward mode vmaps ``torch.func.jvp`` (which re-runs the primal with every chunk). The
-    linearised engine (``linear_net.Linearization``) has the same two methods."""
+    engine: str  # "dense" | "streamed" | "linearized"
+    mode: str  # "reverse" | "forward" ("jacrev" | "jacfwd" for dense)
+    chunk: int | None  # directions per pass at the end of the run (None for dense)
+    points: int  # points per batch at the end of the run
+    events: tuple[str, ...] = ()  # e.g. "out of memory: chunk 64 -> 32"
+    reason: str = ""  # why this engine ran (auto's choice, or a fallback's cause)
+
+
+class AutogradPass:
+    """J of a point batch xb (P, *in) through torch.func: reverse mode runs the forward once
+    (``torch.func.vjp``) and vmaps the VJP; forward mode vmaps ``torch.func.jvp``."""
 
     def __init__(self, fmap, xb: torch.Tensor, mode: str):
         self.fmap, self.xb = fmap, xb
-        self.out_dtype = xb.dtype
+        self._vjp_fn = None
+        self._feature = None
         if mode == "reverse":
-            _inject("forward")
-            out, self._vjp_fn = vjp(fmap, xb)
-            self.out_dtype = out.dtype
+            self._forward()
+
+    def _forward(self) -> None:
+        out, self._vjp_fn = vjp(self.fmap, self.xb)
+        self._feature = out.detach()
+
+    @property
+    def feature(self) -> torch.Tensor:
+        """phi(xb) (P, d_out)."""
+        if self._feature is None:
+            with torch.no_grad():
+                self._feature = self.fmap(self.xb)
+        return self._feature
+
+    @property
+    def out_dtype(self) -> torch.dtype:
+        return self.feature.dtype
 
     def vjp(self, C: torch.Tensor) -> torch.Tensor:
+        if self._vjp_fn is None:
+            self._forward()
         return vmap(self._vjp_fn)(C)[0]
 
     def jvp(self, T: torch.Tensor) -> torch.Tensor:
         return vmap(lambda t: jvp(self.fmap, (self.xb,), (t,))[1])(T)
 
 
-def _batch_jacobian(fmap, xb: torch.Tensor, d_out: int, plan: Plan, linearize=None) -> torch.Tensor:
-    """float64 J (Pb, d_out, d_in) of one point batch; adapts plan.chunk on OOM.
+PassFactory = Callable[[torch.Tensor, str], object]  # (xb, mode) -> a pass (AutogradPass / Linearization)
 
-    ``linearize(xb, mode)``: an object with ``vjp``/``jvp`` over K directions (default AutogradPass)."""
-    Pb = xb.shape[0]
-    in_shape = xb.shape[1:]
-    d_in = xb[0].numel()
-    J = torch.empty(Pb, d_out, d_in, dtype=torch.float64, device=xb.device)
-    if linearize is None:
-        lin = AutogradPass(fmap, xb, plan.mode)
-    else:
-        _inject("forward")
-        lin = linearize(xb, plan.mode)
-    total = d_out if plan.mode == "reverse" else d_in
-    start = 0
-    while start < total:
-        k = min(plan.chunk, total - start)
-        try:
-            _inject("chunk")
-            if plan.mode == "reverse":
-                cot = _one_hot(k, start, Pb, d_out, lin.out_dtype, xb.device)
-                g = lin.vjp(cot)
-                J[:, start:start + k, :] = g.reshape(k, Pb, d_in).permute(1, 0, 2)
-            else:
-                tan = _one_hot(k, start, Pb, d_in, xb.dtype, xb.device).reshape(k, Pb, *in_shape)
-                cols = lin.jvp(tan)
-                J[:, :, start:start + k] = cols.reshape(k, Pb, d_out).permute(1, 2, 0)
-        except Exception as e:  # noqa: BLE001
-            if not is_oom(e) or plan.chunk == 1:
+
+class StreamedEngine:
+    """Exact J in point batches and direction chunks within a memory budget (see module docstring).
+
+    ``make_pass(xb, mode)`` builds the pass of a point batch (default ``AutogradPass``); ``name`` is
+    what ``Record.engine`` reports."""
+
+    def __init__(self, fmap, x1: torch.Tensor, d_in: int, d_out: int, *, budget: int | None = None,
+                 mode: str | None = None, make_pass: PassFactory | None = None, name: str = "streamed",
+                 reason: str = "", act_bytes: tuple[int, int] | None = None):
+        self.fmap, self.d_in, self.d_out = fmap, d_in, d_out
+        self.name, self.reason = name, reason
+        self.make_pass = make_pass or (lambda xb, m: AutogradPass(fmap, xb, m))
+        self.plan: Plan = plan(fmap, x1, d_in, d_out, budget=budget, mode=mode, act_bytes=act_bytes)
+        self.mode = self.plan.mode
+        self.chunk, self.points = self.plan.chunk, None  # points: from the plan per call (capped by B)
+
+    def sizes(self, B: int, chunk_size: int | None) -> tuple[int, int]:
+        """(chunk, points per batch) a run over B points starts from."""
+        passes = self.d_out if self.mode == "reverse" else self.d_in
+        chunk = min(chunk_size, passes) if chunk_size is not None else self.chunk
+        points = self.points or max(1, self.plan.budget // max(self.plan.unit * chunk + self.plan.fixed, 1))
+        return chunk, max(1, min(B, points))
+
+    def run(self, x: torch.Tensor, chunk_size: int | None = None,
+            progress: Callable[[int], None] | None = None) -> "Run":
+        return Run(self, x, chunk_size, progress)
+
+    def pass_at(self, xb: torch.Tensor, mode: str):
+        """The pass object of a point batch (for ``fastgeom.randomized``)."""
+        return self.make_pass(xb, mode)
+
+    # hook for AutoEngine: called after each chunk with its wall time; may return a new pass for the batch
+    def after_chunk(self, run: "Run", xb: torch.Tensor, lin, seconds: float, k: int):
+        return lin
+
+
+class Run:
+    """One pass of a ``StreamedEngine`` over x: iterate for (points slice, float64 J (P, d_out, d_in),
+    features (P, d_out)); ``record`` says what ran (final chunk and batch, events)."""
+
+    def __init__(self, engine: StreamedEngine, x: torch.Tensor, chunk_size, progress):
+        self.engine, self.x, self.progress = engine, x, progress
+        self.chunk, self.points = engine.sizes(x.shape[0], chunk_size)
+        self.events: list[str] = []
+        self.name = engine.name
+        self.reason = engine.reason
+
+    @property
+    def record(self) -> Record:
+        return Record(engine=self.name, mode=self.engine.mode, chunk=self.chunk, points=self.points,
+                      events=tuple(self.events), reason=self.reason)
+
+    def __iter__(self) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+        x, eng = self.x, self.engine
+        B, s = x.shape[0], 0
+        while s < B:
+            e = min(B, s + self.points)
+            try:
+                J, feat = self._batch(x[s:e])
+            except Exception as err:  # noqa: BLE001
+                if is_oom(err) and self.points > 1:
+                    self.events.append(f"out of memory: points per batch {self.points} -> {max(1, self.points // 2)}")
+                    self.points = max(1, self.points // 2)
+                    _free_cache(x.device)
+                    continue
+                if is_oom(err):
+                    raise MemoryError(
+                        f"out of memory even at 1 point and chunk 1 (budget {eng.plan.budget / 2**20:.0f} MiB); "
+                        "the model's single forward/backward pass does not fit: use a smaller dtype or device "
+                        "with more memory") from err
                 raise
-            plan.chunk = max(1, plan.chunk // 2)
-            _free_cache(xb.device)
-            continue
-        start += k
-    return J
+            yield slice(s, e), J, feat
+            if self.progress is not None:
+                self.progress(e - s)
+            s = e
+        # the next run of this engine starts from what fitted
+        eng.chunk = min(eng.chunk, self.chunk)
+        if any("points per batch" in ev for ev in self.events):
+            eng.points = self.points
 
-
-def jacobian_blocks(fmap, x: torch.Tensor, d_out: int, plan: Plan,
-                    progress: Callable[[int], None] | None = None, linearize=None) -> Iterator[tuple[slice, torch.Tensor]]:
-    """Yield (points slice, float64 J (Pb, d_out, d_in)) over x (B, *input_shape) in point batches."""
-    B = x.shape[0]
-    s = 0
-    while s < B:
-        e = min(B, s + plan.points)
-        try:
-            J = _batch_jacobian(fmap, x[s:e], d_out, plan, linearize)
-        except Exception as err:  # noqa: BLE001
-            if is_oom(err) and plan.points > 1:
-                plan.points = max(1, plan.points // 2)
-                _free_cache(x.device)
+    def _batch(self, xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        eng = self.engine
+        P, in_shape, d_in, d_out, mode = xb.shape[0], xb.shape[1:], eng.d_in, eng.d_out, eng.mode
+        J = torch.empty(P, d_out, d_in, dtype=torch.float64, device=xb.device)
+        t0 = time.perf_counter()
+        _inject("forward")
+        lin = eng.make_pass(xb, mode)
+        total, start = (d_out if mode == "reverse" else d_in), 0
+        while start < total:
+            k = min(self.chunk, total - start)
+            try:
+                _inject("chunk")
+                if mode == "reverse":
+                    g = lin.vjp(_one_hot(k, start, P, d_out, lin.out_dtype, xb.device))
+                    J[:, start:start + k, :] = g.reshape(k, P, d_in).permute(1, 0, 2)
+                else:
+                    cols = lin.jvp(_one_hot(k, start, P, d_in, xb.dtype, xb.device).reshape(k, P, *in_shape))
+                    J[:, :, start:start + k] = cols.reshape(k, P, d_out).permute(1, 2, 0)
+            except Exception as e:  # noqa: BLE001
+                if not is_oom(e) or self.chunk == 1:
+                    raise
+                self.events.append(f"out of memory: chunk {self.chunk} -> {max(1, self.chunk // 2)}")
+                self.chunk = max(1, self.chunk // 2)
+                _free_cache(xb.device)
                 continue
-            if is_oom(err):
-                raise MemoryError(
-                    f"out of memory even at 1 point and chunk 1 (budget {plan.budget / 2**20:.0f} MiB); "
-                    "the model's single forward/backward pass does not fit: use a smaller dtype or device with more memory"
-                ) from err
-            raise
-        yield slice(s, e), J
-        if progress is not None:
-            progress(e - s)
-        s = e
+            start += k
+            t1 = time.perf_counter()
+            lin = eng.after_chunk(self, xb, lin, t1 - t0, k)
+            t0 = time.perf_counter()
+        return J, lin.feature.reshape(P, -1)
