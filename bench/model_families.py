@@ -4,8 +4,8 @@ error against float64, and spectrum time against logvol time.
 Per family (tests/model_zoo.py: random init, small configs, no downloads) at P points in float32
 (``--dtype``), interleaved in every repeat (robust to load drift), medians and ratios of medians:
 
-- the engines alone on the same plan (``planner.plan``): ``jacobian_blocks`` with a prebuilt, validated
-  linearisation, ``jacobian_blocks`` with the autograd pass (streamed), ``jacobian_dense``;
+- the engines alone on the same plan: ``StreamedEngine`` with a prebuilt, validated linearisation
+  (``make_pass``), ``StreamedEngine`` with the autograd pass (streamed), ``jacobian_dense``;
 - the linearised engine's setup, ``validated_linearize`` (trace, fold, float64 copy, first-point checks),
   which ``fg.logvol(method="linearized" | "auto")`` pays once per call;
 - ``fg.logvol`` and ``fg.spectrum`` (both ``auto``), and ``Diagnostics.method`` of ``auto``;
@@ -50,7 +50,7 @@ def _cases():
 def measure(name: str, build, points: int, repeats: int, dtype) -> dict:
     import fastgeom as fg
     from fastgeom.api import prepare
-    from fastgeom.engine import jacobian_blocks, jacobian_dense, plan
+    from fastgeom.engine import StreamedEngine, jacobian_dense
     from fastgeom.engine.guards import ad_guards
     from fastgeom.engine.linear_net import validated_linearize
 
@@ -71,16 +71,18 @@ def measure(name: str, build, points: int, repeats: int, dtype) -> dict:
                 row["auto_engine"], row["mode"] = diag.method, diag.mode
         except Exception as e:  # noqa: BLE001 - reported in the table
             failed[m] = f"{type(e).__name__}: {str(e)[:160]}"
-    p = plan(fmap, x, d_in, d_out)
     lz = None
     if "linearized" not in failed:
         t = time.perf_counter()
         lz = validated_linearize(fmap, x, d_out)
         row["t_setup"] = time.perf_counter() - t
 
+    engines = {}
+
     def engine(linearize):
+        eng = engines.setdefault(linearize is None, StreamedEngine(fmap, x[:1], d_in, d_out, make_pass=linearize))
         with ad_guards():
-            for _ in jacobian_blocks(fmap, x, d_out, p, linearize=linearize):
+            for _ in eng.run(x):
                 pass
 
     runs = {"linearized": (lambda: engine(lz)) if lz is not None else None,
@@ -96,7 +98,7 @@ def measure(name: str, build, points: int, repeats: int, dtype) -> dict:
             if rep:
                 times[k].append(time.perf_counter() - t)
     row.update({f"t_{k}": statistics.median(v) for k, v in times.items()}, errors=errs, failed=failed,
-               repeats=repeats, chunk=p.chunk, plan_mode=p.mode)
+               repeats=repeats, chunk=engines[True].chunk, plan_mode=engines[True].mode)
     return row
 
 
@@ -163,7 +165,7 @@ def main() -> None:
                       "(`bench/model_families.py`)\n\n"
                       f"{device_line()}. {a.points} points per family, {a.dtype} models (random init, small configs "
                       f"from tests/model_zoo.py), median of {a.repeats} interleaved repeats after one warm-up; "
-                      "J columns: the engines alone on the same plan (`jacobian_blocks` with a "
+                      "J columns: the engines alone on the same plan (`StreamedEngine` with a "
                       "prebuilt linearisation, the streamed autograd pass, `jacobian_dense`); linearized setup: "
                       "`validated_linearize` (trace, fold, float64 copy, first-point checks), paid once per "
                       "`fg.logvol` call. Error: max over points of |logvol - logvol of `method=\"dense\"` on the float64 "

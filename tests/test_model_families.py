@@ -1,10 +1,10 @@
 """Every exact engine on small torchvision families and tuple-module branches, in float64, in both modes,
 against an independent J (torch.func.jacrev on the unmodified model, one point at a time).
 
-- reverse mode: the full J from ``dense``, ``streamed`` and ``linearized`` (``jacobian_blocks``);
+- reverse mode: the full J from ``dense``, ``streamed`` and ``linearized`` (``StreamedEngine``);
 - forward mode: J t for random tangents t from the streamed pass and the Linearization (a full forward
   J of a 3072-pixel input would take minutes), and the full J where d_out > d_in (branches, ViT tokens);
-- ``auto`` (``fg.logvol``) takes the linearised engine on every family;
+- ``auto`` (``fg.logvol``), when its cost rule lets it try, takes the linearised engine on every family;
 - a GRU / LSTM / MHA branch that contributes 1e-6 of J is not dropped (the silent-wrong-answer case);
 - in-place ops, in-place writes that cannot be rewritten, and the strict first-point check.
 """
@@ -19,9 +19,8 @@ from torch import nn
 
 import fastgeom as fg
 from fastgeom.api import prepare
-from fastgeom.engine import batching, guards, jacobian_blocks, jacobian_dense
+from fastgeom.engine import StreamedEngine, batching, choice, guards, jacobian_dense
 from fastgeom.engine.linear_net import LinearGraph, LinearizeError, validated_linearize
-from fastgeom.engine.planner import Plan
 from fastgeom.engine.streamed import AutogradPass
 from fastgeom.features import FeatureMap
 
@@ -35,9 +34,16 @@ def _close(got, want, rtol=1e-10):
 
 
 def _blocks(fmap, x, d_out, mode, linearize=None, chunk=64):
-    p = Plan(mode=mode, chunk=chunk, points=x.shape[0], budget=2**30, act_bytes=0)
-    with guards.ad_guards():  # streamed.py: the lead enters ad_guards there
-        return torch.cat([J for _, J in jacobian_blocks(fmap, x, d_out, p, linearize=linearize)])
+    eng = StreamedEngine(fmap, x[:1], x[0].numel(), d_out, mode=mode, make_pass=linearize)
+    with guards.ad_guards():  # until streamed.py enters ad_guards itself (forward AD through attention)
+        return torch.cat([J for _, J, _ in eng.run(x, chunk_size=chunk)])
+
+
+@pytest.fixture
+def auto_always_tries_linearized(monkeypatch):
+    """auto tries the linearised engine on any run and keeps it (its cost rule is tested in test_geometry)."""
+    monkeypatch.setattr(choice, "LINEARIZE_MIN_SECONDS", 0.0)
+    monkeypatch.setattr(choice, "SWITCH_GAIN", float("inf"))
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +77,10 @@ def test_family_every_exact_engine_matches_float64_reference(name, family_cache)
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_auto_takes_the_linearised_engine(name, family_cache):
+def test_auto_takes_the_linearised_engine(name, family_cache, auto_always_tries_linearized):
     m, x, ref = _family(name, family_cache)
-    lv, diag = fg.logvol(m, x, return_diagnostics=True)
-    assert diag.method == "linearized"
+    lv, diag = fg.logvol(m, x, return_diagnostics=True, chunk_size=4)  # the second chunk is the trial
+    assert diag.method == "linearized", diag.reason
     want = torch.linalg.svdvals(ref).log().sum(-1)
     torch.testing.assert_close(lv, want, rtol=1e-9, atol=1e-9)
 
@@ -92,7 +98,7 @@ def test_rules_cover_gating_layernorm_and_inplace_families(family_cache):
 
 @pytest.mark.parametrize("kind", ["mha", "lstm", "gru"])
 @pytest.mark.parametrize("scale", [1.0, 1e-6])
-def test_tuple_module_branch_every_engine_both_modes(kind, scale):
+def test_tuple_module_branch_every_engine_both_modes(kind, scale, auto_always_tries_linearized):
     """h = lin(x) + scale * module(x)[0]: a tuple-returning module, not a constant of x. At scale 1e-6 the
     branch is below the old 1e-4 check: dropping it would show as a 1e-6 error here."""
     m, x = tuple_branch(kind, scale, out=6)  # d_in 12, d_out 18
@@ -106,8 +112,21 @@ def test_tuple_module_branch_every_engine_both_modes(kind, scale):
     for mode in ("reverse", "forward"):
         _close(_blocks(fmap, x, d_out, mode, chunk=5), ref, 1e-12)
         _close(_blocks(fmap, x, d_out, mode, linearize=lz, chunk=5), ref, 1e-12)
-    lv, diag = fg.logvol(m, x, return_diagnostics=True)
-    assert diag.method == "linearized"
+    if kind == "mha":
+        return  # auto's first chunk is the streamed pass in forward mode: test_api_forward_mode_through_attention
+    lv, diag = fg.logvol(m, x, return_diagnostics=True, chunk_size=4)
+    assert diag.method == "linearized", diag.reason
+    torch.testing.assert_close(lv, torch.linalg.svdvals(ref).log().sum(-1), rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.xfail(strict=True, raises=NotImplementedError,
+                   reason="streamed.py must run its passes under engine.guards.ad_guards() (lead): until then the "
+                          "MHA fast path has no forward AD")
+@pytest.mark.parametrize("method", ["auto", "streamed"])
+def test_api_forward_mode_through_attention(method, auto_always_tries_linearized):
+    m, x = tuple_branch("mha", 1.0, out=6)
+    ref = brute_jacobian(lambda z: m(z).flatten(1), x)
+    lv = fg.logvol(m, x, method=method, chunk_size=4)
     torch.testing.assert_close(lv, torch.linalg.svdvals(ref).log().sum(-1), rtol=1e-11, atol=1e-11)
 
 
@@ -205,14 +224,14 @@ class SetItem(nn.Module):
         return torch.tanh(h)
 
 
-def test_inplace_write_without_rewrite_is_a_linearize_error_and_auto_falls_back():
+def test_inplace_write_without_rewrite_is_a_linearize_error_and_auto_falls_back(auto_always_tries_linearized):
     m = SetItem().to(D).eval()
     x = torch.randn(2, 4, dtype=D)
     fmap, _, d_out = prepare(m, x, None, None, None)
     with pytest.raises(LinearizeError, match="writes in place"):
         validated_linearize(fmap, x, d_out)
-    _, diag = fg.logvol(m, x, return_diagnostics=True)
-    assert diag.method == "streamed"
+    _, diag = fg.logvol(m, x, return_diagnostics=True, chunk_size=1)
+    assert diag.method == "streamed" and "cannot be linearised" in diag.reason and "writes in place" in diag.reason
 
 
 class Hooked(nn.Module):
