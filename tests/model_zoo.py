@@ -119,11 +119,11 @@ def tuple_branch(kind: str, scale: float = 1.0, T: int = 3, E: int = 4, out: int
 
 
 def vit_tokens():
-    """A one-block ViT whose token layer (17 x 64 = 1088) is larger than its 3 x 16 x 16 = 768 input:
+    """A one-block ViT whose token layer (5 x 48 = 240) is larger than its 3 x 8 x 8 = 192 input:
     forward mode through nn.MultiheadAttention. Returns (model, x, layer)."""
     torch.manual_seed(0)
-    m, x = _prep(VisionTransformer(image_size=16, patch_size=4, num_layers=1, num_heads=2, hidden_dim=64, mlp_dim=32,
-                                   num_classes=10), (3, 16, 16), points=1)
+    m, x = _prep(VisionTransformer(image_size=8, patch_size=4, num_layers=1, num_heads=2, hidden_dim=48, mlp_dim=32,
+                                   num_classes=10), (3, 8, 8), points=1)
     return m, x, "encoder.layers.encoder_layer_0"
 
 

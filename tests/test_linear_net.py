@@ -352,3 +352,28 @@ def test_traced_graph_that_fails_at_a_node_is_a_linearize_error():
     m = Baked().to(D)
     with pytest.raises(LinearizeError, match="fails at node 'reshape'"):
         LinearGraph(FeatureMap(m)).linearize(torch.randn(3, 4, dtype=D))
+
+
+class Shapes(nn.Module):
+    """Channel shuffle (view, transpose, contiguous, view), permute, flatten from dim 0, unflatten, squeeze."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 6, 3, padding=1, groups=2)
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x):
+        h = self.conv(x)
+        b, c, hh, ww = h.size()
+        h = h.view(b, 2, c // 2, hh, ww).transpose(1, 2).contiguous().view(b, -1, hh, ww)
+        h = torch.tanh(h).permute(0, 2, 3, 1)
+        h = self.fc(h).unsqueeze(1).flatten(2).squeeze(1)
+        return torch.swapaxes(h.unflatten(1, (hh, -1)), -1, 1).reshape(-1)[None].reshape(b, -1)
+
+
+def test_reshape_and_permute_rules_match_torch_func():
+    torch.manual_seed(0)
+    m = Shapes().to(D).eval()
+    lin = _check_against_torch_func(FeatureMap(m), torch.randn(3, 4, 5, 3, dtype=D))
+    rules = [s.rule for s in lin.steps]
+    assert rules.count("func") == 1 and rules.count("reshape") >= 5 and rules.count("permute") == 3  # func: [None]

@@ -4,7 +4,7 @@ against an independent J (torch.func.jacrev on the unmodified model, one point a
 - reverse mode: the full J from ``dense``, ``streamed`` and ``linearized`` (``StreamedEngine``);
 - forward mode: J t for random tangents t from the streamed pass and the Linearization (a full forward
   J of a 3072-pixel input would take minutes), and the full J where d_out > d_in (branches, ViT tokens);
-- ``auto`` (``fg.logvol``) takes the linearised engine on every family;
+- ``auto`` (``fg.logvol``), when its cost rule lets it try, takes the linearised engine on every family;
 - a GRU / LSTM / MHA branch that contributes 1e-6 of J is not dropped (the silent-wrong-answer case);
 - in-place ops, in-place writes that cannot be rewritten, and the strict first-point check.
 """
@@ -34,15 +34,14 @@ def _close(got, want, rtol=1e-10):
 
 
 def _blocks(fmap, x, d_out, mode, linearize=None, chunk=64):
-    eng = StreamedEngine(fmap, x[:1], x[0].numel(), d_out, budget=2**30, mode=mode, make_pass=linearize)
-    eng.points = x.shape[0]
-    with guards.ad_guards():  # as Geometry enters it around every pass
+    eng = StreamedEngine(fmap, x[:1], x[0].numel(), d_out, mode=mode, make_pass=linearize)
+    with guards.ad_guards():  # until streamed.py enters ad_guards itself (forward AD through attention)
         return torch.cat([J for _, J, _ in eng.run(x, chunk_size=chunk)])
 
 
-def _auto_always_pays(monkeypatch):
-    """auto tries the linearised engine at once and keeps it (its timing policy is tested in test_geometry):
-    what is checked is that every family linearises, validates and agrees."""
+@pytest.fixture
+def auto_always_tries_linearized(monkeypatch):
+    """auto tries the linearised engine on any run and keeps it (its cost rule is tested in test_geometry)."""
     monkeypatch.setattr(choice, "LINEARIZE_MIN_SECONDS", 0.0)
     monkeypatch.setattr(choice, "SWITCH_GAIN", float("inf"))
 
@@ -78,11 +77,10 @@ def test_family_every_exact_engine_matches_float64_reference(name, family_cache)
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_auto_takes_the_linearised_engine(name, family_cache, monkeypatch):
-    _auto_always_pays(monkeypatch)
+def test_auto_takes_the_linearised_engine(name, family_cache, auto_always_tries_linearized):
     m, x, ref = _family(name, family_cache)
-    lv, diag = fg.logvol(m, x, return_diagnostics=True, chunk_size=3)  # the trial needs a chunk after the first
-    assert diag.method == "linearized"
+    lv, diag = fg.logvol(m, x, return_diagnostics=True, chunk_size=4)  # the second chunk is the trial
+    assert diag.method == "linearized", diag.reason
     want = torch.linalg.svdvals(ref).log().sum(-1)
     torch.testing.assert_close(lv, want, rtol=1e-9, atol=1e-9)
 
@@ -100,7 +98,7 @@ def test_rules_cover_gating_layernorm_and_inplace_families(family_cache):
 
 @pytest.mark.parametrize("kind", ["mha", "lstm", "gru"])
 @pytest.mark.parametrize("scale", [1.0, 1e-6])
-def test_tuple_module_branch_every_engine_both_modes(kind, scale, monkeypatch):
+def test_tuple_module_branch_every_engine_both_modes(kind, scale, auto_always_tries_linearized):
     """h = lin(x) + scale * module(x)[0]: a tuple-returning module, not a constant of x. At scale 1e-6 the
     branch is below the old 1e-4 check: dropping it would show as a 1e-6 error here."""
     m, x = tuple_branch(kind, scale, out=6)  # d_in 12, d_out 18
@@ -114,14 +112,23 @@ def test_tuple_module_branch_every_engine_both_modes(kind, scale, monkeypatch):
     for mode in ("reverse", "forward"):
         _close(_blocks(fmap, x, d_out, mode, chunk=5), ref, 1e-12)
         _close(_blocks(fmap, x, d_out, mode, linearize=lz, chunk=5), ref, 1e-12)
-    _auto_always_pays(monkeypatch)
-    lv, diag = fg.logvol(m, x, return_diagnostics=True, chunk_size=3)
-    assert diag.method == "linearized"
+    if kind == "mha":
+        return  # auto's first chunk is the streamed pass in forward mode: test_api_forward_mode_through_attention
+    lv, diag = fg.logvol(m, x, return_diagnostics=True, chunk_size=4)
+    assert diag.method == "linearized", diag.reason
+    torch.testing.assert_close(lv, torch.linalg.svdvals(ref).log().sum(-1), rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("method", ["auto", "streamed"])
+def test_api_forward_mode_through_attention(method, auto_always_tries_linearized):
+    m, x = tuple_branch("mha", 1.0, out=6)
+    ref = brute_jacobian(lambda z: m(z).flatten(1), x)
+    lv = fg.logvol(m, x, method=method, chunk_size=4)
     torch.testing.assert_close(lv, torch.linalg.svdvals(ref).log().sum(-1), rtol=1e-11, atol=1e-11)
 
 
 def test_vit_token_layer_larger_than_input_forward_mode():
-    """17 tokens x 64 > 3 x 16 x 16: jacfwd / forward JVPs through nn.MultiheadAttention (no MHA fast path,
+    """5 tokens x 48 > 3 x 8 x 8: jacfwd / forward JVPs through nn.MultiheadAttention (no MHA fast path,
     math attention kernel)."""
     m, x, layer = vit_tokens()
     fmap, d_in, d_out = prepare(m, x, layer, None, None)
@@ -197,7 +204,7 @@ def test_inplace_ops_are_rewritten_with_their_semantics():
     m = InPlace().to(D).eval()
     x = torch.randn(3, 5, dtype=D)
     ref = brute_jacobian(lambda z: m(z), x)
-    fmap, d_in, d_out = prepare(m, x, None, None, None)
+    fmap, _, d_out = prepare(m, x, None, None, None)
     lz = validated_linearize(fmap, x, d_out)
     for mode in ("reverse", "forward"):
         _close(_blocks(fmap, x, d_out, mode, linearize=lz), ref, 1e-12)
@@ -214,14 +221,14 @@ class SetItem(nn.Module):
         return torch.tanh(h)
 
 
-def test_inplace_write_without_rewrite_is_a_linearize_error_and_auto_falls_back():
+def test_inplace_write_without_rewrite_is_a_linearize_error_and_auto_falls_back(auto_always_tries_linearized):
     m = SetItem().to(D).eval()
     x = torch.randn(2, 4, dtype=D)
     fmap, _, d_out = prepare(m, x, None, None, None)
     with pytest.raises(LinearizeError, match="writes in place"):
         validated_linearize(fmap, x, d_out)
-    lv, diag = fg.logvol(m, x, return_diagnostics=True)
-    assert diag.method == "streamed"
+    _, diag = fg.logvol(m, x, return_diagnostics=True, chunk_size=1)
+    assert diag.method == "streamed" and "cannot be linearised" in diag.reason and "writes in place" in diag.reason
 
 
 class Hooked(nn.Module):

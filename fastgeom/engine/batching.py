@@ -63,4 +63,4 @@ def vmap(fn: Callable, in_dims: int | tuple = 0, out_dims: int = 0, *, key: str 
     return run
 
 
-__all__ = ["vmap", "BatchingFallbackWarning"]
+__all__ = ["BatchingFallbackWarning", "vmap"]

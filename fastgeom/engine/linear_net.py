@@ -14,10 +14,10 @@ only what the linear map needs:
   d = act'(pre-activation), one tensor per point batch;
 - products ``a * b`` (SE / gating, layer scale): the other factor of each carried one;
 - LayerNorm: the normalised input and 1/sigma;
-- residual ``add`` / ``sub``, average pooling, ``flatten``: nothing (pooling is applied to, and
-  transposed on, the whole (K*P)-batch of directions at once);
-- any other node that depends on x (concatenation, channel shuffles and other reshapes with captured
-  sizes, max-pool, attention, tuple-returning modules such as ``nn.MultiheadAttention`` / ``nn.LSTM`` /
+- residual ``add`` / ``sub`` (cotangents summed back over broadcast dims), reshapes (``view``,
+  ``flatten``, ``squeeze``, ...) and axis permutations (channel shuffles, patch flattening), average
+  pooling: nothing (pooling is applied to, and transposed on, the whole (K*P)-batch of directions at once);
+- any other node that depends on x (concatenation, indexing, max-pool, attention, tuple-returning modules such as ``nn.MultiheadAttention`` / ``nn.LSTM`` /
   ``nn.GRU`` and ``getitem`` on their results, the feature map's pool and ``target="sphere"``
   normalisation, unknown functions): its inputs, and ``torch.func.vjp`` / ``jvp`` at that node (a
   node without a forward-mode formula gets its JVP as the transpose of its VJP). A node whose value is
@@ -103,13 +103,18 @@ _MUL = {operator.mul, torch.mul}
 _INPLACE_OPERATORS = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
                       operator.itruediv: operator.truediv, operator.ifloordiv: operator.floordiv,
                       operator.ipow: operator.pow, operator.imatmul: operator.matmul, operator.imod: operator.mod}
+# pure reshapes (row-major order kept) and axis permutations: no primal data, transposed by reshape / inverse perm
+_RESHAPE_METHODS = {"view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "contiguous", "view_as",
+                    "reshape_as"}
+_RESHAPE_FUNCTIONS = {torch.reshape, torch.flatten, torch.squeeze, torch.unsqueeze, torch.unflatten}
+_PERMUTE = {"permute", "transpose", "swapaxes", torch.permute, torch.transpose, torch.swapaxes}
 _INPLACE_META = "fastgeom_inplace"  # node.meta key: an in-place op with no out-of-place rewrite
 
 
 @dataclass
 class _Step:
     """One tangent-carrying node: rule in {"conv", "linear", "scale", "act", "mul", "layernorm", "add", "sub",
-    "identity", "batchlinear", "func"}."""
+    "identity", "reshape", "permute", "batchlinear", "func"}."""
     name: str
     rule: str
     inputs: list  # names of the tangent-carrying input nodes (in argument order)
@@ -117,9 +122,27 @@ class _Step:
     shape: tuple = ()  # per-point output shape
 
 
-def _start_dim(args, kwargs) -> int:
-    sd = kwargs.get("start_dim", args[1] if len(args) > 1 else 0)
-    return sd if sd >= 0 else sd + args[0].dim()
+def _permutation(target, args, kwargs) -> list | None:
+    """The full axis permutation of permute / transpose / swapaxes (out = in.permute(perm)), or None."""
+    n = args[0].dim()
+    if target in ("permute", torch.permute):
+        dims = kwargs.get("dims", args[1:])
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list, torch.Size)):
+            dims = dims[0]
+        perm = list(dims)
+    else:
+        pair = list(args[1:3]) + [kwargs[k] for k in ("dim0", "dim1", "axis0", "axis1") if k in kwargs]
+        if len(pair) != 2:
+            return None
+        perm = list(range(n))
+        a, b = (d % n if isinstance(d, int) else d for d in pair)
+        if not (isinstance(a, int) and isinstance(b, int)):
+            return None
+        perm[a], perm[b] = perm[b], perm[a]
+    if not all(isinstance(d, int) for d in perm) or len(perm) != n:
+        return None
+    perm = [d % n for d in perm]
+    return perm if sorted(perm) == list(range(n)) else None
 
 
 def _describe(node: fx.Node) -> str:
@@ -306,6 +329,13 @@ class LinearGraph:
     # ------------------------------------------------------------------------------------------
     def _classify(self, node: fx.Node, args, kwargs, carried: list[int]):
         """(rule, data) for a node whose tensor arguments at positions `carried` carry the tangent."""
+        if carried == [0] and node.op in ("call_method", "call_function"):
+            if node.target in _RESHAPE_METHODS | _RESHAPE_FUNCTIONS:
+                return "reshape", None  # (input shape, output shape) filled in once the value is known
+            if node.target in _PERMUTE:
+                perm = _permutation(node.target, args, kwargs)
+                if perm is not None:
+                    return "permute", perm
         if node.op == "call_module":
             mod = self.modules[node.target]
             if type(mod) in _CONV and mod.padding_mode == "zeros" and len(args) == 1 and not kwargs:
@@ -325,14 +355,12 @@ class LinearGraph:
                 return "identity", None
             if isinstance(mod, _POOL_MODULES) and len(args) == 1 and not kwargs:
                 return "batchlinear", mod
-            if isinstance(mod, nn.Flatten) and mod.start_dim not in (0, -args[0].dim()) and len(args) == 1:
-                return "batchlinear", mod
+            if isinstance(mod, (nn.Flatten, nn.Unflatten)) and len(args) == 1:
+                return "reshape", None
         elif node.op == "call_function":
             extra = list(args[1:]) + list(kwargs.values())
             if node.target in _POOL_FUNCTIONS and carried == [0] and not any(isinstance(a, torch.Tensor) for a in extra):
                 return "batchlinear", (lambda t, _f=node.target, _a=args, _k=kwargs: _f(t, *_a[1:], **_k))
-            if node.target is torch.flatten and carried == [0] and _start_dim(args, kwargs) >= 1:
-                return "batchlinear", (lambda t, _a=args, _k=kwargs: torch.flatten(t, *_a[1:], **_k))
             if node.target in _ACT_FUNCTIONS and carried == [0] and not any(isinstance(a, torch.Tensor) for a in extra):
                 return "act", None
             if node.target is F.layer_norm and carried == [0]:
@@ -427,6 +455,8 @@ class LinearGraph:
                         carries.add(node.name)
                 else:
                     val = _run(node, fn, args, kwargs)
+                    if rule == "reshape":
+                        data = (tuple(args[0].shape), tuple(val.shape))
                 env[node.name] = val
                 if _is_float_tensor(val):
                     carries.add(node.name)
@@ -637,6 +667,11 @@ class Linearization:
             elif st.rule == "sub":
                 self._send(pending, st.inputs[0], _unbroadcast(c, st.data, 0))
                 self._send(pending, st.inputs[1], -_unbroadcast(c, st.data, 1))
+            elif st.rule == "reshape":
+                self._send(pending, st.inputs[0], c.reshape((K,) + st.data[0]))
+            elif st.rule == "permute":
+                inv = sorted(range(len(st.data)), key=st.data.__getitem__)
+                self._send(pending, st.inputs[0], c.permute(0, *[i + 1 for i in inv]))
             elif st.rule == "batchlinear":
                 zero = c.new_zeros((K * P,) + self._shape_of(st.inputs[0]))
                 with torch.enable_grad():
@@ -706,6 +741,10 @@ class Linearization:
             return _Deferred(ins[0], ins[1]) if fuse else ins[0] + ins[1]
         if st.rule == "sub":
             return ins[0] - ins[1]
+        if st.rule == "reshape":
+            return ins[0].reshape((K,) + st.data[1])
+        if st.rule == "permute":
+            return ins[0].permute(0, *[d + 1 for d in st.data])
         if st.rule == "batchlinear":
             t = ins[0]
             y = st.data(t.reshape(K * P, *t.shape[2:]))
