@@ -76,7 +76,7 @@ def test_diagnostics_record_what_ran():
 def test_auto_failure_of_the_fast_path_warns_or_raises_when_strict(monkeypatch):
     m = mlp(8, 3)
     x = torch.randn(3, 8, dtype=D)
-    monkeypatch.setattr(choice, "LINEARIZE_MIN_SECONDS", 0.0)
+    monkeypatch.setattr(choice, "LINEARIZE_MIN_SECONDS", 0.0)  # tried after the first of 3 one-row chunks
 
     def broken(*a, **k):
         raise IndexError("a bug in the linearised engine")
@@ -84,12 +84,12 @@ def test_auto_failure_of_the_fast_path_warns_or_raises_when_strict(monkeypatch):
     monkeypatch.setattr(choice, "validated_linearize", broken)
     monkeypatch.delenv("FASTGEOM_STRICT", raising=False)
     with pytest.warns(choice.EngineWarning, match="IndexError: a bug in the linearised engine"):
-        lv, d = fg.logvol(m, x, return_diagnostics=True)
+        lv, d = fg.logvol(m, x, return_diagnostics=True, chunk_size=1)
     assert d.method == "streamed" and "failed" in d.reason
     torch.testing.assert_close(lv, fg.logvol(m, x, method="dense"), rtol=1e-12, atol=0)
     monkeypatch.setenv("FASTGEOM_STRICT", "1")
     with pytest.raises(IndexError, match="a bug"):
-        fg.logvol(m, x)
+        fg.logvol(m, x, chunk_size=1)
 
     def cannot(*a, **k):
         raise linear_net.LinearizeError("not this model")
@@ -97,7 +97,7 @@ def test_auto_failure_of_the_fast_path_warns_or_raises_when_strict(monkeypatch):
     monkeypatch.setattr(choice, "validated_linearize", cannot)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _, d = fg.logvol(m, x, return_diagnostics=True)  # the expected failure: quiet, recorded
+        _, d = fg.logvol(m, x, return_diagnostics=True, chunk_size=1)  # the expected failure: quiet, recorded
     assert d.method == "streamed" and "not this model" in d.reason
 
 
