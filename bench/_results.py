@@ -1,4 +1,5 @@
 """Write a section of bench/RESULTS.md between its BEGIN/END markers (other sections untouched)."""
+
 from __future__ import annotations
 
 import os
@@ -14,11 +15,14 @@ def device_line() -> str:
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else (platform.processor() or "cpu")
     try:
         import triton
+
         tv = triton.__version__
     except Exception:  # noqa: BLE001
         tv = "none"
-    return (f"device: {dev} ({os.cpu_count()} CPUs visible, torch threads {torch.get_num_threads()}); "
-            f"torch {torch.__version__}; triton {tv}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    return (
+        f"device: {dev} ({os.cpu_count()} CPUs visible, torch threads {torch.get_num_threads()}); "
+        f"torch {torch.__version__}; triton {tv}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
 
 
 def write_section(name: str, body: str, path: str = RESULTS) -> None:

@@ -13,6 +13,7 @@ the table gives their medians and the median of the per-pair ratios (library tim
 Writes JSON (bench/out/cli_throughput.json, one entry per label) and the ``cli_throughput``
 section of RESULTS.md (every label measured so far).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,14 @@ N_POINTS, BATCH = 256, 16
 def small_cnn():
     """The benchmark's model (also the CLI's --model FILE:small_cnn factory)."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GELU(), nn.Conv2d(8, 8, 3, padding=1), nn.GELU(),
-                         nn.AvgPool2d(4), nn.Flatten())
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.GELU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.GELU(),
+        nn.AvgPool2d(4),
+        nn.Flatten(),
+    )
 
 
 def measure(repeats: int) -> dict:
@@ -53,13 +60,28 @@ def measure(repeats: int) -> dict:
     for r in range(-1, repeats):  # r = -1: warm-up (torch.func's first-use costs), not counted
         out = os.path.join(d, f"r{r}.csv")
         t0 = time.perf_counter()
-        rc = cli.main(["logvol", "--model", f"{os.path.abspath(__file__)}:small_cnn", "--points", pts, "--out", out,
-                       "--batch-size", str(BATCH), "--device", "cpu", "--quiet"])
+        rc = cli.main(
+            [
+                "logvol",
+                "--model",
+                f"{os.path.abspath(__file__)}:small_cnn",
+                "--points",
+                pts,
+                "--out",
+                out,
+                "--batch-size",
+                str(BATCH),
+                "--device",
+                "cpu",
+                "--quiet",
+            ]
+        )
         t1 = time.perf_counter()
         assert rc == 0, rc
         lv = fg.logvol(model, x, progress=False)
         t2 = time.perf_counter()
         from fastgeom.runio import read_csv
+
         got = torch.from_numpy(read_csv(out)[1][:, 1])
         err = float((got - lv).abs().max())
         assert err < 1e-6 * float(lv.abs().max()), f"CLI and library disagree by {err}"
@@ -69,8 +91,14 @@ def measure(repeats: int) -> dict:
         t_lib.append(t2 - t1)
         ratios.append((t2 - t1) / (t1 - t0))
         print(f"repeat {r}: CLI {t1 - t0:.2f} s, library {t2 - t1:.2f} s, ratio {ratios[-1]:.2f}", flush=True)
-    return {"cli_s": statistics.median(t_cli), "lib_s": statistics.median(t_lib), "ratio": statistics.median(ratios),
-            "repeats": repeats, "cli_all": t_cli, "lib_all": t_lib}
+    return {
+        "cli_s": statistics.median(t_cli),
+        "lib_s": statistics.median(t_lib),
+        "ratio": statistics.median(ratios),
+        "repeats": repeats,
+        "cli_all": t_cli,
+        "lib_all": t_lib,
+    }
 
 
 def main() -> None:
@@ -91,22 +119,29 @@ def main() -> None:
     allres[a.label] = res
     with open(a.json, "w") as f:
         json.dump(allres, f, indent=1)
-    rows = [f"| {lab} | {r['cli_s']:.2f} | {N_POINTS / r['cli_s']:.1f} | {r['lib_s']:.2f} | {N_POINTS / r['lib_s']:.1f} "
-            f"| {r['ratio']:.2f} | {r['repeats']} |" for lab, r in allres.items()]
-    body = "\n".join([
-        "## CLI throughput against one library call (`bench/cli_throughput.py`)",
-        "",
-        f"{N_POINTS} points of a small CNN (3x8x8 -> conv3x3(8)-GELU-conv3x3(8)-GELU-avgpool4, d_out = 32), "
-        f"`method=auto`, float32; CLI in-process with `--batch-size {BATCH}` (fresh CSV each time) against one "
-        "`fg.logvol(model, x)` over the same points, alternating, after one untimed pair. Ratio = library time / CLI time, median of the "
-        "per-pair ratios (target >= 0.8).",
-        "",
-        "| CLI version | CLI s (median) | CLI points/s | library s | library points/s | ratio | repeats |",
-        "|---|---|---|---|---|---|---|",
-        *rows,
-        "",
-        res["device"] + " (a shared 2-core machine: absolute times drift with load; the ratio is measured in pairs)",
-    ])
+    rows = [
+        f"| {lab} | {r['cli_s']:.2f} | {N_POINTS / r['cli_s']:.1f} | {r['lib_s']:.2f} | {N_POINTS / r['lib_s']:.1f} "
+        f"| {r['ratio']:.2f} | {r['repeats']} |"
+        for lab, r in allres.items()
+    ]
+    body = "\n".join(
+        [
+            "## CLI throughput against one library call (`bench/cli_throughput.py`)",
+            "",
+            f"{N_POINTS} points of a small CNN (3x8x8 -> conv3x3(8)-GELU-conv3x3(8)-GELU-avgpool4, d_out = 32), "
+            f"`method=auto`, float32; CLI in-process with `--batch-size {BATCH}` (fresh CSV each time) against one "
+            "`fg.logvol(model, x)` over the same points, alternating, after one untimed pair. Ratio = library "
+            "time / CLI time, median of the "
+            "per-pair ratios (target >= 0.8).",
+            "",
+            "| CLI version | CLI s (median) | CLI points/s | library s | library points/s | ratio | repeats |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            res["device"]
+            + " (a shared 2-core machine: absolute times drift with load; the ratio is measured in pairs)",
+        ]
+    )
     print(body)
     if not a.no_results:
         write_section("cli_throughput", body)

@@ -18,6 +18,7 @@ faster than brute force at equal accuracy; ResNet-34 32x32, 64x64 plane: gaussia
 Writes JSON (``--json``, default bench/out/curvature.json) and the ``curvature`` (or ``curvature_gpu``)
 section of bench/RESULTS.md (``--no-write`` to skip).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,20 +68,32 @@ def timed(fns, dev, repeat=3):
 
 def mlp(d, dev, width=32):
     torch.manual_seed(d)
-    return nn.Sequential(nn.Linear(d, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(),
-                         nn.Linear(width, 2 * d + 3)).to(dev, D64)
+    return nn.Sequential(
+        nn.Linear(d, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 2 * d + 3)
+    ).to(dev, D64)
 
 
 def small_cnn(dev):
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.GELU(), nn.Conv2d(8, 8, 3, stride=2), nn.GELU(), nn.Flatten(),
-                         nn.Linear(8 * 5 * 5, 24)).to(dev, D64).eval()
+    return (
+        nn.Sequential(
+            nn.Conv2d(3, 8, 3),
+            nn.GELU(),
+            nn.Conv2d(8, 8, 3, stride=2),
+            nn.GELU(),
+            nn.Flatten(),
+            nn.Linear(8 * 5 * 5, 24),
+        )
+        .to(dev, D64)
+        .eval()
+    )
 
 
 def brute_R(fmap, x):
     def metric(y):
         J = jacfwd(lambda z: fmap(z[None])[0])(y)
         return J.T @ J
+
     return cv.ricci_scalar(metric, x)
 
 
@@ -94,7 +107,7 @@ def naive_R(fmap, x):
         N = H - torch.einsum("nk,mk,mab->nab", Q, Q, H)
         Ri = torch.linalg.inv(R)
         Nt = torch.einsum("ai,bj,nab->ijn", Ri, Ri, N)
-        out.append((Nt.diagonal(dim1=0, dim2=1).sum(-1) ** 2).sum() - (Nt ** 2).sum())
+        out.append((Nt.diagonal(dim1=0, dim2=1).sum(-1) ** 2).sum() - (Nt**2).sum())
     return torch.stack(out)
 
 
@@ -110,6 +123,7 @@ def brute_K(fmap, x, u, v):
         def metric(ab, f=f):
             J = jacfwd(f)(ab)
             return J.T @ J
+
         out.append(cv.ricci_scalar(metric, x.new_zeros(1, 2))[0] / 2)
     return torch.stack(out)
 
@@ -136,27 +150,54 @@ def part_small(dev, points, repeat):
         net = mlp(d, dev, width)
         x = torch.randn(points, d, dtype=D64, device=dev)
         fmap = FeatureMap(net)
-        (tb, Rb), (tn, Rn), (tf, Rf) = timed([lambda: brute_R(fmap, x), lambda: naive_R(fmap, x),
-                                              lambda: fg.scalar_curvature(net, x, progress=False)], dev, repeat)
-        rows.append({"case": f"scalar_curvature, tanh MLP {d}-{width}-{width}-{2 * d + 3}", "points": points,
-                     "brute_s": tb / points, "naive_s": tn / points, "fast_s": tf / points,
-                     "err_fast": rel(Rf, Rb), "err_naive": rel(Rn, Rb)})
+        (tb, Rb), (tn, Rn), (tf, Rf) = timed(
+            [lambda: brute_R(fmap, x), lambda: naive_R(fmap, x), lambda: fg.scalar_curvature(net, x, progress=False)],
+            dev,
+            repeat,
+        )
+        rows.append(
+            {
+                "case": f"scalar_curvature, tanh MLP {d}-{width}-{width}-{2 * d + 3}",
+                "points": points,
+                "brute_s": tb / points,
+                "naive_s": tn / points,
+                "fast_s": tf / points,
+                "err_fast": rel(Rf, Rb),
+                "err_naive": rel(Rn, Rb),
+            }
+        )
         print(rows[-1], flush=True)
     net = small_cnn(dev)
     x = torch.randn(points, 3, 13, 13, dtype=D64, device=dev)
     u, v = torch.randn(3, 13, 13, dtype=D64, device=dev), torch.randn(3, 13, 13, dtype=D64, device=dev)
     fmap = FeatureMap(net)
-    (tb, Kb), (tn, Kn), (tf, Kf) = timed([lambda: brute_K(fmap, x, u, v), lambda: naive_K(fmap, x, u, v),
-                                          lambda: fg.gaussian_curvature(net, x, u, v, progress=False)], dev, repeat)
-    rows.append({"case": "gaussian_curvature, GELU CNN 3x13x13 -> 24, plane", "points": points,
-                 "brute_s": tb / points, "naive_s": tn / points, "fast_s": tf / points,
-                 "err_fast": rel(Kf, Kb), "err_naive": rel(Kn, Kb)})
+    (tb, Kb), (tn, Kn), (tf, Kf) = timed(
+        [
+            lambda: brute_K(fmap, x, u, v),
+            lambda: naive_K(fmap, x, u, v),
+            lambda: fg.gaussian_curvature(net, x, u, v, progress=False),
+        ],
+        dev,
+        repeat,
+    )
+    rows.append(
+        {
+            "case": "gaussian_curvature, GELU CNN 3x13x13 -> 24, plane",
+            "points": points,
+            "brute_s": tb / points,
+            "naive_s": tn / points,
+            "fast_s": tf / points,
+            "err_fast": rel(Kf, Kb),
+            "err_naive": rel(Kn, Kb),
+        }
+    )
     print(rows[-1], flush=True)
     return rows
 
 
 def part_resnet(dev, arch, width, size, grid, lv_points, repeat):
     from fastgeom.models import cifar_resnet
+
     torch.manual_seed(0)
     model = cifar_resnet(arch, width=width, num_classes=None).to(dev).eval()
     g = torch.Generator().manual_seed(1)
@@ -168,46 +209,73 @@ def part_resnet(dev, arch, width, size, grid, lv_points, repeat):
     X = x0 + A.reshape(-1, 1, 1, 1) * u + Bm.reshape(-1, 1, 1, 1) * v
     n = X.shape[0]
     sub = X[torch.linspace(0, n - 1, min(lv_points, n)).long()]
-    (tk, K), (tl, _) = timed([lambda: fg.gaussian_curvature(model, X, u, v, progress=False),
-                              lambda: fg.logvol(model, sub, progress=False)], dev, repeat)
+    (tk, K), (tl, _) = timed(
+        [lambda: fg.gaussian_curvature(model, X, u, v, progress=False), lambda: fg.logvol(model, sub, progress=False)],
+        dev,
+        repeat,
+    )
     # float32 vs float64 network at a few points: what float32 loses
     few = X[:4]
     K64 = fg.gaussian_curvature(model, few, u, v, dtype=D64, progress=False)
-    row = {"case": f"{arch} width {width}, {size}x{size}, {grid}x{grid} plane (output, d_out {8 * width})",
-           "points": n, "curv_s": tk / n, "logvol_s": tl / sub.shape[0], "logvol_points": sub.shape[0],
-           "ratio": (tk / n) / (tl / sub.shape[0]), "f32_vs_f64": rel(K[:4], K64),
-           "nan": int(torch.isnan(K).sum())}
+    row = {
+        "case": f"{arch} width {width}, {size}x{size}, {grid}x{grid} plane (output, d_out {8 * width})",
+        "points": n,
+        "curv_s": tk / n,
+        "logvol_s": tl / sub.shape[0],
+        "logvol_points": sub.shape[0],
+        "ratio": (tk / n) / (tl / sub.shape[0]),
+        "f32_vs_f64": rel(K[:4], K64),
+        "nan": int(torch.isnan(K).sum()),
+    }
     print(row, flush=True)
     return row
 
 
 def render(res) -> str:
     from _results import device_line
-    lines = [f"`python bench/curvature.py {res['mode']}` — {device_line()}; load average {res.get('load', 0):.1f} "
-             "(a shared machine: ratios are measured interleaved, absolute times are not representative)", "",
-             "Seconds per point (median of interleaved repeats; on CPU the process's CPU seconds); error = max relative difference to the brute-force oracle "
-             "(float64). *naive*: Hessian of phi by nested jacfwd, one point at a time; *fast*: fastgeom.surfaces "
-             "(nested JVPs vmapped over direction pairs, batched over points).", "",
-             "| case | points | brute s/pt | naive s/pt | fast s/pt | brute / fast | err fast | err naive |",
-             "|---|---|---|---|---|---|---|---|"]
+
+    lines = [
+        f"`python bench/curvature.py {res['mode']}` — {device_line()}; load average {res.get('load', 0):.1f} "
+        "(a shared machine: ratios are measured interleaved, absolute times are not representative)",
+        "",
+        "Seconds per point (median of interleaved repeats; on CPU the process's CPU seconds); error = max "
+        "relative difference to the brute-force oracle "
+        "(float64). *naive*: Hessian of phi by nested jacfwd, one point at a time; *fast*: fastgeom.surfaces "
+        "(nested JVPs vmapped over direction pairs, batched over points).",
+        "",
+        "| case | points | brute s/pt | naive s/pt | fast s/pt | brute / fast | err fast | err naive |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in res["small"]:
-        lines.append(f"| {r['case']} | {r['points']} | {r['brute_s']:.2e} | {r['naive_s']:.2e} | {r['fast_s']:.2e} | "
-                     f"{r['brute_s'] / r['fast_s']:.1f}x | {r['err_fast']:.1e} | {r['err_naive']:.1e} |")
+        lines.append(
+            f"| {r['case']} | {r['points']} | {r['brute_s']:.2e} | {r['naive_s']:.2e} | {r['fast_s']:.2e} | "
+            f"{r['brute_s'] / r['fast_s']:.1f}x | {r['err_fast']:.1e} | {r['err_naive']:.1e} |"
+        )
     for r in res["small"]:
         if r["case"].startswith("scalar_curvature, tanh MLP 8-"):
             sp = r["brute_s"] / r["fast_s"]
-            lines += ["", f"Target scalar_curvature d_in = 8 >= 20x faster than brute force, {r['case'][18:]}: "
-                      f"{sp:.1f}x ({'met' if sp >= 20 else 'NOT met'}; error {r['err_fast']:.1e}, brute force's own "
-                      f"difference to the naive Gauss route {r['err_naive']:.1e})."]
+            lines += [
+                "",
+                f"Target scalar_curvature d_in = 8 >= 20x faster than brute force, {r['case'][18:]}: "
+                f"{sp:.1f}x ({'met' if sp >= 20 else 'NOT met'}; error {r['err_fast']:.1e}, brute force's own "
+                f"difference to the naive Gauss route {r['err_naive']:.1e}).",
+            ]
     r = res.get("resnet")
     if r:
-        lines += ["", "| ResNet case | plane points | gaussian_curvature s/pt | logvol s/pt (points) | ratio | "
-                  "float32 vs float64 K | NaN |", "|---|---|---|---|---|---|---|",
-                  f"| {r['case']} | {r['points']} | {r['curv_s']:.2e} | {r['logvol_s']:.2e} ({r['logvol_points']}) | "
-                  f"{r['ratio']:.3f} | {r['f32_vs_f64']:.1e} | {r['nan']} |"]
+        lines += [
+            "",
+            "| ResNet case | plane points | gaussian_curvature s/pt | logvol s/pt (points) | ratio | "
+            "float32 vs float64 K | NaN |",
+            "|---|---|---|---|---|---|---|",
+            f"| {r['case']} | {r['points']} | {r['curv_s']:.2e} | {r['logvol_s']:.2e} ({r['logvol_points']}) | "
+            f"{r['ratio']:.3f} | {r['f32_vs_f64']:.1e} | {r['nan']} |",
+        ]
         if res["mode"] == "--full":
-            lines += ["", f"Target <= 1/10 of logvol on ResNet-34 32x32, 64x64 plane: {r['ratio']:.3f} "
-                      f"({'met' if r['ratio'] <= 0.1 else 'NOT met'})."]
+            lines += [
+                "",
+                f"Target <= 1/10 of logvol on ResNet-34 32x32, 64x64 plane: {r['ratio']:.3f} "
+                f"({'met' if r['ratio'] <= 0.1 else 'NOT met'}).",
+            ]
         else:
             lines += ["", "CPU stand-in; the ResNet-34 target is measured by `--full` on a GPU."]
     return "\n".join(lines)
@@ -243,6 +311,7 @@ def main(argv=None):
     print(md)
     if not a.no_write:
         from _results import write_section
+
         write_section("curvature_gpu" if full else "curvature", md)
 
 

@@ -27,12 +27,14 @@ Modes:
 
 In-process runs warm every method once, then time ``--rounds`` rounds in rotating order (ratios side
 by side; ``--set`` adds rounds until 20 s of timing, and judges auto by the CPU time of its
-single-threaded worker, which other jobs' load does not inflate as it does the wall time); peak memory is CUDA ``max_memory_allocated`` above the start of the call, or on CPU the
+single-threaded worker, which other jobs' load does not inflate as it does the wall time); peak memory is
+CUDA ``max_memory_allocated`` above the start of the call, or on CPU the
 sampled RSS above it (a lower bound in-process: the allocator reuses what earlier calls freed;
 ``--isolate`` gives every method its own process, where it is the process's peak above the
 model-loaded baseline). |error| is against fastgeom ``streamed`` on the float64 network. Writes JSON
 (``--json``) and the section (``--no-write`` to skip).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,6 +63,7 @@ def build_model(arch: str, checkpoint: str | None = None):
     (the default running statistics make a random ResNet's scale explode through the residual stream,
     which no trained net has), or the weights of ``checkpoint``; eval mode."""
     from fastgeom.models import cifar_resnet
+
     torch.manual_seed(0)  # the same random model in every process
     model = cifar_resnet(arch, activation="gelu", num_classes=None)
     if checkpoint:
@@ -82,6 +85,7 @@ def build_model(arch: str, checkpoint: str | None = None):
 def model_and_shape(name: str, size: int, checkpoint: str | None = None):
     """(model in eval mode with frozen parameters, input shape of one point)."""
     from torch import nn
+
     torch.manual_seed(0)
     if name == "mlp64":
         model, shape = nn.Sequential(nn.Linear(64, 128), nn.Tanh(), nn.Linear(128, 10)), (64,)
@@ -89,6 +93,7 @@ def model_and_shape(name: str, size: int, checkpoint: str | None = None):
         model, shape = nn.Sequential(nn.Linear(512, 512), nn.Tanh(), nn.Linear(512, 512), nn.Tanh()), (512,)
     elif name == "resnet18w8":
         from fastgeom.models import cifar_resnet
+
         model, shape = cifar_resnet("resnet18", width=8), (3, size, size)
     elif name in RESNETS:
         model, shape = build_model(name, checkpoint), (3, size, size)
@@ -113,6 +118,7 @@ class RssSampler:
 
     def __init__(self, base: int | None = None):
         import threading
+
         self.page = os.sysconf("SC_PAGE_SIZE")
         self.base = self._rss() if base is None else base
         self.peak = self._rss()
@@ -138,6 +144,7 @@ def call(method: str, model, x: torch.Tensor) -> dict:
     """One timed call of ``method`` on all points x: values, seconds, what ran."""
     import fastgeom as fg
     from fastgeom import linalg
+
     dev = x.device
     _sync(dev)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -151,9 +158,17 @@ def call(method: str, model, x: torch.Tensor) -> dict:
         info = {"ran": f"jacrev (chunk {chunk})" if chunk else "jacrev (unchunked)", "passes": J.shape[1]}
     elif method.startswith("randomized"):
         pr, st = (int(s) for s in method.split("@")[1].split("x"))
-        val, err = fg.logvol(model, x, method="randomized", seed=1234, return_stderr=True, progress=False,
-                             options=dict(probes=pr, steps=st, common_random_numbers=True))
+        val, err = fg.logvol(
+            model,
+            x,
+            method="randomized",
+            seed=1234,
+            return_stderr=True,
+            progress=False,
+            options=dict(probes=pr, steps=st, common_random_numbers=True),
+        )
         from fastgeom import randomized
+
         with torch.no_grad():
             n = min(x[0].numel(), model(x[:1]).flatten(1).shape[1])
         info = {"ran": "randomized", "passes": randomized.passes_logvol(n, pr, st)}
@@ -162,8 +177,12 @@ def call(method: str, model, x: torch.Tensor) -> dict:
         mode = "forward" if method.endswith("-fwd") else None
         val, diag = fg.logvol(model, x, method=name, mode=mode, progress=False, return_diagnostics=True)
         passes = diag.d_out if diag.mode in ("reverse", "jacrev") else diag.d_in
-        info = {"ran": f"{diag.method} ({diag.mode}" + (f", chunk {diag.chunk}" if diag.chunk else "") + ")",
-                "passes": passes, "reason": diag.reason, "points_per_batch": diag.points_per_batch}
+        info = {
+            "ran": f"{diag.method} ({diag.mode}" + (f", chunk {diag.chunk}" if diag.chunk else "") + ")",
+            "passes": passes,
+            "reason": diag.reason,
+            "points_per_batch": diag.points_per_batch,
+        }
     _sync(dev)
     info["seconds"], info["cpu_seconds"] = time.perf_counter() - t0, time.process_time() - c0
     info["values"] = [float(v) for v in val.detach().cpu()]
@@ -213,6 +232,7 @@ def worker(a) -> dict:
             return measured_call(m, model, x, isolated_base, rss=not a.no_rss)
         except Exception as e:  # noqa: BLE001 - recorded in the table
             from fastgeom.engine import is_oom
+
             out[m]["status"] = "out of memory" if is_oom(e) else f"failed: {type(e).__name__}: {str(e)[:120]}"
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
@@ -244,17 +264,44 @@ def worker(a) -> dict:
         i += 1
     with torch.no_grad():
         d_out = model(x[:1]).flatten(1).shape[1]
-    return {"model": a.model, "size": a.size, "points": a.points, "d_in": x[0].numel(), "d_out": d_out,
-            "threads": torch.get_num_threads(), "dtype": a.dtype, "device": str(dev), "methods": out}
+    return {
+        "model": a.model,
+        "size": a.size,
+        "points": a.points,
+        "d_in": x[0].numel(),
+        "d_out": d_out,
+        "threads": torch.get_num_threads(),
+        "dtype": a.dtype,
+        "device": str(dev),
+        "methods": out,
+    }
 
 
 # ------------------------------------------------------------------------------------------ driver
-def spawn(model: str, methods: list[str], a, *, dtype: str | None = None, rounds=None, warmup=None,
-          isolate_rss=False) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--models", model, "--methods", ",".join(methods),
-           "--size", str(a.size_of(model)), "--points", str(a.points_of(model)), "--device", a.device,
-           "--dtype", dtype or a.dtype, "--rounds", str(a.rounds_of(model) if rounds is None else rounds),
-           "--threads", str(a.threads or 0)]
+def spawn(
+    model: str, methods: list[str], a, *, dtype: str | None = None, rounds=None, warmup=None, isolate_rss=False
+) -> dict:
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        "--models",
+        model,
+        "--methods",
+        ",".join(methods),
+        "--size",
+        str(a.size_of(model)),
+        "--points",
+        str(a.points_of(model)),
+        "--device",
+        a.device,
+        "--dtype",
+        dtype or a.dtype,
+        "--rounds",
+        str(a.rounds_of(model) if rounds is None else rounds),
+        "--threads",
+        str(a.threads or 0),
+    ]
     cmd += ["--warmup"] if (a.warmup if warmup is None else warmup) else []
     cmd += ["--isolate-rss"] if isolate_rss else []
     cmd += ["--min-seconds", str(a.min_seconds)] if a.min_seconds and not isolate_rss else []
@@ -269,13 +316,13 @@ def spawn(model: str, methods: list[str], a, *, dtype: str | None = None, rounds
     if r.returncode != 0 or not lines:
         tail = (r.stderr.strip().splitlines() or ["?"])[-1][:160]
         oom = "out of memory" in r.stderr.lower() or r.returncode in (-9, 137)
-        return {"methods": {m: {"status": "out of memory" if oom else f"failed: {tail}", "times": []}
-                            for m in methods}}
+        return {"methods": {m: {"status": "out of memory" if oom else f"failed: {tail}", "times": []} for m in methods}}
     return json.loads(lines[-1])
 
 
 def forward_flops(model_name: str, size: int) -> float:
     from torch.utils.flop_counter import FlopCounterMode
+
     model, shape = model_and_shape(model_name, size)
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         model(points(1, shape))
@@ -295,7 +342,7 @@ def peak_fp32(dev: torch.device) -> tuple[float, str]:
         t0 = time.perf_counter()
         a @ a
         _sync(dev)
-        best = max(best, 2 * 1024 ** 3 / (time.perf_counter() - t0))
+        best = max(best, 2 * 1024**3 / (time.perf_counter() - t0))
     return best, f"measured float32 1024^2 matmul {best / 1e9:.1f} GFLOP/s"
 
 
@@ -324,9 +371,12 @@ def model_table(res: dict, ref: list | None, flops: float, peak: float, memory_n
     exact = [m for m in med if m.split("-")[0] in EXACT]
     best_exact = min(exact, key=med.get) if exact else None
     n = min(res["d_in"], res.get("d_out") or res["d_in"])
-    lines = ["| method | what ran | s / call (median) | CPU s / call (median) | calls | vs fastest exact | vs best jacrev | "
-             f"peak extra memory ({memory_note}) | passes / point | max abs error vs fp64 | stderr (mean) | "
-             "FP32 roofline |", "|" + "---|" * 12]
+    lines = [
+        "| method | what ran | s / call (median) | CPU s / call (median) | calls | vs fastest exact | vs best jacrev | "
+        f"peak extra memory ({memory_note}) | passes / point | max abs error vs fp64 | stderr (mean) | "
+        "FP32 roofline |",
+        "|" + "---|" * 12,
+    ]
     for m, r in ms.items():
         tag = (" (best chunk)" if m == best_jac else "") + (" (fastest exact)" if m == best_exact else "")
         if m not in ok:
@@ -340,9 +390,11 @@ def model_table(res: dict, ref: list | None, flops: float, peak: float, memory_n
         vs_jac = f"{t / med[best_jac]:.2f}x" if best_jac else ""
         cpu = f"{statistics.median(r['cpu_times']):.3g}" if r.get("cpu_times") else ""
         mem = f"{r['peak_bytes'] / 2**20:.0f} MiB" if r.get("peak_bytes", -1) >= 0 else "not measured"
-        lines.append(f"| {m}{tag} | {r['ran']} | {t:.3g} | {cpu} | {len(r['times'])} | {vs_exact} | {vs_jac} | "
-                     f"{mem} | {r['passes']} | {err:.2e} | "
-                     f"{(sum(se) / len(se)) if se else float('nan'):.3g} | {useful / (t * peak):.1%} |")
+        lines.append(
+            f"| {m}{tag} | {r['ran']} | {t:.3g} | {cpu} | {len(r['times'])} | {vs_exact} | {vs_jac} | "
+            f"{mem} | {r['passes']} | {err:.2e} | "
+            f"{(sum(se) / len(se)) if se else float('nan'):.3g} | {useful / (t * peak):.1%} |"
+        )
     ratio, best = auto_ratio(ms)
     cratio, cbest = auto_ratio(ms, "cpu_times")
     if ratio is not None:
@@ -353,48 +405,66 @@ def model_table(res: dict, ref: list | None, flops: float, peak: float, memory_n
 
 
 def auto_table(results: dict) -> str:
-    lines = ["| model | input | points | auto s | dense s | streamed s | linearized s | auto CPU s | dense CPU s | "
-             "streamed CPU s | linearized CPU s | fastest exact (CPU) | auto / fastest, CPU time | <= 1.2x | "
-             "auto / fastest, wall | auto / streamed, CPU | auto ran | auto's reason |", "|" + "---|" * 18]
+    lines = [
+        "| model | input | points | auto s | dense s | streamed s | linearized s | auto CPU s | dense CPU s | "
+        "streamed CPU s | linearized CPU s | fastest exact (CPU) | auto / fastest, CPU time | <= 1.2x | "
+        "auto / fastest, wall | auto / streamed, CPU | auto ran | auto's reason |",
+        "|" + "---|" * 18,
+    ]
     for name, res in results.items():
         ms = res["methods"]
 
         def cell(m, key="times"):
             r = ms.get(m, {})
-            return f"{statistics.median(r[key]):.3g}" if r.get("status") == "ok" and r.get(key) else (
-                r.get("status", "-"))
+            return (
+                f"{statistics.median(r[key]):.3g}" if r.get("status") == "ok" and r.get(key) else (r.get("status", "-"))
+            )
+
         ratio, _ = auto_ratio(ms)
         cratio, cbest = auto_ratio(ms, "cpu_times")
         same = med_ratio(ms, "auto", "streamed", "cpu_times")
         shape = "x".join(str(s) for s in res.get("shape", [])) or "?"
         a = ms.get("auto", {})
         verdict = ("yes" if cratio <= 1.2 else "**no**") if cratio else ""
-        lines.append(f"| {name} | {shape} | {res.get('points')} | "
-                     + " | ".join(cell(m) for m in ("auto",) + EXACT) + " | "
-                     + " | ".join(cell(m, "cpu_times") for m in ("auto",) + EXACT)
-                     + f" | {cbest or '-'} | {f'{cratio:.2f}x' if cratio else ''} | {verdict} | "
-                     + f"{f'{ratio:.2f}x' if ratio else ''} | {f'{same:.2f}x' if same else ''} | "
-                     + f"{a.get('ran', '')} | {a.get('reason', '')} |")
+        lines.append(
+            f"| {name} | {shape} | {res.get('points')} | "
+            + " | ".join(cell(m) for m in ("auto",) + EXACT)
+            + " | "
+            + " | ".join(cell(m, "cpu_times") for m in ("auto",) + EXACT)
+            + f" | {cbest or '-'} | {f'{cratio:.2f}x' if cratio else ''} | {verdict} | "
+            + f"{f'{ratio:.2f}x' if ratio else ''} | {f'{same:.2f}x' if same else ''} | "
+            + f"{a.get('ran', '')} | {a.get('reason', '')} |"
+        )
     return "\n".join(lines)
 
 
 def render(results: dict, label: str, a, peak_note: str, memory_note: str, peak: float) -> str:
     from _results import device_line
+
     parts = []
     for nm, rs in results.items():
         shape_s = "x".join(map(str, rs["shape"]))
-        parts.append(f"**{nm}**, input {shape_s} ({rs.get('dtype', a.dtype)} network, float64 accumulation), "
-                     f"{rs['points']} point(s) per call, forward {rs['flops'] / 1e9:.4f} GFLOP, torch threads "
-                     f"{rs.get('threads')}; measured {rs['measured']}, load average (1 min) {rs['load'][0]:.1f} "
-                     f"before, {rs['load'][1]:.1f} after; roofline peak: {peak_note}\n\n"
-                     + model_table(rs, rs["ref"], rs["flops"], peak, memory_note))
-    how = ("every method in its own process, no warm-up" if a.isolate else
-           "one process per model, every method warmed once, then interleaved in rotating order")
-    return (f"`python bench/logvol.py --{'set' if label == 'auto' else label}` — {device_line()}\n\n"
-            + (auto_table(results) + "\n\n" + AUTO_NOTES + "\n\n" if label == "auto" else "")
-            + "\n\n".join(parts) + "\n\n"
-            + f"Timing: {how}; medians over the 'calls' column ({os.cpu_count()} CPUs visible). " + NOTES
-            + (f"\n{a.note}" if a.note else ""))
+        parts.append(
+            f"**{nm}**, input {shape_s} ({rs.get('dtype', a.dtype)} network, float64 accumulation), "
+            f"{rs['points']} point(s) per call, forward {rs['flops'] / 1e9:.4f} GFLOP, torch threads "
+            f"{rs.get('threads')}; measured {rs['measured']}, load average (1 min) {rs['load'][0]:.1f} "
+            f"before, {rs['load'][1]:.1f} after; roofline peak: {peak_note}\n\n"
+            + model_table(rs, rs["ref"], rs["flops"], peak, memory_note)
+        )
+    how = (
+        "every method in its own process, no warm-up"
+        if a.isolate
+        else "one process per model, every method warmed once, then interleaved in rotating order"
+    )
+    return (
+        f"`python bench/logvol.py --{'set' if label == 'auto' else label}` — {device_line()}\n\n"
+        + (auto_table(results) + "\n\n" + AUTO_NOTES + "\n\n" if label == "auto" else "")
+        + "\n\n".join(parts)
+        + "\n\n"
+        + f"Timing: {how}; medians over the 'calls' column ({os.cpu_count()} CPUs visible). "
+        + NOTES
+        + (f"\n{a.note}" if a.note else "")
+    )
 
 
 def main(argv=None) -> int:
@@ -424,8 +494,12 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--isolate-rss", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--no-rss", action="store_true", help="CPU in-process: no RSS sampling thread")
-    ap.add_argument("--min-seconds", type=float, default=0.0,
-                    help="in-process: add rounds (up to 40) until the timing takes about this long")
+    ap.add_argument(
+        "--min-seconds",
+        type=float,
+        default=0.0,
+        help="in-process: add rounds (up to 40) until the timing takes about this long",
+    )
     a = ap.parse_args(argv)
     if a.worker:
         a.model = a.models
@@ -439,11 +513,14 @@ def main(argv=None) -> int:
         sys.exit("--full needs a CUDA device (none visible); use --quick or --set on CPU")
     if a.threads is None:
         a.threads = 1 if a.device == "cpu" else 0
-    models = (a.models or {"full": "resnet34,resnet50", "auto": "mlp64,mlp512,resnet18w8,resnet18,resnet34",
-                           "quick": "resnet18"}[label]).split(",")
+    models = (
+        a.models
+        or {"full": "resnet34,resnet50", "auto": "mlp64,mlp512,resnet18w8,resnet18,resnet34", "quick": "resnet18"}[
+            label
+        ]
+    ).split(",")
     default_points = {"full": 2, "quick": 1}
-    a.points_of = lambda m: a.points or default_points.get(label) or (
-        4 if m == "mlp512" else 16 if m in small else 1)
+    a.points_of = lambda m: a.points or default_points.get(label) or (4 if m == "mlp512" else 16 if m in small else 1)
     a.size_of = lambda m: a.size or (8 if m == "resnet18w8" or label == "quick" else 32)
     a.isolate = a.isolate or label == "quick"
     a.warmup = not a.isolate
@@ -457,16 +534,43 @@ def main(argv=None) -> int:
     elif label == "auto":
         methods = ["auto", "dense", "streamed", "linearized", "jacrev@64"]
     elif label == "quick":
-        methods = ["jacrev", "jacrev@64", "auto", "dense", "streamed", "streamed-fwd", "linearized",
-                   "linearized-fwd", "randomized@4x8", "randomized@8x16"]
+        methods = [
+            "jacrev",
+            "jacrev@64",
+            "auto",
+            "dense",
+            "streamed",
+            "streamed-fwd",
+            "linearized",
+            "linearized-fwd",
+            "randomized@4x8",
+            "randomized@8x16",
+        ]
     else:
-        methods = ["jacrev", "jacrev@64", "jacrev@256", "auto", "dense", "streamed", "streamed-fwd", "linearized",
-                   "randomized@4x16", "randomized@8x32", "randomized@16x64"]
+        methods = [
+            "jacrev",
+            "jacrev@64",
+            "jacrev@256",
+            "auto",
+            "dense",
+            "streamed",
+            "streamed-fwd",
+            "linearized",
+            "randomized@4x16",
+            "randomized@8x32",
+            "randomized@16x64",
+        ]
     from _results import device_line, write_section
+
     dev = torch.device(a.device)
     peak, peak_note = peak_fp32(dev)
-    memory_note = ("CUDA max allocated" if dev.type == "cuda" else
-                   "own process, peak RSS above the loaded model" if a.isolate else "in-process RSS, a lower bound")
+    memory_note = (
+        "CUDA max allocated"
+        if dev.type == "cuda"
+        else "own process, peak RSS above the loaded model"
+        if a.isolate
+        else "in-process RSS, a lower bound"
+    )
     section = {"full": "logvol_full", "auto": "logvol_auto", "quick": "logvol_quick"}[label]
     json_path = a.json or os.path.join(HERE, "out", f"logvol_{label}.json")
     results = {}
@@ -489,7 +593,7 @@ def main(argv=None) -> int:
         if a.isolate:
             res = None
             for i in range(a.rounds_of(name)):
-                for m in (methods if i % 2 == 0 else methods[::-1]):
+                for m in methods if i % 2 == 0 else methods[::-1]:
                     r = spawn(name, [m], a, rounds=1, warmup=False, isolate_rss=True)
                     if res is None:
                         res = {k: v for k, v in r.items() if k != "methods"} | {"methods": {mm: None for mm in methods}}
@@ -516,8 +620,12 @@ def main(argv=None) -> int:
             if label == "full":  # the float64 network's cost against float32 (issue 4: <= 2x on ResNet-34)
                 for m in f64:
                     res["methods"][f"{m} (float64 network)"] = rr["methods"][m]
-        res.update(ref=ref, flops=forward_flops(name, size), load=(load0, os.getloadavg()[0]),
-                   measured=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+        res.update(
+            ref=ref,
+            flops=forward_flops(name, size),
+            load=(load0, os.getloadavg()[0]),
+            measured=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        )
         results[name] = res
         body = render(results, label, a, peak_note, memory_note, peak)
         os.makedirs(os.path.dirname(json_path), exist_ok=True)

@@ -16,6 +16,7 @@ Per family (tests/model_zoo.py: random init, small configs, no downloads) at P p
     python bench/model_families.py --families resnet18,vit_small_config --repeats 1   # a quick check
 Writes JSON (--json, default bench/out/model_families.json) and the ``model_families`` section of RESULTS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,11 +86,13 @@ def measure(name: str, build, points: int, repeats: int, dtype) -> dict:
             for _ in eng.run(x):
                 pass
 
-    runs = {"linearized": (lambda: engine(lz)) if lz is not None else None,
-            "streamed": lambda: engine(None),
-            "dense": (lambda: jacobian_dense(fmap, x, d_out)) if "dense" not in failed else None,
-            "logvol": lambda: fg.logvol(model, x, layer),
-            "spectrum": lambda: fg.spectrum(model, x, layer)}
+    runs = {
+        "linearized": (lambda: engine(lz)) if lz is not None else None,
+        "streamed": lambda: engine(None),
+        "dense": (lambda: jacobian_dense(fmap, x, d_out)) if "dense" not in failed else None,
+        "logvol": lambda: fg.logvol(model, x, layer),
+        "spectrum": lambda: fg.spectrum(model, x, layer),
+    }
     times = {k: [] for k, f in runs.items() if f is not None}
     for rep in range(repeats + 1):  # the first round warms up (not timed)
         for k in list(times):
@@ -102,8 +105,9 @@ def measure(name: str, build, points: int, repeats: int, dtype) -> dict:
                 continue
             if rep:
                 times[k].append(time.perf_counter() - t)
-    row.update({f"t_{k}": statistics.median(v) for k, v in times.items() if v}, errors=errs, failed=failed,
-               repeats=repeats)
+    row.update(
+        {f"t_{k}": statistics.median(v) for k, v in times.items() if v}, errors=errs, failed=failed, repeats=repeats
+    )
     return row
 
 
@@ -112,25 +116,31 @@ def _fmt(v, spec=".3f"):
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| family | d_in -> d_out | auto engine (mode) | J: linearized s | streamed s | dense s | lin/streamed "
-            "| lin/dense | linearized setup s | max err vs float64 (lin / streamed / dense) | logvol s (auto) "
-            "| spectrum s (auto) | spectrum/logvol |")
+    head = (
+        "| family | d_in -> d_out | auto engine (mode) | J: linearized s | streamed s | dense s | lin/streamed "
+        "| lin/dense | linearized setup s | max err vs float64 (lin / streamed / dense) | logvol s (auto) "
+        "| spectrum s (auto) | spectrum/logvol |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         tl, ts, td, ta, tsp = (r.get(f"t_{m}") for m in ("linearized", "streamed", "dense", "logvol", "spectrum"))
         e = r["errors"]
         err = " / ".join(_fmt(e.get(m), ".1e") for m in ("linearized", "streamed", "dense"))
-        ratio = (lambda a, b: _fmt(a / b, ".2f") if a and b else "-")
-        lines.append(f"| {r['family']} | {r['d_in']} -> {r['d_out']} | {r.get('auto_engine', '-')} "
-                     f"({r.get('mode', '-')}) | {_fmt(tl)} | {_fmt(ts)} | {_fmt(td)} | {ratio(tl, ts)} | {ratio(tl, td)} "
-                     f"| {_fmt(r.get('t_setup'))} | {err} | {_fmt(ta)} | {_fmt(tsp)} | {ratio(tsp, ta)} |")
+        ratio = lambda a, b: _fmt(a / b, ".2f") if a and b else "-"
+        lines.append(
+            f"| {r['family']} | {r['d_in']} -> {r['d_out']} | {r.get('auto_engine', '-')} "
+            f"({r.get('mode', '-')}) | {_fmt(tl)} | {_fmt(ts)} | {_fmt(td)} | {ratio(tl, ts)} | {ratio(tl, td)} "
+            f"| {_fmt(r.get('t_setup'))} | {err} | {_fmt(ta)} | {_fmt(tsp)} | {ratio(tsp, ta)} |"
+        )
     notes = [f"- {r['family']}: {m} failed: {msg}" for r in rows for m, msg in r["failed"].items()]
     for r in rows:
         e = [r["errors"][m] for m in ("linearized", "streamed", "dense") if m in r["errors"]]
         if e and min(e) > 1.0 and max(e) <= 1.05 * min(e):
-            notes.append(f"- {r['family']}: every engine is {min(e):.3g} nats from float64 (within 5% of each other): the "
-                         f"{r['dtype']} J's rounding-level singular values that the current rank default keeps "
-                         "(issue 14, resolved-rank default), not an engine error")
+            notes.append(
+                f"- {r['family']}: every engine is {min(e):.3g} nats from float64 (within 5% of each other): the "
+                f"{r['dtype']} J's rounding-level singular values that the current rank default keeps "
+                "(issue 14, resolved-rank default), not an engine error"
+            )
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
@@ -166,16 +176,20 @@ def main() -> None:
     print(body)
     if not a.no_write:
         from _results import device_line, write_section
-        write_section("model_families", "## Model families: engine chosen, time and error by method "
-                      "(`bench/model_families.py`)\n\n"
-                      f"{device_line()}. {a.points} points per family, {a.dtype} models (random init, small configs "
-                      f"from tests/model_zoo.py), median of {a.repeats} interleaved repeats after one warm-up; "
-                      "J columns: the engines alone on the same plan (`StreamedEngine` with a "
-                      "prebuilt linearisation, the streamed autograd pass, `jacobian_dense`); linearized setup: "
-                      "`validated_linearize` (trace, fold, float64 copy, first-point checks), paid once per "
-                      "`fg.logvol` call. Error: max over points of |logvol - logvol of `method=\"dense\"` on the float64 "
-                      "model| (nats). spectrum/logvol: `fg.spectrum` against `fg.logvol`, both `auto`, "
-                      "measured before the spectrum speed-up work.\n\n" + body)
+
+        write_section(
+            "model_families",
+            "## Model families: engine chosen, time and error by method "
+            "(`bench/model_families.py`)\n\n"
+            f"{device_line()}. {a.points} points per family, {a.dtype} models (random init, small configs "
+            f"from tests/model_zoo.py), median of {a.repeats} interleaved repeats after one warm-up; "
+            "J columns: the engines alone on the same plan (`StreamedEngine` with a "
+            "prebuilt linearisation, the streamed autograd pass, `jacobian_dense`); linearized setup: "
+            "`validated_linearize` (trace, fold, float64 copy, first-point checks), paid once per "
+            '`fg.logvol` call. Error: max over points of |logvol - logvol of `method="dense"` on the float64 '
+            "model| (nats). spectrum/logvol: `fg.spectrum` against `fg.logvol`, both `auto`, "
+            "measured before the spectrum speed-up work.\n\n" + body,
+        )
 
 
 if __name__ == "__main__":

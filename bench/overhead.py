@@ -18,6 +18,7 @@ process. Writes JSON (``--json``) and the ``overhead`` section of bench/RESULTS.
 
     python bench/overhead.py --tree before=/work/wt/before --tree after=.     # about 4 minutes, loaded 2 cores
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,8 +64,15 @@ def worker(rounds: int, seed: int = 0) -> dict:
 
     names = ["auto", "dense", "jacrev"] + (["handle-auto", "handle-dense"] if has_handle else [])
     items = [(m, n) for n in SIZES for m in names]
-    out = {"fastgeom_file": fg.__file__, "threads": torch.get_num_threads(), "cold": {}, "times": {}, "cpu": {},
-           "values": {}, "diag": {}}
+    out = {
+        "fastgeom_file": fg.__file__,
+        "threads": torch.get_num_threads(),
+        "cold": {},
+        "times": {},
+        "cpu": {},
+        "values": {},
+        "diag": {},
+    }
     for m, n in items:  # warm-up: every call once (the handles are built and warmed here, outside the timing)
         key = f"{m}@{n}"
         if m.startswith("handle-"):
@@ -77,7 +85,7 @@ def worker(rounds: int, seed: int = 0) -> dict:
         if diag is not None:
             out["diag"][key] = {k: str(getattr(diag, k, "")) for k in ("method", "mode", "chunk", "reason")}
     for r in range(rounds):
-        order = items[r % len(items):] + items[:r % len(items)]
+        order = items[r % len(items) :] + items[: r % len(items)]
         if r % 2:
             order = order[::-1]
         for m, n in order:
@@ -101,39 +109,57 @@ def spawn(tree: str, rounds: int, timeout: int) -> dict:
 
 def table(res: dict, trees: list[str], load: tuple[float, float], note: str) -> str:
     from _results import device_line
+
     keys = list(dict.fromkeys(k for t in trees for k in res[t]["times"]))
     hdr = "| call | points | " + " | ".join(f"{t} CPU s (median)" for t in trees)
-    hdr += (f" | {trees[-1]} / {trees[0]} (CPU) | " if len(trees) > 1 else " | ")
+    hdr += f" | {trees[-1]} / {trees[0]} (CPU) | " if len(trees) > 1 else " | "
     hdr += " | ".join(f"{t} wall s (median)" for t in trees)
-    hdr += (f" | {trees[-1]} / {trees[0]} (wall) |" if len(trees) > 1 else " |")
+    hdr += f" | {trees[-1]} / {trees[0]} (wall) |" if len(trees) > 1 else " |"
     hdr += " " + " | ".join(f"{t} first call s" for t in trees) + " | calls timed | what ran (last tree) |"
-    lines = ["## Per-call overhead of the public API (`bench/overhead.py`)", "", device_line(), "", hdr,
-             "|" + "---|" * (hdr.count("|") - 1)]
+    lines = [
+        "## Per-call overhead of the public API (`bench/overhead.py`)",
+        "",
+        device_line(),
+        "",
+        hdr,
+        "|" + "---|" * (hdr.count("|") - 1),
+    ]
     for k in keys:
         m, n = k.split("@")
+
         def cols(key):
             med = {t: statistics.median(res[t][key][k]) for t in trees if res[t].get(key, {}).get(k)}
             cells = [f"{med[t]:.3f}" if t in med else "n/a" for t in trees]
-            ratio = (f"{med[trees[-1]] / med[trees[0]]:.2f}x" if len(trees) > 1 and all(t in med for t in trees)
-                     else "")
+            ratio = f"{med[trees[-1]] / med[trees[0]]:.2f}x" if len(trees) > 1 and all(t in med for t in trees) else ""
             return " | ".join(cells) + (f" | {ratio}" if len(trees) > 1 else "")
+
         cold = [f"{res[t]['cold'][k]:.2f}" if k in res[t]["cold"] else "n/a" for t in trees]
         counts = "/".join(str(len(res[t]["times"].get(k, []))) for t in trees)
         d = res[trees[-1]]["diag"].get(k)
         what = f"{d['method']} ({d['mode']}, chunk {d['chunk']})" if d else ""
-        lines.append(f"| {m} | {n} | " + cols("cpu") + " | " + cols("times")
-                     + " | " + " | ".join(cold) + f" | {counts} | {what} |")
-    lines += ["", "Model `cifar_resnet(\"resnet18\", width=8)` (10 outputs), 3x8x8 points, 1 torch thread. "
-              "auto/dense: a fresh `fastgeom.logvol` call each time (set-up paid per call); handle-*: one "
-              "`fastgeom.Geometry(model, method=...)` reused (built and warmed before the timing); jacrev: "
-              "`torch.func.jacrev` of the batch-summed output plus float64 `svdvals`, identical code in every "
-              "tree (a control for load drift between the trees' processes). CPU s = CPU time of the worker process (one "
-              "torch thread; robust to other jobs' load, which inflates the wall time by the waits for a core). Trees: "
-              + ", ".join(f"{t} = fastgeom/ as of commit `{res[t]['commit']}`" for t in trees)
-              + f". One worker process per tree, the trees alternated; medians over all timed calls; "
-              f"first call = the warm-up call in a fresh process (median over the tree's processes). "
-              f"Load average (1 min) {load[0]:.1f} at the start, {load[1]:.1f} at the end, on 2 cores shared "
-              f"with other jobs."] + ([note] if note else [])
+        lines.append(
+            f"| {m} | {n} | "
+            + cols("cpu")
+            + " | "
+            + cols("times")
+            + " | "
+            + " | ".join(cold)
+            + f" | {counts} | {what} |"
+        )
+    lines += [
+        "",
+        'Model `cifar_resnet("resnet18", width=8)` (10 outputs), 3x8x8 points, 1 torch thread. '
+        "auto/dense: a fresh `fastgeom.logvol` call each time (set-up paid per call); handle-*: one "
+        "`fastgeom.Geometry(model, method=...)` reused (built and warmed before the timing); jacrev: "
+        "`torch.func.jacrev` of the batch-summed output plus float64 `svdvals`, identical code in every "
+        "tree (a control for load drift between the trees' processes). CPU s = CPU time of the worker process (one "
+        "torch thread; robust to other jobs' load, which inflates the wall time by the waits for a core). Trees: "
+        + ", ".join(f"{t} = fastgeom/ as of commit `{res[t]['commit']}`" for t in trees)
+        + f". One worker process per tree, the trees alternated; medians over all timed calls; "
+        f"first call = the warm-up call in a fresh process (median over the tree's processes). "
+        f"Load average (1 min) {load[0]:.1f} at the start, {load[1]:.1f} at the end, on 2 cores shared "
+        f"with other jobs.",
+    ] + ([note] if note else [])
     return "\n".join(lines)
 
 
@@ -157,14 +183,19 @@ def main(argv=None) -> int:
     load0 = os.getloadavg()[0]
     colds: dict = {lab: {} for lab in labels}
     for i in range(a.alternations):
-        for lab, d in (trees if i % 2 == 0 else trees[::-1]):
+        for lab, d in trees if i % 2 == 0 else trees[::-1]:
             print(f"[{i}] {lab}: {d}", file=sys.stderr, flush=True)
             w = spawn(d, a.rounds, a.timeout)
             r = res[lab]
-            r["commit"] = subprocess.run(["git", "-C", d, "log", "-1", "--format=%h", "--", "fastgeom"],
-                                         capture_output=True, text=True).stdout.strip() + (
-                " + working tree" if subprocess.run(["git", "-C", d, "status", "--porcelain", "fastgeom"],
-                                                    capture_output=True, text=True).stdout.strip() else "")
+            r["commit"] = subprocess.run(
+                ["git", "-C", d, "log", "-1", "--format=%h", "--", "fastgeom"], capture_output=True, text=True
+            ).stdout.strip() + (
+                " + working tree"
+                if subprocess.run(
+                    ["git", "-C", d, "status", "--porcelain", "fastgeom"], capture_output=True, text=True
+                ).stdout.strip()
+                else ""
+            )
             r["fastgeom_file"] = w["fastgeom_file"]
             for k, ts in w["times"].items():
                 r["times"].setdefault(k, []).extend(ts)
@@ -183,6 +214,7 @@ def main(argv=None) -> int:
         json.dump({"trees": dict(trees), "results": res, "load": load}, f, indent=1)
     if not a.no_write:
         from _results import write_section
+
         write_section("overhead", md)
     return 0
 

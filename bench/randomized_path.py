@@ -38,11 +38,11 @@ pass fraction with the target lines (``--fig``, default bench/img/randomized_pat
 ``randomized_path`` section of bench/RESULTS.md (``randomized_path_<label>`` for other labels;
 ``--no-write`` skips it).
 """
+
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -65,6 +65,7 @@ SPECTRUM_TARGET = (1e-3, 1 / 8)  # (relative error, pass fraction)
 def path_points(shape: tuple[int, ...], points: int, seed: int = 0) -> torch.Tensor:
     """(points, *shape): the straight path between two N(0, 1) inputs drawn with ``seed``, both ends included."""
     from fastgeom.slices import path
+
     if points < 2:
         raise ValueError(f"a path needs at least 2 points, got --points {points}")
     g = torch.Generator().manual_seed(seed)
@@ -90,6 +91,7 @@ def logvol_budgets(n: int, probes=(2, 4, 8), fractions=FRACTIONS) -> list[tuple[
 def spectrum_budgets(n: int, k: int, oversample=(8, 16, 32), iters=(1, 2, 3)) -> list[tuple[int, int]]:
     """(oversample, iters) of block Krylov, dropping those that give the same block and effective iterations."""
     from fastgeom.randomized import passes_spectrum
+
     out, seen = [], set()
     for o in oversample:
         for q in iters:
@@ -131,23 +133,43 @@ def logvol_errors(r: torch.Tensor, se: torch.Tensor, e: torch.Tensor) -> dict:
     ``diff_err`` to the start point (the target's), ``step_err`` between neighbouring points."""
     d = (r - r[0]) - (e - e[0])
     a = (r - e).abs()
-    return {"diff_err": float(d.abs().max()), "step_err": float(d.diff().abs().max()) if len(d) > 1 else 0.0,
-            "abs_err_max": float(a.max()), "abs_err_mean": float(a.mean()),
-            "stderr_mean": float(se.mean()), "coverage": float((a <= 2 * se).double().mean())}
+    return {
+        "diff_err": float(d.abs().max()),
+        "step_err": float(d.diff().abs().max()) if len(d) > 1 else 0.0,
+        "abs_err_max": float(a.max()),
+        "abs_err_mean": float(a.mean()),
+        "stderr_mean": float(se.mean()),
+        "coverage": float((a <= 2 * se).double().mean()),
+    }
 
 
 def spectrum_errors(sr: torch.Tensor, se: torch.Tensor) -> dict:
     """Relative errors of randomized top-K values sr (P, K) against exact se (P, K)."""
     rel = (sr - se).abs() / se
     per_point = rel.max(1).values
-    return {"rel_err_max": float(per_point.max()), "rel_err_median": float(per_point.median()),
-            "rel_err_per_point": per_point.tolist()}
+    return {
+        "rel_err_max": float(per_point.max()),
+        "rel_err_median": float(per_point.median()),
+        "rel_err_per_point": per_point.tolist(),
+    }
 
 
-def run_curve(model, xs: torch.Tensor, *, k: int = 32, logvol_grid=None, spectrum_grid=None, seed: int = 0,
-              logvol_fractions=FRACTIONS, groups: int = 4, spectrum_points: int | None = None,
-              max_seconds: float | None = None,
-              logvol_share: float = 0.6, progress: bool | None = None, checkpoint=None) -> dict:
+def run_curve(
+    model,
+    xs: torch.Tensor,
+    *,
+    k: int = 32,
+    logvol_grid=None,
+    spectrum_grid=None,
+    seed: int = 0,
+    logvol_fractions=FRACTIONS,
+    groups: int = 4,
+    spectrum_points: int | None = None,
+    max_seconds: float | None = None,
+    logvol_share: float = 0.6,
+    progress: bool | None = None,
+    checkpoint=None,
+) -> dict:
     """Exact reference and the randomized sweep on the path xs (P, *input_shape) of ``model``.
 
     Two phases. Log-det: exact ``streamed`` logvol of every point, then ``logvol_grid`` [(probes, steps)]
@@ -190,10 +212,23 @@ def run_curve(model, xs: torch.Tensor, *, k: int = 32, logvol_grid=None, spectru
         if checkpoint is not None:
             checkpoint(res)
 
-    res = {"config": {"points": P, "d_in": d_in, "d_out": d_out, "n": n, "k": K, "seed": seed, "groups": groups,
-                      "spectrum_points": sidx.tolist(), "device": str(xs.device),
-                      "network_dtype": str(next(model.parameters()).dtype)},
-           "exact": {"passes": exact_passes}, "logvol": [], "spectrum": []}
+    res = {
+        "config": {
+            "points": P,
+            "d_in": d_in,
+            "d_out": d_out,
+            "n": n,
+            "k": K,
+            "seed": seed,
+            "groups": groups,
+            "spectrum_points": sidx.tolist(),
+            "device": str(xs.device),
+            "network_dtype": str(next(model.parameters()).dtype),
+        },
+        "exact": {"passes": exact_passes},
+        "logvol": [],
+        "spectrum": [],
+    }
 
     if xs.is_cuda:  # warm-up on one point (allocator, cuDNN / kernel selection), not timed
         fg.logvol(model, xs[:1], method="streamed", progress=False)
@@ -205,17 +240,18 @@ def run_curve(model, xs: torch.Tensor, *, k: int = 32, logvol_grid=None, spectru
     phases = (("logvol", logvol_grid, logvol_share), ("spectrum", spectrum_grid, 1.0))
     for kind, grid, share in phases:
         if kind == "logvol":
-            jobs = sorted(((1 + passes_logvol(n, *b), b) for b in grid))
+            jobs = sorted((1 + passes_logvol(n, *b), b) for b in grid)
         else:
-            jobs = sorted(((1 + passes_spectrum(n, K, *b), b) for b in grid))
+            jobs = sorted((1 + passes_spectrum(n, K, *b), b) for b in grid)
             if not jobs:
                 res["exact"]["spectrum_status"] = "not run (no spectrum budgets)"
             elif past(share):
                 res["exact"]["spectrum_status"] = "skipped (time budget)"
             else:
                 xsp = xs[sidx]
-                s_e, t_sp = timed_groups(lambda xg: fg.spectrum(model, xg, method="streamed", k=K, progress=False),
-                                         xsp, groups)
+                s_e, t_sp = timed_groups(
+                    lambda xg: fg.spectrum(model, xg, method="streamed", k=K, progress=False), xsp, groups
+                )
                 res["exact"].update(spectrum=s_e.tolist(), time_spectrum=t_sp, spectrum_status="ok")
                 save()
         for passes, b in tqdm(jobs, desc=f"randomized {kind} budgets", disable=not show):
@@ -230,14 +266,23 @@ def run_curve(model, xs: torch.Tensor, *, k: int = 32, logvol_grid=None, spectru
                 continue
             if kind == "logvol":
                 opts = {"probes": b[0], "steps": b[1], "common_random_numbers": True}
-                (r, se), t = timed_groups(lambda xg: fg.logvol(model, xg, method="randomized", return_stderr=True,
-                                                               seed=seed, options=opts, progress=False), xs, groups)
-                row.update(time=t, time_frac=t / t_lv, values=r.tolist(), stderr=se.tolist(),
-                           **logvol_errors(r, se, e))
+                (r, se), t = timed_groups(
+                    lambda xg: fg.logvol(
+                        model, xg, method="randomized", return_stderr=True, seed=seed, options=opts, progress=False
+                    ),
+                    xs,
+                    groups,
+                )
+                row.update(time=t, time_frac=t / t_lv, values=r.tolist(), stderr=se.tolist(), **logvol_errors(r, se, e))
             else:
                 opts = {"oversample": b[0], "iters": b[1]}
-                s_r, t = timed_groups(lambda xg: fg.spectrum(model, xg, k=K, method="randomized", seed=seed,
-                                                             options=opts, progress=False), xsp, groups)
+                s_r, t = timed_groups(
+                    lambda xg: fg.spectrum(
+                        model, xg, k=K, method="randomized", seed=seed, options=opts, progress=False
+                    ),
+                    xsp,
+                    groups,
+                )
                 row.update(time=t, time_frac=t / t_sp, **spectrum_errors(s_r, s_e))
             row["status"] = "ok"
             res[kind].append(row)
@@ -256,12 +301,19 @@ def targets(res: dict) -> dict:
         within = [r[key] for r in ok if r["pass_frac"] <= frac]
         reach = [r["pass_frac"] for r in ok if r[key] <= tol]
         top = max(ok, key=lambda r: r["pass_frac"], default=None)
-        out[kind] = {"error": key, "tol": tol, "max_pass_frac": frac, "measured_within": len(within),
-                     "planned_within": sum(r["pass_frac"] <= frac for r in res[kind]), "planned": len(res[kind]),
-                     "best_within": min(within) if within else None,
-                     "met": bool(within) and min(within) <= tol,
-                     "min_frac_reaching_tol": min(reach) if reach else None,
-                     "largest_frac": top["pass_frac"] if top else None, "error_at_largest": top[key] if top else None}
+        out[kind] = {
+            "error": key,
+            "tol": tol,
+            "max_pass_frac": frac,
+            "measured_within": len(within),
+            "planned_within": sum(r["pass_frac"] <= frac for r in res[kind]),
+            "planned": len(res[kind]),
+            "best_within": min(within) if within else None,
+            "met": bool(within) and min(within) <= tol,
+            "min_frac_reaching_tol": min(reach) if reach else None,
+            "largest_frac": top["pass_frac"] if top else None,
+            "error_at_largest": top[key] if top else None,
+        }
     return out
 
 
@@ -285,66 +337,97 @@ def verdict(t: dict, what: str, unit: str, floor: float | None = None) -> str:
         else:
             why = "no budget within that fraction in the grid"
         return head + f"**NOT MEASURED** — {why}"
-    reach = (f"no measured budget reaches the error, up to the largest ({t['largest_frac']:.3g} of the passes, "
-             f"error {_f(t['error_at_largest'])})" if t["min_frac_reaching_tol"] is None else
-             f"the cheapest measured budget reaching the error uses {t['min_frac_reaching_tol']:.3g} of the passes")
-    return head + (f"**{'MET' if t['met'] else 'NOT MET'}** here — best error within that fraction "
-                   f"{_f(t['best_within'])}; {reach}")
+    reach = (
+        f"no measured budget reaches the error, up to the largest ({t['largest_frac']:.3g} of the passes, "
+        f"error {_f(t['error_at_largest'])})"
+        if t["min_frac_reaching_tol"] is None
+        else f"the cheapest measured budget reaching the error uses {t['min_frac_reaching_tol']:.3g} of the passes"
+    )
+    return head + (
+        f"**{'MET' if t['met'] else 'NOT MET'}** here — best error within that fraction {_f(t['best_within'])}; {reach}"
+    )
 
 
 def markdown(res: dict, cmd: str, device: str, model_desc: str, fig: str | None) -> str:
     """The RESULTS.md section: setting, target verdicts, the two tables."""
     from fastgeom.randomized import passes_spectrum
+
     c, ex, tg = res["config"], res["exact"], res["targets"]
     e = ex["logvol"]
-    sp = (f"streamed spectrum (top {c['k']}, on {len(c['spectrum_points'])} of the points) "
-          f"{ex['time_spectrum']:.3g} s / point" if ex.get("spectrum_status") == "ok" else
-          f"exact spectrum {ex.get('spectrum_status', 'not run')}")
-    lines = [f"`{cmd}` — {device}", "",
-             f"{model_desc}; straight path of {c['points']} points between two N(0, 1) inputs; d_in = {c['d_in']}, "
-             f"d_out = {c['d_out']}, n = {c['n']}; exact = 1 + n = {ex['passes']} passes per point, "
-             f"streamed logvol {ex['time_logvol']:.3g} s / point, {sp}. Exact log volume along the path: "
-             f"{min(e):.1f} to {max(e):.1f} nat (largest step between neighbours "
-             f"{max(abs(b - a) for a, b in zip(e, e[1:])):.3g} nat). Run time {res['seconds']:.0f} s.", "",
-             "- " + verdict(tg["logvol"], "Log-det differences along the path", "nat"),
-             "- " + verdict(tg["spectrum"], f"Top-{c['k']} singular values", "rel",
-                            (1 + passes_spectrum(c["n"], c["k"], 0, 1)) / ex["passes"]), "",
-             "Log-det: SLQ with common random numbers (probes x Golub-Kahan steps). diff error = max_i "
-             "|(r_i - r_0) - (e_i - e_0)| (differences to the path's start, the target's measure); neighbour "
-             "error = the same for consecutive points; coverage = share of points with |r_i - e_i| <= 2 stderr. "
-             "The difference error has two parts: Gauss-quadrature bias (falls with steps, largely shared by "
-             "neighbouring points) and Hutchinson probe noise (falls as 1/sqrt(probes); common random numbers "
-             "cancel it only where log(K^T K) barely changes between the two points).", "",
-             "| probes x steps | passes / point | pass fraction | time fraction | diff error (nat) | neighbour error | "
-             "max abs error | mean abs error | mean stderr | coverage |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    sp = (
+        f"streamed spectrum (top {c['k']}, on {len(c['spectrum_points'])} of the points) "
+        f"{ex['time_spectrum']:.3g} s / point"
+        if ex.get("spectrum_status") == "ok"
+        else f"exact spectrum {ex.get('spectrum_status', 'not run')}"
+    )
+    lines = [
+        f"`{cmd}` — {device}",
+        "",
+        f"{model_desc}; straight path of {c['points']} points between two N(0, 1) inputs; d_in = {c['d_in']}, "
+        f"d_out = {c['d_out']}, n = {c['n']}; exact = 1 + n = {ex['passes']} passes per point, "
+        f"streamed logvol {ex['time_logvol']:.3g} s / point, {sp}. Exact log volume along the path: "
+        f"{min(e):.1f} to {max(e):.1f} nat (largest step between neighbours "
+        f"{max(abs(b - a) for a, b in zip(e, e[1:])):.3g} nat). Run time {res['seconds']:.0f} s.",
+        "",
+        "- " + verdict(tg["logvol"], "Log-det differences along the path", "nat"),
+        "- "
+        + verdict(
+            tg["spectrum"],
+            f"Top-{c['k']} singular values",
+            "rel",
+            (1 + passes_spectrum(c["n"], c["k"], 0, 1)) / ex["passes"],
+        ),
+        "",
+        "Log-det: SLQ with common random numbers (probes x Golub-Kahan steps). diff error = max_i "
+        "|(r_i - r_0) - (e_i - e_0)| (differences to the path's start, the target's measure); neighbour "
+        "error = the same for consecutive points; coverage = share of points with |r_i - e_i| <= 2 stderr. "
+        "The difference error has two parts: Gauss-quadrature bias (falls with steps, largely shared by "
+        "neighbouring points) and Hutchinson probe noise (falls as 1/sqrt(probes); common random numbers "
+        "cancel it only where log(K^T K) barely changes between the two points).",
+        "",
+        "| probes x steps | passes / point | pass fraction | time fraction | diff error (nat) | neighbour error | "
+        "max abs error | mean abs error | mean stderr | coverage |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in res["logvol"]:
         b = f"{r['probes']} x {r['steps']}"
         if r["status"] != "ok":
             lines.append(f"| {b} | {r['passes']} | {r['pass_frac']:.3f} | {r['status']} | | | | | | |")
             continue
-        lines.append(f"| {b} | {r['passes']} | {r['pass_frac']:.3f} | {r['time_frac']:.3f} | {r['diff_err']:.3g} | "
-                     f"{r['step_err']:.3g} | {r['abs_err_max']:.3g} | {r['abs_err_mean']:.3g} | "
-                     f"{r['stderr_mean']:.3g} | {r['coverage']:.0%} |")
+        lines.append(
+            f"| {b} | {r['passes']} | {r['pass_frac']:.3f} | {r['time_frac']:.3f} | {r['diff_err']:.3g} | "
+            f"{r['step_err']:.3g} | {r['abs_err_max']:.3g} | {r['abs_err_mean']:.3g} | "
+            f"{r['stderr_mean']:.3g} | {r['coverage']:.0%} |"
+        )
     if not res["spectrum"]:
         lines += ["", "Top-k spectrum: not run (no spectrum budgets)."]
     else:
-        lines += ["", f"Top-{c['k']} spectrum: randomized block Krylov, block = k + oversample, q = iters; error = max "
-                  f"over points and the {c['k']} values of |s_r - s_e| / s_e.", "",
-                  "| oversample x iters | block | passes / point | pass fraction | time fraction | max rel error | "
-                  "median (over points) of max rel error |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Top-{c['k']} spectrum: randomized block Krylov, block = k + oversample, q = iters; error = max "
+            f"over points and the {c['k']} values of |s_r - s_e| / s_e.",
+            "",
+            "| oversample x iters | block | passes / point | pass fraction | time fraction | max rel error | "
+            "median (over points) of max rel error |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in res["spectrum"]:
             b = f"{r['oversample']} x {r['iters']}"
             if r["status"] != "ok":
                 lines.append(f"| {b} | {r['block']} | {r['passes']} | {r['pass_frac']:.3f} | {r['status']} | | |")
                 continue
-            lines.append(f"| {b} | {r['block']} | {r['passes']} | {r['pass_frac']:.3f} | {r['time_frac']:.3f} | "
-                         f"{r['rel_err_max']:.3g} | {r['rel_err_median']:.3g} |")
-    lines += ["", "Pass fraction = (1 + randomized passes) / (1 + n), one pass = one JVP or VJP of one vector at one "
-              "point, the 1 = the forward pass. Time fraction = median seconds per point / the exact method's "
-              f"(logvol vs streamed logvol, spectrum vs streamed spectrum, which includes a Jacobi SVD), each the "
-              f"median over {c['groups']} groups of the path measured in this run; each call gets a group, so "
-              "randomized steps batch (points in the group) x (probes or block) vectors."]
+            lines.append(
+                f"| {b} | {r['block']} | {r['passes']} | {r['pass_frac']:.3f} | {r['time_frac']:.3f} | "
+                f"{r['rel_err_max']:.3g} | {r['rel_err_median']:.3g} |"
+            )
+    lines += [
+        "",
+        "Pass fraction = (1 + randomized passes) / (1 + n), one pass = one JVP or VJP of one vector at one "
+        "point, the 1 = the forward pass. Time fraction = median seconds per point / the exact method's "
+        f"(logvol vs streamed logvol, spectrum vs streamed spectrum, which includes a Jacobi SVD), each the "
+        f"median over {c['groups']} groups of the path measured in this run; each call gets a group, so "
+        "randomized steps batch (points in the group) x (probes or block) vectors.",
+    ]
     if fig:
         lines += ["", f"![error vs pass fraction]({os.path.relpath(fig, HERE)})"]
     return "\n".join(lines)
@@ -352,21 +435,32 @@ def markdown(res: dict, cmd: str, device: str, model_desc: str, fig: str | None)
 
 def model_description(meta: dict) -> str:
     ck = meta.get("checkpoint")
-    return (f"**{meta['arch']}** (GELU, {'checkpoint ' + ck if ck else 'random init'}, {meta['dtype']} network, "
-            f"float64 accumulation), input 3x{meta['size']}x{meta['size']}")
+    return (
+        f"**{meta['arch']}** (GELU, {'checkpoint ' + ck if ck else 'random init'}, {meta['dtype']} network, "
+        f"float64 accumulation), input 3x{meta['size']}x{meta['size']}"
+    )
 
 
 def figure(res: dict, path: str, title: str) -> None:
     """Error against pass fraction: log-det difference error per probe count, spectrum error per oversample,
     with the target box of each."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8), constrained_layout=True)
-    panels = (("logvol", "probes", "diff_err", "steps", LOGVOL_TARGET, "max |Δ log vol error| along path (nat)"),
-              ("spectrum", "oversample", "rel_err_max", "iters", SPECTRUM_TARGET,
-               f"max rel. error, top-{res['config']['k']} singular values"))
+    panels = (
+        ("logvol", "probes", "diff_err", "steps", LOGVOL_TARGET, "max |Δ log vol error| along path (nat)"),
+        (
+            "spectrum",
+            "oversample",
+            "rel_err_max",
+            "iters",
+            SPECTRUM_TARGET,
+            f"max rel. error, top-{res['config']['k']} singular values",
+        ),
+    )
     for ax, (kind, group, key, lab, (tol, frac), ylabel) in zip(axes, panels):
         rows = [r for r in res[kind] if r.get("status") == "ok"]
         if not rows:
@@ -378,15 +472,31 @@ def figure(res: dict, path: str, title: str) -> None:
             for r, x, y in zip(rs, xs, ys):
                 ax.annotate(f"{lab[0]}{r[lab]}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
         if kind == "logvol" and rows:
-            ax.plot([r["pass_frac"] for r in rows], [r["abs_err_mean"] for r in rows], "x", color="0.6",
-                    label="mean |abs error|")
-            ax.plot([r["pass_frac"] for r in rows], [max(r["step_err"], 1e-16) for r in rows], "+", color="tab:orange",
-                    label="neighbour error")
+            ax.plot(
+                [r["pass_frac"] for r in rows],
+                [r["abs_err_mean"] for r in rows],
+                "x",
+                color="0.6",
+                label="mean |abs error|",
+            )
+            ax.plot(
+                [r["pass_frac"] for r in rows],
+                [max(r["step_err"], 1e-16) for r in rows],
+                "+",
+                color="tab:orange",
+                label="neighbour error",
+            )
         ax.axhline(tol, color="crimson", ls="--", lw=1)
         ax.axvline(frac, color="crimson", ls="--", lw=1)
         x_lo = min([r["pass_frac"] for r in rows] + [frac]) / 2
-        ax.fill_between([x_lo, frac], 1e-16, tol, color="crimson", alpha=0.08,
-                        label=f"target: <= {tol:g} at <= {frac:g} of the passes")
+        ax.fill_between(
+            [x_lo, frac],
+            1e-16,
+            tol,
+            color="crimson",
+            alpha=0.08,
+            label=f"target: <= {tol:g} at <= {frac:g} of the passes",
+        )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("passes per point / exact (1 + n)", fontsize=8)
@@ -428,11 +538,18 @@ def main(argv=None):
     ap.add_argument("--logvol-budgets", nargs="*", default=None, help="probes x steps, e.g. 4x16 8x32")
     ap.add_argument("--spectrum-budgets", nargs="*", default=None, help="oversample x iters, e.g. 8x2")
     ap.add_argument("--groups", type=int, default=4, help="path groups timed separately (medians)")
-    ap.add_argument("--spectrum-points", type=int, default=None,
-                    help="evenly spaced path points for the spectra (default: all; 8 with --full)")
-    ap.add_argument("--max-seconds", type=float, default=None,
-                    help="time budget: log-det budgets not started by 0.6 of it, spectrum work not started by it, "
-                         "are skipped")
+    ap.add_argument(
+        "--spectrum-points",
+        type=int,
+        default=None,
+        help="evenly spaced path points for the spectra (default: all; 8 with --full)",
+    )
+    ap.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="time budget: log-det budgets not started by 0.6 of it, spectrum work not started by it, are skipped",
+    )
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 with --quick)")
@@ -442,8 +559,12 @@ def main(argv=None):
     ap.add_argument("--json", default=None)
     ap.add_argument("--fig", default=None)
     ap.add_argument("--no-write", action="store_true", help="do not touch bench/RESULTS.md")
-    ap.add_argument("--render", default=None, metavar="JSON",
-                    help="only redo the figure and RESULTS.md section from a saved JSON (e.g. a GPU run's)")
+    ap.add_argument(
+        "--render",
+        default=None,
+        metavar="JSON",
+        help="only redo the figure and RESULTS.md section from a saved JSON (e.g. a GPU run's)",
+    )
     args = ap.parse_args(argv)
 
     full = args.full
@@ -460,21 +581,31 @@ def main(argv=None):
     fpath = args.fig or os.path.join(HERE, "img", f"randomized_path_{label}.png")
 
     from _results import device_line, write_section
+
     section = "randomized_path" + ("" if label == "quick" else f"_{label}")
 
     def publish(res, meta, final=True):
         """Figure and RESULTS.md section from a result and its meta; returns the markdown body."""
         fig = fpath
-        title = (f"randomized vs exact: {meta['arch']}, 3x{meta['size']}x{meta['size']}, "
-                 f"{res['config']['points']}-point path ({res['config']['device']}), n = {res['config']['n']}")
+        title = (
+            f"randomized vs exact: {meta['arch']}, 3x{meta['size']}x{meta['size']}, "
+            f"{res['config']['points']}-point path ({res['config']['device']}), n = {res['config']['n']}"
+        )
         figure(res, fig, title)
-        body = markdown(res, "python bench/randomized_path.py " + " ".join(meta["argv"]), meta["device"],
-                        model_description(meta), fig)
+        body = markdown(
+            res,
+            "python bench/randomized_path.py " + " ".join(meta["argv"]),
+            meta["device"],
+            model_description(meta),
+            fig,
+        )
         if not final:
             body = "**Partial run** (interrupted before the end; what was measured so far):\n\n" + body
         if not args.no_write:
-            write_section(section, f"## Randomized cost/accuracy along a path (`bench/randomized_path.py`, "
-                                   f"{meta['label']})\n\n" + body)
+            write_section(
+                section,
+                f"## Randomized cost/accuracy along a path (`bench/randomized_path.py`, {meta['label']})\n\n" + body,
+            )
         return body
 
     if args.render:
@@ -488,6 +619,7 @@ def main(argv=None):
         return
 
     from logvol import build_model
+
     device = device_line()
     model = build_model(arch, args.checkpoint).to(dev, getattr(torch, args.dtype))
     xs = path_points((3, size, size), npts, args.seed).to(dev, getattr(torch, args.dtype))
@@ -495,8 +627,15 @@ def main(argv=None):
     sg = _budget_list(args.spectrum_budgets, "--spectrum-budgets") if args.spectrum_budgets is not None else None
     spts = args.spectrum_points or (8 if full else None)
     fracs = FRACTIONS[:-1] if full else FRACTIONS  # GPU time: up to 1/2 of the exact passes
-    meta = {"arch": arch, "size": size, "dtype": args.dtype, "checkpoint": args.checkpoint, "device": device,
-            "label": label, "argv": sys.argv[1:] if argv is None else list(argv)}
+    meta = {
+        "arch": arch,
+        "size": size,
+        "dtype": args.dtype,
+        "checkpoint": args.checkpoint,
+        "device": device,
+        "label": label,
+        "argv": sys.argv[1:] if argv is None else list(argv),
+    }
 
     def dump(res, final=False):
         """JSON, figure and RESULTS.md section; called after every step, so partial runs keep their results."""
@@ -508,9 +647,20 @@ def main(argv=None):
         return None
 
     print(f"[randomized_path] {arch} {size}x{size}, {npts} points on {dev} ...", file=sys.stderr, flush=True)
-    res = run_curve(model, xs, k=args.k, logvol_grid=lg, spectrum_grid=sg, seed=args.seed, groups=args.groups,
-                    logvol_fractions=fracs, spectrum_points=spts, max_seconds=args.max_seconds, progress=True,
-                    checkpoint=dump)
+    res = run_curve(
+        model,
+        xs,
+        k=args.k,
+        logvol_grid=lg,
+        spectrum_grid=sg,
+        seed=args.seed,
+        groups=args.groups,
+        logvol_fractions=fracs,
+        spectrum_points=spts,
+        max_seconds=args.max_seconds,
+        progress=True,
+        checkpoint=dump,
+    )
     print(dump(res, final=True) or json.dumps(res["targets"]))
 
 

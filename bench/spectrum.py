@@ -11,6 +11,7 @@ relatively accurate on graded matrices; for scale only); with their largest rela
 
 Results go to bench/RESULTS.md (section "spectrum") unless --no-write.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,30 +76,55 @@ def main(argv=None) -> int:
     Xp = torch.linalg.qr(X, mode="r").R.mT
     rows = []
     s_c = svd.jacobi_svdvals(Xp)
-    rows.append(("compiled Jacobi (ops.svd, preconditioned; what spectrum runs)", statistics.median(
-        _time(lambda: svd.jacobi_svdvals(Xp)) for _ in range(args.repeat)), s_c))
-    rows.append(("compiled Jacobi on R^T, no second QR", statistics.median(
-        _time(lambda: svd.jacobi_svdvals(X)) for _ in range(args.repeat)), svd.jacobi_svdvals(X)))
+    rows.append(
+        (
+            "compiled Jacobi (ops.svd, preconditioned; what spectrum runs)",
+            statistics.median(_time(lambda: svd.jacobi_svdvals(Xp)) for _ in range(args.repeat)),
+            s_c,
+        )
+    )
+    rows.append(
+        (
+            "compiled Jacobi on R^T, no second QR",
+            statistics.median(_time(lambda: svd.jacobi_svdvals(X)) for _ in range(args.repeat)),
+            svd.jacobi_svdvals(X),
+        )
+    )
     if not args.skip_reference:
         t = time.perf_counter()
         s_r = svd.reference.jacobi_svdvals(X)
         rows.append(("torch reference Jacobi (previous implementation), once", time.perf_counter() - t, s_r))
     Xn = X[0].numpy()
-    rows.append(("numpy.linalg.svd (LAPACK gesdd; normwise accuracy only)", statistics.median(
-        _time(lambda: np.linalg.svd(Xn, compute_uv=False)) for _ in range(args.repeat)),
-        torch.from_numpy(np.linalg.svd(Xn, compute_uv=False))[None]))
+    rows.append(
+        (
+            "numpy.linalg.svd (LAPACK gesdd; normwise accuracy only)",
+            statistics.median(_time(lambda: np.linalg.svd(Xn, compute_uv=False)) for _ in range(args.repeat)),
+            torch.from_numpy(np.linalg.svd(Xn, compute_uv=False))[None],
+        )
+    )
 
-    lines = ["## Spectrum against log volume (`bench/spectrum.py`)", "", device_line(), "",
-             f"J {544} x {3072} (tanh MLP 3072 -> 1024 -> 544, float64), {args.points} points, median of "
-             f"{args.repeat}, interleaved:", "",
-             "| call | wall (s) | ratio to logvol | CPU (s) | CPU ratio to logvol |", "|---|---|---|---|---|",
-             f"| `fg.logvol` | {m_lv:.2f} | 1.00 | {c_lv:.2f} | 1.00 |",
-             f"| `fg.spectrum` | {m_sp:.2f} | {m_sp / m_lv:.2f} | {c_sp:.2f} | {c_sp / c_lv:.2f} |", "",
-             f"Target spectrum <= 2x logvol: {'met' if max(m_sp / m_lv, c_sp / c_lv) <= 2 else 'not met'} here "
-             f"(wall {m_sp / m_lv:.2f}x, CPU {c_sp / c_lv:.2f}x). max over points of abs(sum log s - logvol): "
-             f"{agree:.1e}", "",
-             "Singular values of one point's 544 x 544 R factor:", "",
-             "| method | time (s) | max rel. diff. to the compiled kernel |", "|---|---|---|"]
+    lines = [
+        "## Spectrum against log volume (`bench/spectrum.py`)",
+        "",
+        device_line(),
+        "",
+        f"J {544} x {3072} (tanh MLP 3072 -> 1024 -> 544, float64), {args.points} points, median of "
+        f"{args.repeat}, interleaved:",
+        "",
+        "| call | wall (s) | ratio to logvol | CPU (s) | CPU ratio to logvol |",
+        "|---|---|---|---|---|",
+        f"| `fg.logvol` | {m_lv:.2f} | 1.00 | {c_lv:.2f} | 1.00 |",
+        f"| `fg.spectrum` | {m_sp:.2f} | {m_sp / m_lv:.2f} | {c_sp:.2f} | {c_sp / c_lv:.2f} |",
+        "",
+        f"Target spectrum <= 2x logvol: {'met' if max(m_sp / m_lv, c_sp / c_lv) <= 2 else 'not met'} here "
+        f"(wall {m_sp / m_lv:.2f}x, CPU {c_sp / c_lv:.2f}x). max over points of abs(sum log s - logvol): "
+        f"{agree:.1e}",
+        "",
+        "Singular values of one point's 544 x 544 R factor:",
+        "",
+        "| method | time (s) | max rel. diff. to the compiled kernel |",
+        "|---|---|---|",
+    ]
     for name, t, sv in rows:
         lines.append(f"| {name} | {t:.3f} | {float((sv / s_c - 1).abs().max()):.1e} |")
     body = "\n".join(lines) + "\n"

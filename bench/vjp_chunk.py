@@ -11,6 +11,7 @@ of each and the median of the per-pair ratios.
     python bench/vjp_chunk.py --archs resnet18 --size 16 --pairs 3    # a quick check
 Writes JSON (--json, default bench/out/vjp_chunk.json) and the ``vjp_chunk`` section of RESULTS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,37 +51,65 @@ def measure(arch: str, size: int, K: int, pairs: int, dtype=torch.float32, devic
     err = float((lin.vjp(C) - ref).abs().max() / ref.abs().max())
     t_ag, t_lin = [], []
     for i in range(pairs):
-        for name, obj, ts in (("autograd", ag, t_ag), ("linearized", lin, t_lin))[:: 1 if i % 2 == 0 else -1]:
+        for _name, obj, ts in (("autograd", ag, t_ag), ("linearized", lin, t_lin))[:: 1 if i % 2 == 0 else -1]:
             sync()
             t0 = time.perf_counter()
             obj.vjp(C)
             sync()
             ts.append(time.perf_counter() - t0)
     ratios = [b / a for a, b in zip(t_ag, t_lin)]
-    return {"arch": arch, "size": size, "K": K, "pairs": pairs, "d_out": d_out, "dtype": str(dtype).split(".")[-1],
-            "device": str(x.device), "autograd_s": t_ag, "linearized_s": t_lin,
-            "median_autograd_s": statistics.median(t_ag), "median_linearized_s": statistics.median(t_lin),
-            "median_ratio": statistics.median(ratios), "min_ratio": min(ratios), "max_ratio": max(ratios),
-            "setup_autograd_s": t_ag_setup, "setup_linearized_s": t_lin_setup, "rel_diff": err,
-            "channels_last": lin.channels_last, "threads": torch.get_num_threads()}
+    return {
+        "arch": arch,
+        "size": size,
+        "K": K,
+        "pairs": pairs,
+        "d_out": d_out,
+        "dtype": str(dtype).split(".")[-1],
+        "device": str(x.device),
+        "autograd_s": t_ag,
+        "linearized_s": t_lin,
+        "median_autograd_s": statistics.median(t_ag),
+        "median_linearized_s": statistics.median(t_lin),
+        "median_ratio": statistics.median(ratios),
+        "min_ratio": min(ratios),
+        "max_ratio": max(ratios),
+        "setup_autograd_s": t_ag_setup,
+        "setup_linearized_s": t_lin_setup,
+        "rel_diff": err,
+        "channels_last": lin.channels_last,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def table(rows: list[dict]) -> str:
     from _results import device_line
-    out = ["## Exact engines' inner loop, one chunk of cotangents (`bench/vjp_chunk.py`)", "", device_line(), "",
-           "| model | input | dtype | K | pairs | autograd VJP s (median) | linearized VJP s (median) | "
-           "linearized / autograd (median of pairs) | range | setup s (autograd / linearized incl. validation) | rel. diff |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    out = [
+        "## Exact engines' inner loop, one chunk of cotangents (`bench/vjp_chunk.py`)",
+        "",
+        device_line(),
+        "",
+        "| model | input | dtype | K | pairs | autograd VJP s (median) | linearized VJP s (median) | "
+        "linearized / autograd (median of pairs) | range | setup s (autograd / linearized incl. validation) | "
+        "rel. diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        out.append(f"| {r['arch']} | 3x{r['size']}x{r['size']} | {r['dtype']} | {r['K']} | {r['pairs']} | "
-                   f"{r['median_autograd_s']:.3f} | {r['median_linearized_s']:.3f} | {r['median_ratio']:.2f}x | "
-                   f"{r['min_ratio']:.2f}-{r['max_ratio']:.2f} | {r['setup_autograd_s']:.2f} / {r['setup_linearized_s']:.2f} | "
-                   f"{r['rel_diff']:.1e} |")
-    out += ["", "autograd = torch.func's vmapped VJP (what jacrev(chunk_size=K) and method=\"streamed\" run per chunk); "
-            "linearized = method=\"linearized\" (BatchNorm folded, stored activation derivatives, fused residual "
-            "steps, NHWC on CPU). The two alternate chunk by chunk in one process on the same one-hot cotangents; "
-            "a full exact Jacobian is d_out / K chunks. rel. diff = max |difference| / max |VJP| (BatchNorm folding "
-            "changes float32 rounding)."]
+        out.append(
+            f"| {r['arch']} | 3x{r['size']}x{r['size']} | {r['dtype']} | {r['K']} | {r['pairs']} | "
+            f"{r['median_autograd_s']:.3f} | {r['median_linearized_s']:.3f} | {r['median_ratio']:.2f}x | "
+            f"{r['min_ratio']:.2f}-{r['max_ratio']:.2f} | "
+            f"{r['setup_autograd_s']:.2f} / {r['setup_linearized_s']:.2f} | "
+            f"{r['rel_diff']:.1e} |"
+        )
+    out += [
+        "",
+        'autograd = torch.func\'s vmapped VJP (what jacrev(chunk_size=K) and method="streamed" run per chunk); '
+        'linearized = method="linearized" (BatchNorm folded, stored activation derivatives, fused residual '
+        "steps, NHWC on CPU). The two alternate chunk by chunk in one process on the same one-hot cotangents; "
+        "a full exact Jacobian is d_out / K chunks. rel. diff = max |difference| / max |VJP| (BatchNorm folding "
+        "changes float32 rounding).",
+    ]
     return "\n".join(out)
 
 
@@ -98,8 +127,10 @@ def main(argv=None) -> int:
     rows = []
     for arch in a.archs.split(","):
         rows.append(measure(arch, a.size, a.K, a.pairs, getattr(torch, a.dtype), a.device))
-        print(json.dumps({k: v for k, v in rows[-1].items() if not k.endswith("_s") or k.startswith("median")}),
-              flush=True)
+        print(
+            json.dumps({k: v for k, v in rows[-1].items() if not k.endswith("_s") or k.startswith("median")}),
+            flush=True,
+        )
     md = table(rows)
     print(md)
     os.makedirs(os.path.dirname(a.json), exist_ok=True)
@@ -107,6 +138,7 @@ def main(argv=None) -> int:
         json.dump(rows, f, indent=1)
     if not a.no_write:
         from _results import write_section
+
         write_section("vjp_chunk" + ("_gpu" if a.device.startswith("cuda") else ""), md)
     return 0
 

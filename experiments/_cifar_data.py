@@ -6,8 +6,10 @@ sample in a ``TensorImages`` dataset. Real CIFAR-10 loads through torchvision fr
 colour images whose class is the grating orientation (10 orientations 9 degrees apart, random
 frequency, phase, colours, noise and an occluding blob), so nets learn real but imperfect
 boundaries. Orientations are 9 c degrees (c = 0..9, within [0, 90)), so a horizontal flip (180 - 9 c)
-never turns one class into another and the standard flip augmentation keeps labels valid. Every figure title and results.json names the data set that was used.
+never turns one class into another and the standard flip augmentation keeps labels valid. Every figure title
+and results.json names the data set that was used.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,10 +51,16 @@ def procedural_gratings(n: int, seed: int = 0, size: int = 32) -> tuple[torch.Te
     yy, xx = torch.meshgrid(ax, ax, indexing="ij")
     proj = torch.cos(theta)[:, None, None] * xx + torch.sin(theta)[:, None, None] * yy
     wave = 0.5 + 0.5 * torch.sin(2 * math.pi * freq[:, None, None] * proj + phase[:, None, None])
-    c0, c1 = torch.rand(n, 3, 1, 1, generator=g, dtype=torch.float64), torch.rand(n, 3, 1, 1, generator=g, dtype=torch.float64)
+    c0, c1 = (
+        torch.rand(n, 3, 1, 1, generator=g, dtype=torch.float64),
+        torch.rand(n, 3, 1, 1, generator=g, dtype=torch.float64),
+    )
     img = c0 + (c1 - c0) * wave[:, None]
     # an occluding blob of random colour, and pixel noise
-    cx, cy = torch.rand(n, generator=g, dtype=torch.float64) - 0.5, torch.rand(n, generator=g, dtype=torch.float64) - 0.5
+    cx, cy = (
+        torch.rand(n, generator=g, dtype=torch.float64) - 0.5,
+        torch.rand(n, generator=g, dtype=torch.float64) - 0.5,
+    )
     r = 0.08 + 0.12 * torch.rand(n, generator=g, dtype=torch.float64)
     blob = (((xx - cx[:, None, None]) ** 2 + (yy - cy[:, None, None]) ** 2) < r[:, None, None] ** 2)[:, None]
     img = torch.where(blob, torch.rand(n, 3, 1, 1, generator=g, dtype=torch.float64), img)
@@ -68,15 +76,18 @@ def _resize(x: torch.Tensor, res: int) -> torch.Tensor:
 
 
 def cifar_missing_message(root: str) -> str:
-    return (f"CIFAR-10 was not found under {os.path.abspath(root)!r} (torchvision expects "
-            f"{os.path.join(root, 'cifar-10-batches-py')}). Fix: add --download (needs network) or put the "
-            "python version (https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz) unpacked there and pass "
-            "--data-root; quick modes can instead use the offline stand-in with --standin.")
+    return (
+        f"CIFAR-10 was not found under {os.path.abspath(root)!r} (torchvision expects "
+        f"{os.path.join(root, 'cifar-10-batches-py')}). Fix: add --download (needs network) or put the "
+        "python version (https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz) unpacked there and pass "
+        "--data-root; quick modes can instead use the offline stand-in with --standin."
+    )
 
 
 def load_cifar10(root: str, download: bool = False) -> tuple:
     """(train_x, train_y, test_x, test_y) as uint8 / int64 tensors from torchvision's CIFAR10."""
     from torchvision.datasets import CIFAR10
+
     try:
         tr = CIFAR10(root, train=True, download=download)
         te = CIFAR10(root, train=False, download=download)
@@ -86,8 +97,16 @@ def load_cifar10(root: str, download: bool = False) -> tuple:
     return (*conv(tr), *conv(te))
 
 
-def load_data(root: str, download: bool, quick: bool, standin: bool, n_train: int | None, n_test: int | None,
-              res: int = 32, seed: int = 0) -> ImageData:
+def load_data(
+    root: str,
+    download: bool,
+    quick: bool,
+    standin: bool,
+    n_train: int | None,
+    n_test: int | None,
+    res: int = 32,
+    seed: int = 0,
+) -> ImageData:
     """CIFAR-10 (subsampled to n_train/n_test, resized to res) or, in quick mode when CIFAR-10 is absent
     or ``standin`` is set, the procedural stand-in. Full mode never falls back: it raises with the fix."""
     use_standin = standin
@@ -97,7 +116,9 @@ def load_data(root: str, download: bool, quick: bool, standin: bool, n_train: in
         except FileNotFoundError:
             if not quick:
                 raise
-            print(f"[data] CIFAR-10 not under {root!r}: using {STANDIN_NAME}. Pass --data-root/--download for real data.")
+            print(
+                f"[data] CIFAR-10 not under {root!r}: using {STANDIN_NAME}. Pass --data-root/--download for real data."
+            )
             use_standin = True
     if use_standin:
         trx, trY = procedural_gratings(n_train or 5000, seed=seed)
@@ -145,5 +166,6 @@ def normalize(x: torch.Tensor, mean=CIFAR_MEAN, std=CIFAR_STD, dtype=torch.float
 
 def supervised_transform(res: int, mean=CIFAR_MEAN, std=CIFAR_STD):
     """RandomCrop(res, padding res/8) + horizontal flip + normalisation (the paper's CIFAR training)."""
-    return v2.Compose([v2.RandomCrop(res, padding=max(1, res // 8)), v2.RandomHorizontalFlip(),
-                       v2.Normalize(mean, std)])
+    return v2.Compose(
+        [v2.RandomCrop(res, padding=max(1, res // 8)), v2.RandomHorizontalFlip(), v2.Normalize(mean, std)]
+    )

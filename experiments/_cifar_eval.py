@@ -8,10 +8,11 @@ volume, the Gaussian curvature K of the plane's image (of the same normalised fe
 the raw ones) and ``boundary_ratio`` statistics: mean |K| (and mean volume element) on the plane's
 decision-boundary cells (a grid neighbour is predicted differently) over the mean elsewhere.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -49,8 +50,10 @@ class GeoConfig:
 def pick_anchors(test_y: torch.Tensor, cfg: GeoConfig, seed: int = 0) -> dict:
     """Test-set indices for the pairs, triples and same-class triples (distinct images per class)."""
     g = torch.Generator().manual_seed(seed)
-    pools = {c: (test_y == c).nonzero().flatten()[torch.randperm(int((test_y == c).sum()), generator=g)].tolist()
-             for c in range(10)}
+    pools = {
+        c: (test_y == c).nonzero().flatten()[torch.randperm(int((test_y == c).sum()), generator=g)].tolist()
+        for c in range(10)
+    }
     used = {c: 0 for c in range(10)}
 
     def take(c):
@@ -58,9 +61,12 @@ def pick_anchors(test_y: torch.Tensor, cfg: GeoConfig, seed: int = 0) -> dict:
             raise ValueError(f"not enough test images of class {c} for the anchors; use a larger test subset")
         used[c] += 1
         return pools[c][used[c] - 1]
-    return {"pairs": [[take(a), take(b)] for a, b in cfg.pairs],
-            "triples": [[take(c) for c in t] for t in cfg.triples],
-            "same": [[take(c) for c in t] for t in cfg.same]}
+
+    return {
+        "pairs": [[take(a), take(b)] for a, b in cfg.pairs],
+        "triples": [[take(c) for c in t] for t in cfg.triples],
+        "same": [[take(c) for c in t] for t in cfg.same],
+    }
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -69,16 +75,26 @@ def _dtype(name: str) -> torch.dtype:
 
 def _lv(m: GeoMap, x: torch.Tensor, cfg: GeoConfig, progress: bool, **kw) -> list:
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", fg.RankDeficiencyWarning)  # counted in results via ranks instead
-        lv, diag = fg.logvol(m.model, x, layer=m.layer, target=m.target, normalize=True, dtype=_dtype(cfg.dtype),
-                             return_diagnostics=True, progress=progress, **kw)
+        lv, diag = fg.logvol(
+            m.model,
+            x,
+            layer=m.layer,
+            target=m.target,
+            normalize=True,
+            dtype=_dtype(cfg.dtype),
+            return_diagnostics=True,
+            progress=progress,
+            **kw,
+        )
     return lv.tolist(), diag.rank.tolist(), int(diag.n_rounding.gt(0).sum())
 
 
 @torch.no_grad()
 def _pred(logits_fn, x: torch.Tensor, batch: int = 256):
-    outs = [logits_fn(x[i:i + batch].float()).double() for i in range(0, len(x), batch)]  # nets are float32
+    outs = [logits_fn(x[i : i + batch].float()).double() for i in range(0, len(x), batch)]  # nets are float32
     logits = torch.cat(outs)
     return logits.argmax(1).tolist(), normalized_entropy(logits).tolist()
 
@@ -86,10 +102,12 @@ def _pred(logits_fn, x: torch.Tensor, batch: int = 256):
 def _gauss(m: GeoMap, pts: torch.Tensor, u, v, cfg: GeoConfig, progress: bool) -> list:
     """K (P,) of the plane x + a u + b v at pts for the normalised features of m (None where undefined)."""
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", fg.RankDeficiencyWarning)  # undefined points are recorded as None
-        K = fg.gaussian_curvature(m.model, pts, u, v, layer=m.layer, target=m.target, dtype=_dtype(cfg.dtype),
-                                  progress=progress)
+        K = fg.gaussian_curvature(
+            m.model, pts, u, v, layer=m.layer, target=m.target, dtype=_dtype(cfg.dtype), progress=progress
+        )
     with torch.no_grad():
         d_out = fg.Geometry(m.model, m.layer, target=m.target, dtype=_dtype(cfg.dtype)).probe(pts[:1]).d_out
     return [v if v == v else None for v in (K * d_out).tolist()]
@@ -99,6 +117,7 @@ def plane_boundary_ratio(index, n: int, pred, values) -> float | None:
     """mean(values) on the plane's decision-boundary cells (a 4-neighbour on the n x n grid is predicted as
     another class) over mean(values) on the other cells; cells without a finite value are left out."""
     import math
+
     grid_pred = torch.full((n * n,), -1, dtype=torch.long)
     grid_val = torch.full((n * n,), float("nan"), dtype=torch.float64)
     grid_pred[torch.tensor(index)] = torch.tensor(pred)
@@ -122,6 +141,7 @@ def abs_curvature_logvol_spearman(K: list, logvol: list) -> float | None:
     import math
 
     from scipy.stats import spearmanr
+
     pairs = [(abs(k), lv) for k, lv in zip(K, logvol) if k is not None and math.isfinite(k) and math.isfinite(lv)]
     if len(pairs) < 3:
         return None
@@ -129,8 +149,16 @@ def abs_curvature_logvol_spearman(K: list, logvol: list) -> float | None:
     return None if r != r else float(r)
 
 
-def snapshot(maps: list[GeoMap], logits_fn: Callable, images: torch.Tensor, anchors: dict, cfg: GeoConfig,
-             planes: bool, progress: bool = True, log=print) -> dict:
+def snapshot(
+    maps: list[GeoMap],
+    logits_fn: Callable,
+    images: torch.Tensor,
+    anchors: dict,
+    cfg: GeoConfig,
+    planes: bool,
+    progress: bool = True,
+    log=print,
+) -> dict:
     """All geometry of one snapshot. ``images``: normalised test images (N, 3, H, W); ``logits_fn``:
     x -> (B, 10) logits (classifier or probe on the backbone). ``maps[0]`` is the primary feature map;
     paths and the affine planes are measured for every map, the other planes for ``maps[0]`` only."""
@@ -138,11 +166,18 @@ def snapshot(maps: list[GeoMap], logits_fn: Callable, images: torch.Tensor, anch
     X = images.to(dt)
     rec: dict = {"paths": [], "planes": {}, "blocks": {}, "spectra": {}}
     # 1-D interpolations
-    for (i, j) in anchors["pairs"]:
+    for i, j in anchors["pairs"]:
         pts = path(X[i], X[j], cfg.path_n)
         pred, ent = _pred(logits_fn, pts)
-        entry = {"anchors": [i, j], "t": (torch.arange(cfg.path_n) / cfg.path_n).tolist(), "pred": pred,
-                 "entropy": ent, "logvol": {}, "rank": {}, "n_rounding": {}}
+        entry = {
+            "anchors": [i, j],
+            "t": (torch.arange(cfg.path_n) / cfg.path_n).tolist(),
+            "pred": pred,
+            "entropy": ent,
+            "logvol": {},
+            "rank": {},
+            "n_rounding": {},
+        }
         for m in maps:
             entry["logvol"][m.name], entry["rank"][m.name], entry["n_rounding"][m.name] = _lv(m, pts, cfg, progress)
         rec["paths"].append(entry)
@@ -158,17 +193,32 @@ def snapshot(maps: list[GeoMap], logits_fn: Callable, images: torch.Tensor, anch
     s = fg.spectrum(m0.model, X[idx], layer=m0.layer, target=m0.target, normalize=True, dtype=dt, progress=False)
     rec["spectra"] = {str(k): s[n].tolist() for n, k in enumerate(idx)}
     if planes:
-        jobs = [(f"convex_{'-'.join(map(str, t))}", t, "convex", cfg.convex_n, cfg.convex_extent, maps[:1])
-                for t in anchors["triples"]]
+        jobs = [
+            (f"convex_{'-'.join(map(str, t))}", t, "convex", cfg.convex_n, cfg.convex_extent, maps[:1])
+            for t in anchors["triples"]
+        ]
         jobs += [(f"affine_{'-'.join(map(str, t))}", t, "affine", cfg.plane_n, 1.0, maps) for t in anchors["triples"]]
         jobs += [(f"same_{'-'.join(map(str, t))}", t, "affine", cfg.same_n, 1.0, maps[:1]) for t in anchors["same"]]
         for name, t, hull, n, ext, ms in jobs:
             pl = plane(X[t[0]], X[t[1]], X[t[2]], n=n, hull=hull, extent=ext)
             pred, ent = _pred(logits_fn, pl.points)
-            entry = {"anchors": list(t), "hull": hull, "n": n, "extent": ext, "index": pl.index.tolist(),
-                     "a": pl.a.tolist(), "b": pl.b.tolist(), "pred": pred, "entropy": ent, "logvol": {}, "rank": {},
-                     "curvature": {}, "curvature_boundary_ratio": {}, "volume_boundary_ratio": {},
-                     "curvature_logvol_spearman": {}}
+            entry = {
+                "anchors": list(t),
+                "hull": hull,
+                "n": n,
+                "extent": ext,
+                "index": pl.index.tolist(),
+                "a": pl.a.tolist(),
+                "b": pl.b.tolist(),
+                "pred": pred,
+                "entropy": ent,
+                "logvol": {},
+                "rank": {},
+                "curvature": {},
+                "curvature_boundary_ratio": {},
+                "volume_boundary_ratio": {},
+                "curvature_logvol_spearman": {},
+            }
             log(f"[geometry] plane {name}: {len(pl.points)} points x {len(ms)} map(s)")
             u, v = plane_directions(X[t[0]], X[t[1]], X[t[2]])
             for m in ms:
@@ -177,7 +227,8 @@ def snapshot(maps: list[GeoMap], logits_fn: Callable, images: torch.Tensor, anch
                 entry["curvature"][m.name] = K
                 idx = entry["index"]
                 entry["curvature_boundary_ratio"][m.name] = plane_boundary_ratio(
-                    idx, n, pred, [None if k is None else abs(k) for k in K])
+                    idx, n, pred, [None if k is None else abs(k) for k in K]
+                )
                 lv = torch.tensor(entry["logvol"][m.name], dtype=torch.float64)
                 vol = (lv - lv[torch.isfinite(lv)].max()).exp() if bool(torch.isfinite(lv).any()) else lv
                 entry["volume_boundary_ratio"][m.name] = plane_boundary_ratio(idx, n, pred, vol.tolist())
@@ -191,15 +242,55 @@ def snapshot(maps: list[GeoMap], logits_fn: Callable, images: torch.Tensor, anch
 # ------------------------------------------------------------------------------------------------
 SIZES = {
     # the paper: ResNet-34 on 32x32 CIFAR-10, 64-step paths, 80x80 planes, blocks pooled to 512
-    "full": dict(arch="resnet34", width=64, res=32, n_train=None, n_test=None, path_n=64, plane_n=80, convex_n=80,
-                 same_n=80, block_n=16, block_pool=512, geo_dtype="float64", workers=8),
+    "full": dict(
+        arch="resnet34",
+        width=64,
+        res=32,
+        n_train=None,
+        n_test=None,
+        path_n=64,
+        plane_n=80,
+        convex_n=80,
+        same_n=80,
+        block_n=16,
+        block_pool=512,
+        geo_dtype="float64",
+        workers=8,
+    ),
     # CPU minutes: narrow ResNet-18 (width 8, 64 features) on 16x16 images
-    "quick": dict(arch="resnet18", width=8, res=16, n_train=2000, n_test=400, path_n=16, plane_n=10, convex_n=14,
-                  same_n=8, block_n=8, block_pool=64, geo_dtype="float32", workers=0),
+    "quick": dict(
+        arch="resnet18",
+        width=8,
+        res=16,
+        n_train=2000,
+        n_test=400,
+        path_n=16,
+        plane_n=10,
+        convex_n=14,
+        same_n=8,
+        block_n=8,
+        block_pool=64,
+        geo_dtype="float32",
+        workers=0,
+    ),
     # CI smoke test: width 4 (32 features), 8x8 images, a handful of points
-    "tiny": dict(arch="resnet18", width=4, res=8, n_train=96, n_test=100, path_n=4, plane_n=3, convex_n=4,
-                 same_n=2, block_n=2, block_pool=32, geo_dtype="float64", workers=0,
-                 pairs=((3, 5),), same=((6, 6, 6),)),
+    "tiny": dict(
+        arch="resnet18",
+        width=4,
+        res=8,
+        n_train=96,
+        n_test=100,
+        path_n=4,
+        plane_n=3,
+        convex_n=4,
+        same_n=2,
+        block_n=2,
+        block_pool=32,
+        geo_dtype="float64",
+        workers=0,
+        pairs=((3, 5),),
+        same=((6, 6, 6),),
+    ),
 }
 
 
@@ -210,10 +301,18 @@ def add_size_args(p) -> None:
     p.add_argument("--snapshots", type=str, default=None, help="comma-separated snapshot epochs (0 = init)")
     p.add_argument("--plane-epochs", type=str, default=None, help="comma-separated epochs with planes (default: last)")
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (1 is much faster on a shared, oversubscribed machine)")
-    p.add_argument("--geo-dtype", choices=["float32", "float64"], default=None,
-                   help="network dtype for the Jacobians (factorisation is always float64)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (1 is much faster on a shared, oversubscribed machine)",
+    )
+    p.add_argument(
+        "--geo-dtype",
+        choices=["float32", "float64"],
+        default=None,
+        help="network dtype for the Jacobians (factorisation is always float64)",
+    )
 
 
 def size_of(args) -> str:
@@ -236,8 +335,16 @@ def schedule(args, size: str, full_epochs: int, full_snaps: list[int], full_plan
 
 def geo_config(sz: dict, args) -> GeoConfig:
     extra = {k: sz[k] for k in ("pairs", "triples", "same") if k in sz}
-    return GeoConfig(**extra, path_n=sz["path_n"], plane_n=sz["plane_n"], convex_n=sz["convex_n"], same_n=sz["same_n"],
-                     block_n=sz["block_n"], block_pool=sz["block_pool"], dtype=args.geo_dtype or _default_dtype(sz, args))
+    return GeoConfig(
+        **extra,
+        path_n=sz["path_n"],
+        plane_n=sz["plane_n"],
+        convex_n=sz["convex_n"],
+        same_n=sz["same_n"],
+        block_n=sz["block_n"],
+        block_pool=sz["block_pool"],
+        dtype=args.geo_dtype or _default_dtype(sz, args),
+    )
 
 
 def _default_dtype(sz: dict, args) -> str:

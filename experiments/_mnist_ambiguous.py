@@ -16,13 +16,14 @@ VAE's latent space and keeping the decoded digits that an ensemble of classifier
 the decoder, the control for the decoder's smoothing.
 Everything here is float32 and seeded; the digits returned are float64 in [0, 1].
 """
+
 from __future__ import annotations
 
 import math
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 
 class VAE(nn.Module):
@@ -44,19 +45,20 @@ class VAE(nn.Module):
         mu, logvar = self.encode(x)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
         rec = F.binary_cross_entropy_with_logits(self.dec(z), x, reduction="sum")
-        kl = -0.5 * (1 + logvar - mu ** 2 - logvar.exp()).sum()
+        kl = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum()
         return (rec + kl) / x.shape[0]
 
 
 def _fit(model, x, y, epochs, lr, batch, seed, loss_fn, progress, desc):
     from tqdm.auto import tqdm
+
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     for _ in tqdm(range(epochs), desc=desc, leave=False, disable=not progress):
         perm = torch.randperm(x.shape[0], generator=g)
         for i in range(0, x.shape[0], batch):
-            idx = perm[i:i + batch]
+            idx = perm[i : i + batch]
             opt.zero_grad()
             loss_fn(model, x[idx], None if y is None else y[idx]).backward()
             opt.step()
@@ -66,19 +68,39 @@ def _fit(model, x, y, epochs, lr, batch, seed, loss_fn, progress, desc):
 
 def train_vae(x: torch.Tensor, epochs: int, seed: int = 0, progress: bool = False, **kw) -> VAE:
     torch.manual_seed(seed)
-    return _fit(VAE(x.shape[1], **kw), x.float(), None, epochs, 1e-3, 128, seed,
-                lambda m, xb, _: m.loss(xb), progress, "VAE")
+    return _fit(
+        VAE(x.shape[1], **kw), x.float(), None, epochs, 1e-3, 128, seed, lambda m, xb, _: m.loss(xb), progress, "VAE"
+    )
 
 
-def train_ensemble(x: torch.Tensor, y: torch.Tensor, members: int, epochs: int, seed: int = 0,
-                   hidden: int = 128, progress: bool = False) -> list[nn.Module]:
+def train_ensemble(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    members: int,
+    epochs: int,
+    seed: int = 0,
+    hidden: int = 128,
+    progress: bool = False,
+) -> list[nn.Module]:
     """``members`` MLPs 784 -> hidden -> 10 (ReLU), each from its own seed."""
     out = []
     for k in range(members):
         torch.manual_seed(seed + 1000 + k)
         net = nn.Sequential(nn.Linear(x.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, 10))
-        out.append(_fit(net, x.float(), y, epochs, 1e-3, 128, seed + 1000 + k,
-                        lambda m, xb, yb: F.cross_entropy(m(xb), yb), progress, f"ensemble {k + 1}/{members}"))
+        out.append(
+            _fit(
+                net,
+                x.float(),
+                y,
+                epochs,
+                1e-3,
+                128,
+                seed + 1000 + k,
+                lambda m, xb, yb: F.cross_entropy(m(xb), yb),
+                progress,
+                f"ensemble {k + 1}/{members}",
+            )
+        )
     return out
 
 
@@ -93,8 +115,18 @@ def normalized_entropy(p: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def make(x_train, y_train, n: int, *, vae: VAE, ensemble, seed: int = 0, candidates: int = 8,
-         min_entropy: float = 0.2, t_range=(0.3, 0.7)) -> dict:
+def make(
+    x_train,
+    y_train,
+    n: int,
+    *,
+    vae: VAE,
+    ensemble,
+    seed: int = 0,
+    candidates: int = 8,
+    min_entropy: float = 0.2,
+    t_range=(0.3, 0.7),
+) -> dict:
     """``n`` ambiguous digits: decode ``candidates * n`` latent mixtures of training digits of two
     different classes, keep the ``n`` of highest ensemble predictive entropy (those at least
     ``min_entropy``). Returns dict: x (m, 784) float64, label (m,) ensemble's most likely class,
@@ -114,9 +146,13 @@ def make(x_train, y_train, n: int, *, vae: VAE, ensemble, seed: int = 0, candida
     order = torch.argsort(H, descending=True)
     order = order[H[order] >= min_entropy][:n]
     votes = P.argmax(-1)[:, order]
-    return {"x": dec[order], "label": P.mean(0)[order].argmax(-1), "entropy": H[order],
-            "classes": torch.stack([y_train[ia[order]], y_train[ib[order]]], 1),
-            "disagree": (votes != votes[0:1]).any(0)}
+    return {
+        "x": dec[order],
+        "label": P.mean(0)[order].argmax(-1),
+        "entropy": H[order],
+        "classes": torch.stack([y_train[ia[order]], y_train[ib[order]]], 1),
+        "disagree": (votes != votes[0:1]).any(0),
+    }
 
 
 @torch.no_grad()

@@ -18,6 +18,7 @@ Spectra (:func:`metric_eigenvalues`) are the squared singular values of the same
 ``tests/test_mnist.py`` compares both branches with the general engine (``fastgeom.logvol``,
 ``method="dense"``) at odd sizes and at saturated arguments.
 """
+
 from __future__ import annotations
 
 import math
@@ -64,8 +65,9 @@ def route(model) -> str:
     return "factorised" if n <= d else "shallow-qr"
 
 
-def logvol(model, x: torch.Tensor, activation: str = "sigmoid", progress: bool = False, desc: str = "logvol",
-           chunk: int = 64) -> torch.Tensor:
+def logvol(
+    model, x: torch.Tensor, activation: str = "sigmoid", progress: bool = False, desc: str = "logvol", chunk: int = 64
+) -> torch.Tensor:
     """(N,) natural-log volume element (pseudo-volume for n < d, MATH 2.3) of the normalised hidden
     layer at x (N, 784), float64."""
     W, b = _weights(model)
@@ -75,12 +77,20 @@ def logvol(model, x: torch.Tensor, activation: str = "sigmoid", progress: bool =
         const = _log_pdet(model.lin1.weight)
         if const is not None:
             return _log_d1(torch.addmm(b, x, W.T), activation).sum(1) + const
-        warnings.warn(f"W (n = {n}) is rank-deficient or has singular values at rounding level: the factorised "
-                      "volume does not apply; using fastgeom.shallow.log_volume_element per point", stacklevel=2)
+        warnings.warn(
+            f"W (n = {n}) is rank-deficient or has singular values at rounding level: the factorised "
+            "volume does not apply; using fastgeom.shallow.log_volume_element per point",
+            stacklevel=2,
+        )
     from tqdm.auto import tqdm
+
     starts = range(0, x.shape[0], chunk)
-    return torch.cat([fg.shallow.log_volume_element(W, b, x[i:i + chunk], activation)
-                      for i in tqdm(starts, desc=desc, leave=False, disable=not progress or len(starts) < 2)])
+    return torch.cat(
+        [
+            fg.shallow.log_volume_element(W, b, x[i : i + chunk], activation)
+            for i in tqdm(starts, desc=desc, leave=False, disable=not progress or len(starts) < 2)
+        ]
+    )
 
 
 def metric_eigenvalues(model, x: torch.Tensor, activation: str = "sigmoid") -> torch.Tensor:

@@ -7,6 +7,7 @@
   changes between 4-neighbours, and how much larger log vol is there than elsewhere.
 * :func:`spectrum_stats`: summaries of metric eigenvalue spectra (top eigenvalue, effective rank).
 """
+
 from __future__ import annotations
 
 import math
@@ -35,7 +36,7 @@ def auroc(negatives, positives) -> float:
     if not (np.isfinite(neg).all() and np.isfinite(pos).all()):
         raise ValueError("auroc: scores contain NaN or Inf; drop the untrusted points first")
     r = rankdata(np.concatenate([pos, neg]))  # mid-ranks
-    u = r[:pos.size].sum() - pos.size * (pos.size + 1) / 2
+    u = r[: pos.size].sum() - pos.size * (pos.size + 1) / 2
     return float(u / (pos.size * neg.size))
 
 
@@ -77,5 +78,9 @@ def spectrum_stats(eigenvalues) -> dict:
     lam = np.asarray(eigenvalues, dtype=np.float64)
     lam = lam[lam > 0]
     p = lam / lam.sum()
-    return {"log10_top": float(np.log10(lam[0])), "log10_median": float(np.log10(np.median(lam))),
-            "log10vol": float(0.5 * np.log10(lam).sum()), "effective_rank": float(math.exp(-(p * np.log(p)).sum()))}
+    return {
+        "log10_top": float(np.log10(lam[0])),
+        "log10_median": float(np.log10(np.median(lam))),
+        "log10vol": float(0.5 * np.log10(lam).sum()),
+        "effective_rank": float(math.exp(-(p * np.log(p)).sum())),
+    }

@@ -1,5 +1,6 @@
 """Figures of the CIFAR / SSL drivers, drawn with ``fastgeom.plot`` from the records of results.json
 (``_cifar_eval.snapshot``). Only the per-block panel layout is specific to this file."""
+
 from __future__ import annotations
 
 import matplotlib
@@ -20,9 +21,18 @@ def _plane(entry: dict) -> Plane:
     n, ext = entry["n"], entry["extent"]
     a, b = torch.tensor(entry["a"]), torch.tensor(entry["b"])
     from fastgeom.slices import barycentric
+
     lam = barycentric(a, b)
-    return Plane(points=None, a=a, b=b, lam=lam, inside=(lam >= 0).all(-1), index=torch.tensor(entry["index"]),
-                 axis=torch.linspace(-ext, ext, n, dtype=torch.float64), n=n)
+    return Plane(
+        points=None,
+        a=a,
+        b=b,
+        lam=lam,
+        inside=(lam >= 0).all(-1),
+        index=torch.tensor(entry["index"]),
+        axis=torch.linspace(-ext, ext, n, dtype=torch.float64),
+        n=n,
+    )
 
 
 def _cls(classes, k) -> str:
@@ -38,8 +48,12 @@ def paths_figure(records: dict, classes, test_y, title: str, maps: list[str]):
             i, j = p["anchors"]
             for m in maps:
                 name = f"{_cls(classes, int(test_y[i]))}-{_cls(classes, int(test_y[j]))} [{m}]"
-                rows.setdefault(name, {})[e] = {"t": p["t"], "values": fplot.log10(p["logvol"][m]),
-                                                "classes": p["pred"], "entropy": p["entropy"]}
+                rows.setdefault(name, {})[e] = {
+                    "t": p["t"],
+                    "values": fplot.log10(p["logvol"][m]),
+                    "classes": p["pred"],
+                    "entropy": p["entropy"],
+                }
     return fplot.paths_over_epochs(rows, suptitle=title)
 
 
@@ -55,25 +69,37 @@ def planes_figure(records: dict, epoch: int, names: list[str], classes, test_y, 
             continue
         anchor_names = [_cls(classes, int(test_y[k])) for k in e["anchors"]]
         label = f"{e['hull']} {'-'.join(anchor_names)}" + ("" if map_name == "euclidean" else f" [{map_name}]")
-        rows[label] = {"plane": _plane(e), "classes": e["pred"], "entropy": e["entropy"],
-                       "values": fplot.log10(e["logvol"][map_name])}
+        rows[label] = {
+            "plane": _plane(e),
+            "classes": e["pred"],
+            "entropy": e["entropy"],
+            "values": fplot.log10(e["logvol"][map_name]),
+        }
     if not rows:
         return None
-    return fplot.plane_triptych(rows, anchor_names=anchor_names if len(rows) == 1 else None,
-                                suptitle=f"{title}, epoch {epoch}")
+    return fplot.plane_triptych(
+        rows, anchor_names=anchor_names if len(rows) == 1 else None, suptitle=f"{title}, epoch {epoch}"
+    )
 
 
 def curvature_figure(records: dict, names: list[str], classes, test_y, title: str, map_name: str):
     """Rows: planes; columns: for each plane epoch, log10 vol beside the Gaussian curvature K (diverging map
     centred at 0, +-99th percentile of |K| per panel), with the boundary ratio of |K| in the title."""
     eps = {e: g for e, g in _epochs(records).items() if any(n in g["planes"] for n in names)}
-    rows = [n for n in names if any(n in g["planes"] and "curvature" in g["planes"][n]
-                                    and map_name in g["planes"][n]["curvature"] for g in eps.values())]
+    rows = [
+        n
+        for n in names
+        if any(
+            n in g["planes"] and "curvature" in g["planes"][n] and map_name in g["planes"][n]["curvature"]
+            for g in eps.values()
+        )
+    ]
     if not rows:
         return None
     cols = sorted(eps)
-    fig, axes = plt.subplots(len(rows), 2 * len(cols), figsize=(3.2 * 2 * len(cols), 3.0 * len(rows)),
-                             squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(
+        len(rows), 2 * len(cols), figsize=(3.2 * 2 * len(cols), 3.0 * len(rows)), squeeze=False, constrained_layout=True
+    )
     for i, nm in enumerate(rows):
         for j, e in enumerate(cols):
             entry = eps[e]["planes"].get(nm)
@@ -84,12 +110,26 @@ def curvature_figure(records: dict, names: list[str], classes, test_y, title: st
                 continue
             pl = _plane(entry)
             anchors = [_cls(classes, int(test_y[k])) for k in entry["anchors"]]
-            fplot.plane_panel(pl, fplot.log10(entry["logvol"][map_name]), ax_v, kind="value",
-                              title=f"epoch {e}: " + r"$\log_{10}$ vol", anchor_names=anchors, colorbar="log10 vol")
+            fplot.plane_panel(
+                pl,
+                fplot.log10(entry["logvol"][map_name]),
+                ax_v,
+                kind="value",
+                title=f"epoch {e}: " + r"$\log_{10}$ vol",
+                anchor_names=anchors,
+                colorbar="log10 vol",
+            )
             K = [float("nan") if k is None else k for k in entry["curvature"][map_name]]
             br = entry["curvature_boundary_ratio"].get(map_name)
-            fplot.plane_panel(pl, K, ax_k, kind="curvature", anchor_names=anchors, colorbar="K",
-                              title=f"epoch {e}: K" + ("" if br is None else f" (|K| boundary ratio {br:.2f})"))
+            fplot.plane_panel(
+                pl,
+                K,
+                ax_k,
+                kind="curvature",
+                anchor_names=anchors,
+                colorbar="K",
+                title=f"epoch {e}: K" + ("" if br is None else f" (|K| boundary ratio {br:.2f})"),
+            )
         axes[i, 0].set_ylabel(f"{nm} [{map_name}]", fontsize=8)
     fig.suptitle(f"{title}: Gaussian curvature of the plane beside log volume", fontsize=10)
     return fig
@@ -102,8 +142,14 @@ def blocks_figure(records: dict, title: str):
     fig, axes = plt.subplots(1, len(blocks), figsize=(3.4 * len(blocks), 3.0), squeeze=False, constrained_layout=True)
     for ax, b in zip(axes[0], blocks):
         t = eps[min(eps)]["blocks"][b]["t"]
-        fplot.curves(t, {f"epoch {e}": fplot.log10(g["blocks"][b]["logvol"]) for e, g in sorted(eps.items())}, ax,
-                     xlabel="t (first path)", ylabel=r"$\log_{10}$ vol" if b == blocks[0] else "", title=b)
+        fplot.curves(
+            t,
+            {f"epoch {e}": fplot.log10(g["blocks"][b]["logvol"]) for e, g in sorted(eps.items())},
+            ax,
+            xlabel="t (first path)",
+            ylabel=r"$\log_{10}$ vol" if b == blocks[0] else "",
+            title=b,
+        )
     fig.suptitle(title, fontsize=10)
     return fig
 
@@ -114,8 +160,11 @@ def spectra_figure(records: dict, classes, test_y, title: str):
     keys = list(next(iter(eps.values()))["spectra"])
     fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.0), squeeze=False, constrained_layout=True)
     for ax, k in zip(axes[0], keys):
-        fplot.spectra_over_epochs({e: g["spectra"][k] for e, g in sorted(eps.items())}, ax,
-                                  title=f"anchor {k} ({_cls(classes, int(test_y[int(k)]))})")
+        fplot.spectra_over_epochs(
+            {e: g["spectra"][k] for e, g in sorted(eps.items())},
+            ax,
+            title=f"anchor {k} ({_cls(classes, int(test_y[int(k)]))})",
+        )
         ax.set_ylabel(r"$\log_{10}$ singular value", fontsize=8)
     fig.suptitle(title, fontsize=10)
     return fig
@@ -137,8 +186,9 @@ def make_figures(run, classes, test_y, title: str, maps: list[str]) -> None:
         conv = [n for n in planes if n.startswith("convex")]
         aff = [n for n in planes if n.startswith("affine")]
         same = [n for n in planes if n.startswith("same")]
-        for tag, names, m in [("convex", conv, maps[0]), ("affine", aff, maps[0]), ("same_class", same, maps[0])] + \
-                [(f"affine_{m}", aff, m) for m in maps[1:]]:
+        for tag, names, m in [("convex", conv, maps[0]), ("affine", aff, maps[0]), ("same_class", same, maps[0])] + [
+            (f"affine_{m}", aff, m) for m in maps[1:]
+        ]:
             fig = planes_figure(recs, e, names, classes, test_y, title, m)
             if fig is not None:
                 run.savefig(fig, f"plane_{tag}_epoch{e}")

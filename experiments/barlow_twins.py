@@ -8,6 +8,7 @@ under --data-root), 8 epochs, small slices; see experiments/_cifar_eval.SIZES.
     python -m experiments.barlow_twins --quick --out runs/barlow_twins-quick
     python -m experiments.barlow_twins --full --data-root data --download --out runs/barlow_twins-full
 """
+
 from __future__ import annotations
 
 import sys

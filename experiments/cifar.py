@@ -13,6 +13,7 @@ with ``curvature_boundary_ratio`` / ``volume_boundary_ratio`` in the summary (``
     python -m experiments.cifar --quick --out runs/cifar-quick [--activation relu]
     python -m experiments.cifar --full --data-root data --download --out runs/cifar-gelu
 """
+
 from __future__ import annotations
 
 import sys
@@ -47,22 +48,47 @@ def _main(args) -> Run:
     sz = E.SIZES[size]
     epochs, snaps, plane_eps = E.schedule(args, size, 200, [0, 1, 5, 20, 50, 100, 200], [0, 20])
     geo = E.geo_config(sz, args)
-    config = {"size": size, "activation": args.activation, **sz, "epochs": epochs, "snapshots": snaps,
-              "plane_epochs": plane_eps, "optimizer": "SGD", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4,
-              "batch_size": args.batch_size or {"full": 1024, "quick": 128, "tiny": 32}[size],
-              "augment": "RandomCrop(res, pad res/8) + flip + normalise", "geometry": geo.__dict__, "seed": args.seed}
+    config = {
+        "size": size,
+        "activation": args.activation,
+        **sz,
+        "epochs": epochs,
+        "snapshots": snaps,
+        "plane_epochs": plane_eps,
+        "optimizer": "SGD",
+        "lr": 0.01,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "batch_size": args.batch_size or {"full": 1024, "quick": 128, "tiny": 32}[size],
+        "augment": "RandomCrop(res, pad res/8) + flip + normalise",
+        "geometry": geo.__dict__,
+        "seed": args.seed,
+    }
     seed_everything(args.seed)
     run = Run("cifar", args, config)
-    data = D.load_data(args.data_root, args.download, quick=not args.full, standin=args.standin,
-                       n_train=sz["n_train"], n_test=sz["n_test"], res=sz["res"], seed=args.seed)
+    data = D.load_data(
+        args.data_root,
+        args.download,
+        quick=not args.full,
+        standin=args.standin,
+        n_train=sz["n_train"],
+        n_test=sz["n_test"],
+        res=sz["res"],
+        seed=args.seed,
+    )
     run.summary(data=data.name)
     title = f"ResNet ({sz['arch']}, width {sz['width']}, {args.activation}) on {data.name}"
     dev = torch.device(args.device)
     model = cifar_resnet(sz["arch"], args.activation, 10, width=sz["width"]).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    loader = DataLoader(D.TensorImages(data.train_x, data.train_y, D.supervised_transform(sz["res"])),
-                        batch_size=config["batch_size"], shuffle=True, drop_last=False,
-                        num_workers=sz["workers"] if args.device != "cpu" else 0, pin_memory=dev.type == "cuda")
+    loader = DataLoader(
+        D.TensorImages(data.train_x, data.train_y, D.supervised_transform(sz["res"])),
+        batch_size=config["batch_size"],
+        shuffle=True,
+        drop_last=False,
+        num_workers=sz["workers"] if args.device != "cpu" else 0,
+        pin_memory=dev.type == "cuda",
+    )
     test_x = D.normalize(data.test_x)
     losses = []
 
@@ -81,7 +107,7 @@ def _main(args) -> Run:
     @torch.no_grad()
     def accuracy(x, y):
         model.eval()
-        pred = torch.cat([model(x[i:i + 512].to(dev)).argmax(1).cpu() for i in range(0, len(x), 512)])
+        pred = torch.cat([model(x[i : i + 512].to(dev)).argmax(1).cpu() for i in range(0, len(x), 512)])
         return float((pred == y).double().mean())
 
     anchors = E.pick_anchors(data.test_y, geo, seed=args.seed)
@@ -93,24 +119,40 @@ def _main(args) -> Run:
             continue
         geo_model.load_state_dict(model.state_dict())
         geo_model.to(dev).eval()
-        rec = {"test_acc": accuracy(test_x, data.test_y),
-               "train_acc": accuracy(D.normalize(data.train_x[:2000]), data.train_y[:2000]),
-               "train_losses": [l for l in losses]}
+        rec = {
+            "test_acc": accuracy(test_x, data.test_y),
+            "train_acc": accuracy(D.normalize(data.train_x[:2000]), data.train_y[:2000]),
+            "train_losses": [l for l in losses],
+        }
         losses.clear()
         print(f"[cifar] epoch {epoch}: train acc {rec['train_acc']:.3f}, test acc {rec['test_acc']:.3f}", flush=True)
         maps = [E.GeoMap("euclidean", geo_model, "avgpool")]
-        rec["geometry"] = E.snapshot(maps, geo_model, test_x.to(dev), anchors, geo, planes=epoch in plane_eps,
-                                     progress=run.progress)
+        rec["geometry"] = E.snapshot(
+            maps, geo_model, test_x.to(dev), anchors, geo, planes=epoch in plane_eps, progress=run.progress
+        )
         run.record(key, rec)
     make_figures(run, data.classes, data.test_y, title, ["euclidean"])
     last = run.results["records"][f"epoch_{epochs}"]
-    run.summary(final_test_acc=last["test_acc"], final_train_acc=last["train_acc"],
-                curvature_boundary_ratio={e: {n: pl.get("curvature_boundary_ratio", {}).get("euclidean")
-                                              for n, pl in run.results["records"][f"epoch_{e}"]["geometry"]["planes"].items()}
-                                          for e in plane_eps if f"epoch_{e}" in run.results["records"]},
-                volume_boundary_ratio={e: {n: pl.get("volume_boundary_ratio", {}).get("euclidean")
-                                           for n, pl in run.results["records"][f"epoch_{e}"]["geometry"]["planes"].items()}
-                                       for e in plane_eps if f"epoch_{e}" in run.results["records"]})
+    run.summary(
+        final_test_acc=last["test_acc"],
+        final_train_acc=last["train_acc"],
+        curvature_boundary_ratio={
+            e: {
+                n: pl.get("curvature_boundary_ratio", {}).get("euclidean")
+                for n, pl in run.results["records"][f"epoch_{e}"]["geometry"]["planes"].items()
+            }
+            for e in plane_eps
+            if f"epoch_{e}" in run.results["records"]
+        },
+        volume_boundary_ratio={
+            e: {
+                n: pl.get("volume_boundary_ratio", {}).get("euclidean")
+                for n, pl in run.results["records"][f"epoch_{e}"]["geometry"]["planes"].items()
+            }
+            for e in plane_eps
+            if f"epoch_{e}" in run.results["records"]
+        },
+    )
     print(f"[cifar] done in {run.results['wall_seconds']} s; results in {run.out}")
     return run
 

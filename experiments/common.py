@@ -11,6 +11,7 @@ Usage pattern in a driver::
 
 Epoch 0 is the network at initialisation (the original code snapshotted after one epoch).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,23 +19,27 @@ import json
 import os
 import random
 import time
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
 
 def parser(name: str, doc: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=doc,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=f"python -m experiments.{name}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="offline CPU configuration (default)")
     mode.add_argument("--full", action="store_true", help="the paper's configuration")
     p.add_argument("--out", default=None, help="output folder (default runs/<name>-quick|full)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--data-root", default=os.environ.get("FASTGEOM_DATA", "data"),
-                   help="where torchvision datasets live (default ./data or $FASTGEOM_DATA)")
+    p.add_argument(
+        "--data-root",
+        default=os.environ.get("FASTGEOM_DATA", "data"),
+        help="where torchvision datasets live (default ./data or $FASTGEOM_DATA)",
+    )
     p.add_argument("--download", action="store_true", help="let torchvision download missing datasets")
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -66,8 +71,10 @@ class Run:
             with open(self.results_path) as f:
                 self.results = json.load(f)
             if self.results.get("config") != json.loads(json.dumps(config)):
-                raise ValueError(f"{self.results_path} was written with another configuration; "
-                                 "use a new --out or pass --no-resume to start over")
+                raise ValueError(
+                    f"{self.results_path} was written with another configuration; "
+                    "use a new --out or pass --no-resume to start over"
+                )
         self.results["started"] = self.results.get("started") or time.strftime("%Y-%m-%d %H:%M:%S")
         self._t0, self._wall0 = time.time(), float(self.results.get("wall_seconds", 0.0))
         self.save()
@@ -96,8 +103,13 @@ class Run:
         return os.path.join(self.out, "ckpt", f"epoch_{epoch:06d}.pt")
 
     def save_ckpt(self, epoch: int, model: torch.nn.Module, opt=None, extra: dict | None = None) -> None:
-        state = {"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict() if opt is not None else None,
-                 "rng": torch.get_rng_state(), "extra": extra or {}}
+        state = {
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "opt": opt.state_dict() if opt is not None else None,
+            "rng": torch.get_rng_state(),
+            "extra": extra or {},
+        }
         tmp = self.ckpt_path(epoch) + ".tmp"
         torch.save(state, tmp)
         os.replace(tmp, self.ckpt_path(epoch))
@@ -116,11 +128,13 @@ class Run:
         have = [e for e in epochs if os.path.exists(self.ckpt_path(e))]
         return max(have) if have else None
 
-    def snapshot_loop(self, model: torch.nn.Module, opt, snapshots: list[int],
-                      train_epoch: Callable[[int], None], desc: str = "train") -> Iterator[int]:
+    def snapshot_loop(
+        self, model: torch.nn.Module, opt, snapshots: list[int], train_epoch: Callable[[int], None], desc: str = "train"
+    ) -> Iterator[int]:
         """Yield each snapshot epoch (0 = initialisation) with the model in that state, training
         between snapshots and checkpointing at each; resumes from the latest checkpoint."""
         from tqdm.auto import tqdm
+
         snapshots = sorted(set([0] + list(snapshots)))
         start = self.latest_ckpt(snapshots)
         if start is None:
@@ -145,6 +159,7 @@ class Run:
     # -- figures -------------------------------------------------------------------------------
     def savefig(self, fig, name: str) -> str:
         import matplotlib.pyplot as plt
+
         png = os.path.join(self.out, f"{name}.png")
         fig.savefig(png, dpi=110, bbox_inches="tight")
         if self.mode == "full":

@@ -20,6 +20,7 @@ given, else trained here with the same checkpoints/resume. log vol: the closed-f
 ``auroc_ambiguous_vs_clean`` (AUROC of "ambiguous has the larger log vol"; 0.5 = no separation),
 and ``auroc_ambiguous_vs_reconstructed`` for the stand-in.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,12 +31,11 @@ import warnings
 
 import torch
 
+import fastgeom as fg
 from experiments import _mnist_ambiguous as amb
 from experiments import _mnist_stats as st
 from experiments import mnist as mn
 from experiments.common import Run, parser
-
-import fastgeom as fg
 from fastgeom import data
 
 LN10 = math.log(10)
@@ -57,8 +57,10 @@ def trained_net(args, run, cfg, d):
     if args.mnist_out:
         path = Run.ckpt_path(argparse.Namespace(out=args.mnist_out), final)  # that run's checkpoint naming
         if not os.path.exists(path):
-            raise FileNotFoundError(f"--mnist-out {args.mnist_out!r} has no checkpoint for epoch {final} ({path}); "
-                                    "run `python -m experiments.mnist` with the same mode first, or omit --mnist-out")
+            raise FileNotFoundError(
+                f"--mnist-out {args.mnist_out!r} has no checkpoint for epoch {final} ({path}); "
+                "run `python -m experiments.mnist` with the same mode first, or omit --mnist-out"
+            )
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["model"])
     else:
         for _ in mn.train_loop(run, model, opt, d.x_train, d.y_train, cfg, [final]):
@@ -72,17 +74,25 @@ def ambiguous_digits(args, cfg, d):
         x, y = data.ambiguous_mnist(args.data_root, download=args.download)
         return x, y, None, "AmbiguousMNIST (ddu_dirty_mnist), test split", {}
     except data.DatasetMissing as e:
-        print(f"dirty_mnist: original Dirty-MNIST not available ({str(e)[:120]}...); building the stand-in "
-              "from real training digits", file=sys.stderr)
+        print(
+            f"dirty_mnist: original Dirty-MNIST not available ({str(e)[:120]}...); building the stand-in "
+            "from real training digits",
+            file=sys.stderr,
+        )
     s = cfg["ambiguous_settings"]
     vae = amb.train_vae(d.x_train, s["vae_epochs"], seed=cfg["seed"], progress=not args.quiet, hidden=s["vae_hidden"])
-    ens = amb.train_ensemble(d.x_train, d.y_train, s["ensemble"], s["ensemble_epochs"], seed=cfg["seed"],
-                             progress=not args.quiet)
+    ens = amb.train_ensemble(
+        d.x_train, d.y_train, s["ensemble"], s["ensemble_epochs"], seed=cfg["seed"], progress=not args.quiet
+    )
     acc = float((amb.ensemble_probs(ens, d.x_test).mean(0).argmax(1) == d.y_test).double().mean())
     a = amb.make(d.x_train, d.y_train, 10 * s["per_group"], vae=vae, ensemble=ens, seed=cfg["seed"])
-    extra = {"ensemble_test_accuracy": acc, "kept": int(a["x"].shape[0]),
-             "entropy_median": float(a["entropy"].median()), "members_disagree_fraction": float(a["disagree"].double().mean()),
-             "label_counts": torch.bincount(a["label"], minlength=10).tolist()}
+    extra = {
+        "ensemble_test_accuracy": acc,
+        "kept": int(a["x"].shape[0]),
+        "entropy_median": float(a["entropy"].median()),
+        "members_disagree_fraction": float(a["disagree"].double().mean()),
+        "label_counts": torch.bincount(a["label"], minlength=10).tolist(),
+    }
     return a["x"], a["label"], amb.reconstruct(vae, d.x_test), STANDIN, extra
 
 
@@ -118,37 +128,63 @@ def main(argv=None) -> dict:
             warnings.warn(f"no ambiguous digits labelled {name}; its AUROC is NaN", stacklevel=1)
         clean = mn.geometry(model, d.x_test[ic]) / LN10
         am = mn.geometry(model, xam[ia]) / LN10
-        r = {"clean_log10vol": clean.tolist(), "ambiguous_log10vol": am.tolist(),
-             "clean_mean": float(clean.mean()), "ambiguous_mean": float(am.mean()) if am.numel() else float("nan"),
-             "clean_median": float(clean.median()), "ambiguous_median": float(am.median()) if am.numel() else float("nan"),
-             "auroc_ambiguous_vs_clean": st.auroc(clean, am)}
+        r = {
+            "clean_log10vol": clean.tolist(),
+            "ambiguous_log10vol": am.tolist(),
+            "clean_mean": float(clean.mean()),
+            "ambiguous_mean": float(am.mean()) if am.numel() else float("nan"),
+            "clean_median": float(clean.median()),
+            "ambiguous_median": float(am.median()) if am.numel() else float("nan"),
+            "auroc_ambiguous_vs_clean": st.auroc(clean, am),
+        }
         if xrec is not None:
             rec = mn.geometry(model, xrec[ic]) / LN10
-            r.update({"reconstructed_log10vol": rec.tolist(), "reconstructed_mean": float(rec.mean()),
-                      "auroc_ambiguous_vs_reconstructed": st.auroc(rec, am),
-                      "auroc_reconstructed_vs_clean": st.auroc(clean, rec)})
+            r.update(
+                {
+                    "reconstructed_log10vol": rec.tolist(),
+                    "reconstructed_mean": float(rec.mean()),
+                    "auroc_ambiguous_vs_reconstructed": st.auroc(rec, am),
+                    "auroc_reconstructed_vs_clean": st.auroc(clean, rec),
+                }
+            )
         run.record(f"class_{name}", r)
         groups[name] = r
     figures(run, cfg, groups, source, xam, yam)
     names = [str(c) for c in CLASSES] + ["all"]
-    run.summary(auroc_ambiguous_vs_clean={n: groups[n]["auroc_ambiguous_vs_clean"] for n in names},
-                auroc_ambiguous_vs_reconstructed={n: groups[n].get("auroc_ambiguous_vs_reconstructed") for n in names},
-                mean_log10vol={n: {"clean": groups[n]["clean_mean"], "ambiguous": groups[n]["ambiguous_mean"],
-                                   "reconstructed": groups[n].get("reconstructed_mean")} for n in names},
-                clean=cfg["data"], ambiguous=source)
-    print(f"wrote {run.out}/results.json; AUROC (ambiguous > clean log vol): "
-          + ", ".join(f"{n}: {groups[n]['auroc_ambiguous_vs_clean']:.3f}" for n in names), file=sys.stderr)
+    run.summary(
+        auroc_ambiguous_vs_clean={n: groups[n]["auroc_ambiguous_vs_clean"] for n in names},
+        auroc_ambiguous_vs_reconstructed={n: groups[n].get("auroc_ambiguous_vs_reconstructed") for n in names},
+        mean_log10vol={
+            n: {
+                "clean": groups[n]["clean_mean"],
+                "ambiguous": groups[n]["ambiguous_mean"],
+                "reconstructed": groups[n].get("reconstructed_mean"),
+            }
+            for n in names
+        },
+        clean=cfg["data"],
+        ambiguous=source,
+    )
+    print(
+        f"wrote {run.out}/results.json; AUROC (ambiguous > clean log vol): "
+        + ", ".join(f"{n}: {groups[n]['auroc_ambiguous_vs_clean']:.3f}" for n in names),
+        file=sys.stderr,
+    )
     return run.results
 
 
 def figures(run, cfg, groups, source, xam, yam) -> None:
     import matplotlib.pyplot as plt
+
     names = [str(c) for c in CLASSES] + ["all"]
     fig, axes = plt.subplots(1, 5, figsize=(19, 3.4), constrained_layout=True)
     for ax, name in zip(axes, names):
         r = groups[name]
-        h = {"clean": r["clean_log10vol"], "ambiguous": r["ambiguous_log10vol"],
-             "clean, VAE-reconstructed": r.get("reconstructed_log10vol", [])}
+        h = {
+            "clean": r["clean_log10vol"],
+            "ambiguous": r["ambiguous_log10vol"],
+            "clean, VAE-reconstructed": r.get("reconstructed_log10vol", []),
+        }
         h = {k: v for k, v in h.items() if len(v)}
         fg.plot.histograms(h, ax, bins=25, title=f"digit {name}: AUROC {r['auroc_ambiguous_vs_clean']:.2f}")
     ax = axes[-1]
@@ -156,8 +192,10 @@ def figures(run, cfg, groups, source, xam, yam) -> None:
     ax.imshow(torch.cat([xam[i].reshape(28, 28) for i in pick] or [torch.zeros(28, 28)], 1).numpy(), cmap="gray")
     ax.set_title("ambiguous samples (labels " + ", ".join(str(int(yam[i])) for i in pick) + ")", fontsize=9)
     ax.axis("off")
-    fig.suptitle(f"log10 volume element of the trained MNIST net's hidden layer, clean ({cfg['data']}) vs "
-                 f"ambiguous ({source})", fontsize=9)
+    fig.suptitle(
+        f"log10 volume element of the trained MNIST net's hidden layer, clean ({cfg['data']}) vs ambiguous ({source})",
+        fontsize=9,
+    )
     run.savefig(fig, "histograms")
 
 

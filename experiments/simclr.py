@@ -10,6 +10,7 @@ under --data-root), 8 epochs, small slices; see experiments/_cifar_eval.SIZES.
     python -m experiments.simclr --quick --out runs/simclr-quick
     python -m experiments.simclr --full --data-root data --download --out runs/simclr-full
 """
+
 from __future__ import annotations
 
 import sys

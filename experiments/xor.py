@@ -14,6 +14,7 @@ are 3x, MATH 3.4). Width 2 has n = d, so R = 0 identically (MATH 3.5). Epoch 0 =
 
 This module also holds the machinery the sinusoid driver reuses (``run_toy``).
 """
+
 from __future__ import annotations
 
 import math
@@ -22,9 +23,8 @@ import sys
 
 import torch
 
-from experiments.common import Run, parser, seed_everything
-
 import fastgeom as fg
+from experiments.common import Run, parser, seed_everything
 from fastgeom import data, slices
 from fastgeom.train import ShallowNet, full_batch_epoch, logits
 
@@ -45,8 +45,12 @@ def add_common(p):
     p.add_argument("--widths", type=int, nargs="+", default=None, help="hidden widths (default: by mode)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: by mode)")
     p.add_argument("--gif", action="store_true", help="also write an animated GIF of log10 vol over the snapshots")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: these nets are tiny and extra threads only contend)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: these nets are tiny and extra threads only contend)",
+    )
     return p
 
 
@@ -70,13 +74,23 @@ def save_gif(run: Run, name: str, recs: dict, axis, true_boundary=None, ms_per_f
 
     import matplotlib.pyplot as plt
     from PIL import Image
+
     vals = [v for r in recs.values() for v in r["log10vol"]]
     lo, hi = min(vals), max(vals)
     frames = []
     for ep in sorted(recs):
         fig, ax = plt.subplots(figsize=(4.2, 3.6), constrained_layout=True)
-        fg.plot.heatmap(recs[ep]["log10vol"], axis, ax, margin=recs[ep]["margin"], true_boundary=true_boundary,
-                        vmin=lo, vmax=hi, title=f"{name}: epoch {ep}", colorbar=r"$\log_{10}$ vol")
+        fg.plot.heatmap(
+            recs[ep]["log10vol"],
+            axis,
+            ax,
+            margin=recs[ep]["margin"],
+            true_boundary=true_boundary,
+            vmin=lo,
+            vmax=hi,
+            title=f"{name}: epoch {ep}",
+            colorbar=r"$\log_{10}$ vol",
+        )
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=80)
         plt.close(fig)
@@ -86,8 +100,18 @@ def save_gif(run: Run, name: str, recs: dict, axis, true_boundary=None, ms_per_f
     return path
 
 
-def run_toy(name: str, run: TaggedRun, x: torch.Tensor, y: torch.Tensor, cfg: dict, grid, axis,
-            extra_metrics=None, true_boundary=None, gif: bool = False) -> dict:
+def run_toy(
+    name: str,
+    run: TaggedRun,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: dict,
+    grid,
+    axis,
+    extra_metrics=None,
+    true_boundary=None,
+    gif: bool = False,
+) -> dict:
     """Train a 2 -> n -> 2 net per width in cfg["widths"], evaluating the geometry at each snapshot
     (resumable); draws one heat-map figure per width. ``extra_metrics(geometry, grid) -> dict`` adds
     per-snapshot numbers (e.g. boundary_ratio). Returns {width: {epoch: record}}."""
@@ -98,8 +122,13 @@ def run_toy(name: str, run: TaggedRun, x: torch.Tensor, y: torch.Tensor, cfg: di
         opt = make_optimizer(model, cfg)
         run.tag = f"n{n}_"
         recs = {}
-        for ep in run.snapshot_loop(model, opt, cfg["snapshots"], lambda e: full_batch_epoch(model, opt, x, y),
-                                    desc=f"{name} n={n}"):
+        for ep in run.snapshot_loop(
+            model,
+            opt,
+            cfg["snapshots"],
+            lambda e, model=model, opt=opt: full_batch_epoch(model, opt, x, y),
+            desc=f"{name} n={n}",
+        ):
             key = f"n{n}/epoch_{ep}"
             if not run.has(key):
                 geo = toy_geometry(model, grid)
@@ -126,13 +155,20 @@ def heat_figure(name, n, recs, axis, x, y, run, true_boundary=None):
         extra = f", ratio {r['boundary_ratio']:.2f}" if "boundary_ratio" in r else ""
         title = f"epoch {ep} (acc {r['train_accuracy']:.2f}{extra})"
         few = x.shape[0] <= 50  # draw the training points only when they do not hide the map
-        common = {"margin": r["margin"], "points": x if few else None, "labels": y if few else None,
-                  "true_boundary": true_boundary}
+        common = {
+            "margin": r["margin"],
+            "points": x if few else None,
+            "labels": y if few else None,
+            "true_boundary": true_boundary,
+        }
         row_vol.append({"values": r["log10vol"], "title": title, **common})
         row_r.append({"values": r["ricci"], "symmetric": True, **common})
-    fig = fg.plot.heatmap_grid([row_vol, row_r], axis, row_labels=[r"$\log_{10}$ vol", "Ricci scalar R"],
-                               suptitle=f"{name}: 2-{n}-2 sigmoid net, first-layer geometry ({run.mode} mode); "
-                                        "white = decision boundary")
+    fig = fg.plot.heatmap_grid(
+        [row_vol, row_r],
+        axis,
+        row_labels=[r"$\log_{10}$ vol", "Ricci scalar R"],
+        suptitle=f"{name}: 2-{n}-2 sigmoid net, first-layer geometry ({run.mode} mode); white = decision boundary",
+    )
     return fig
 
 
@@ -148,9 +184,21 @@ def config(args) -> dict:
     if args.epochs:
         cfg["snapshots"] = sorted({s for s in cfg["snapshots"] if s < args.epochs} | {args.epochs})
         cfg["epochs"] = args.epochs
-    cfg.update({"task": "xor", "activation": "sigmoid", "optimizer": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4,
-                "grid": "40x40 over [-1.5, 1.5]^2", "n_grid": 40, "seed": args.seed, "tiny": args.tiny,
-                "curvature_convention": "true (original code: 3x)"})
+    cfg.update(
+        {
+            "task": "xor",
+            "activation": "sigmoid",
+            "optimizer": "sgd",
+            "lr": 0.02,
+            "momentum": 0.9,
+            "weight_decay": 1e-4,
+            "grid": "40x40 over [-1.5, 1.5]^2",
+            "n_grid": 40,
+            "seed": args.seed,
+            "tiny": args.tiny,
+            "curvature_convention": "true (original code: 3x)",
+        }
+    )
     return cfg
 
 
@@ -165,9 +213,11 @@ def main(argv=None) -> dict:
     summ = {}
     for n, recs in res.items():
         last = recs[max(recs)]
-        summ[f"n{n}"] = {"final_accuracy": last["train_accuracy"],
-                         "log10vol_range_final": [min(last["log10vol"]), max(last["log10vol"])],
-                         "max_abs_ricci_final": max(abs(v) for v in last["ricci"] if v == v)}
+        summ[f"n{n}"] = {
+            "final_accuracy": last["train_accuracy"],
+            "log10vol_range_final": [min(last["log10vol"]), max(last["log10vol"])],
+            "max_abs_ricci_final": max(abs(v) for v in last["ricci"] if v == v),
+        }
     run.summary(**summ)
     print(f"wrote {run.out}/results.json and {len(run.results['figures'])} figures", file=sys.stderr)
     return run.results

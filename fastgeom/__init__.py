@@ -4,6 +4,7 @@ Exact log volume elements and spectra of any PyTorch model's layer (``logvol``, 
 ``jacobian``, ``metric``), closed-form shallow-network geometry (``fastgeom.shallow``,
 ``fastgeom.nngp``), and backends/availability (``info``). Submodules are imported lazily.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -15,11 +16,33 @@ from .diagnostics import Diagnostics, NonFiniteWarning, PrecisionWarning, RankDe
 from .geometry import Geometry  # noqa: E402
 from .info import info  # noqa: E402
 
-_LAZY = ("shallow", "nngp", "slices", "plot", "models", "randomized", "linalg", "engine", "features",
-         "cli", "distributed", "data", "train", "demo", "ops", "surfaces", "paths")
+_LAZY = (
+    "shallow",
+    "nngp",
+    "slices",
+    "plot",
+    "models",
+    "randomized",
+    "linalg",
+    "engine",
+    "features",
+    "cli",
+    "distributed",
+    "data",
+    "train",
+    "demo",
+    "ops",
+    "surfaces",
+    "paths",
+)
 
 
-_LAZY_FUNCS = {"gaussian_curvature": "surfaces", "scalar_curvature": "surfaces", "path_length": "paths", "geodesic": "paths"}
+_LAZY_FUNCS = {
+    "gaussian_curvature": "surfaces",
+    "scalar_curvature": "surfaces",
+    "path_length": "paths",
+    "geodesic": "paths",
+}
 
 
 def __getattr__(name):
@@ -30,5 +53,18 @@ def __getattr__(name):
     raise AttributeError(f"module 'fastgeom' has no attribute {name!r}")
 
 
-__all__ = ["Geometry", "logvol", "spectrum", "jacobian", "metric", "info", "Diagnostics", "RankDeficiencyWarning",
-           "PrecisionWarning", "NonFiniteWarning", "__version__", *_LAZY, *_LAZY_FUNCS]
+__all__ = [
+    "Geometry",
+    "logvol",
+    "spectrum",
+    "jacobian",
+    "metric",
+    "info",
+    "Diagnostics",
+    "RankDeficiencyWarning",
+    "PrecisionWarning",
+    "NonFiniteWarning",
+    "__version__",
+    *_LAZY,
+    *_LAZY_FUNCS,
+]

@@ -8,12 +8,13 @@ the same shape and is differentiable by torch autograd (used for higher derivati
 ``code`` is the integer the compiled and Triton kernels use to pick the activation (``KERNEL_CODES``);
 monomials carry their power in ``power``.
 """
+
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -101,8 +102,7 @@ _BUILTIN = {
     "tanh": Activation("tanh", torch.tanh, _tanh_d1, _tanh_d2, KERNEL_CODES["tanh"]),
     "erf": Activation("erf", torch.erf, _erf_d1, _erf_d2, KERNEL_CODES["erf"]),
     "gelu": Activation("gelu", _gelu, _gelu_d1, _gelu_d2, KERNEL_CODES["gelu"]),
-    "softplus": Activation("softplus", torch.nn.functional.softplus, torch.sigmoid, _sig_d1,
-                           KERNEL_CODES["softplus"]),
+    "softplus": Activation("softplus", torch.nn.functional.softplus, torch.sigmoid, _sig_d1, KERNEL_CODES["softplus"]),
     "sin": Activation("sin", torch.sin, torch.cos, lambda z: -torch.sin(z), KERNEL_CODES["sin"]),
 }
 
@@ -116,7 +116,7 @@ def monomial(k: int) -> Activation:
     k = int(k)
 
     def s(z):
-        return z ** k
+        return z**k
 
     def d1(z):
         return k * z ** (k - 1) if k > 1 else torch.ones_like(z)
@@ -143,5 +143,7 @@ def get(activation) -> Activation:
         m = _MONO.match(key)
         if m:
             return monomial(int(m.group(1)))
-    raise ValueError(f"unknown activation {activation!r}; known: {', '.join(known_names())}, "
-                     "or a fastgeom.activations.Activation(name, sigma, d1, d2)")
+    raise ValueError(
+        f"unknown activation {activation!r}; known: {', '.join(known_names())}, "
+        "or a fastgeom.activations.Activation(name, sigma, d1, d2)"
+    )

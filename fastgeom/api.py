@@ -5,17 +5,29 @@ builds a handle for one call. To apply the same model and layer to many point se
 handle once (``fastgeom.Geometry``) and reuse it: the probe and the engine (trace, plan, choice)
 are then paid once.
 """
+
 from __future__ import annotations
 
 import torch
 
+from .checks import check_points
 from .diagnostics import Diagnostics, NonFiniteWarning, PrecisionWarning, RankDeficiencyWarning
 from .features import FeatureMap, LayerSpec, PoolSpec
-from .checks import check_points
 from .geometry import METHODS, Geometry
 
-__all__ = ["logvol", "spectrum", "jacobian", "metric", "prepare", "check_points", "Diagnostics",
-           "RankDeficiencyWarning", "PrecisionWarning", "NonFiniteWarning", "METHODS"]
+__all__ = [
+    "logvol",
+    "spectrum",
+    "jacobian",
+    "metric",
+    "prepare",
+    "check_points",
+    "Diagnostics",
+    "RankDeficiencyWarning",
+    "PrecisionWarning",
+    "NonFiniteWarning",
+    "METHODS",
+]
 
 _HANDLE_KW = ("method", "pool", "dtype", "budget", "backend", "target", "mode")
 
@@ -24,12 +36,27 @@ def _handle(model, layer, kw: dict) -> Geometry:
     return Geometry(model, layer, **{k: kw.pop(k) for k in _HANDLE_KW if k in kw})
 
 
-def logvol(model, x: torch.Tensor, layer: LayerSpec = None, *, method: str = "auto", pool: PoolSpec = None,
-           chunk_size: int | None = None, dtype: torch.dtype | None = None, rank_tol: float | None = None,
-           normalize: bool = False, return_diagnostics: bool = False, progress: bool | None = None,
-           budget: int | None = None, backend: str = "auto", target: str = "euclidean",
-           return_stderr: bool = False, seed: int | None = None, options: dict | None = None,
-           mode: str | None = None):
+def logvol(
+    model,
+    x: torch.Tensor,
+    layer: LayerSpec = None,
+    *,
+    method: str = "auto",
+    pool: PoolSpec = None,
+    chunk_size: int | None = None,
+    dtype: torch.dtype | None = None,
+    rank_tol: float | None = None,
+    normalize: bool = False,
+    return_diagnostics: bool = False,
+    progress: bool | None = None,
+    budget: int | None = None,
+    backend: str = "auto",
+    target: str = "euclidean",
+    return_stderr: bool = False,
+    seed: int | None = None,
+    options: dict | None = None,
+    mode: str | None = None,
+):
     """Log volume element: sum of the natural logs of the non-zero singular values of J at each point.
 
     Args:
@@ -71,16 +98,39 @@ def logvol(model, x: torch.Tensor, layer: LayerSpec = None, *, method: str = "au
     """
     kw = dict(method=method, pool=pool, dtype=dtype, budget=budget, backend=backend, target=target, mode=mode)
     return _handle(model, layer, kw).logvol(
-        x, rank_tol=rank_tol, normalize=normalize, return_diagnostics=return_diagnostics, progress=progress,
-        chunk_size=chunk_size, return_stderr=return_stderr, seed=seed, options=options)
+        x,
+        rank_tol=rank_tol,
+        normalize=normalize,
+        return_diagnostics=return_diagnostics,
+        progress=progress,
+        chunk_size=chunk_size,
+        return_stderr=return_stderr,
+        seed=seed,
+        options=options,
+    )
 
 
-def spectrum(model, x: torch.Tensor, layer: LayerSpec = None, *, k: int | None = None, method: str = "auto",
-             pool: PoolSpec = None, chunk_size: int | None = None, dtype: torch.dtype | None = None,
-             rank_tol: float | None = None, normalize: bool = False, return_diagnostics: bool = False,
-             progress: bool | None = None, budget: int | None = None, backend: str = "auto",
-             target: str = "euclidean", seed: int | None = None, options: dict | None = None,
-             mode: str | None = None):
+def spectrum(
+    model,
+    x: torch.Tensor,
+    layer: LayerSpec = None,
+    *,
+    k: int | None = None,
+    method: str = "auto",
+    pool: PoolSpec = None,
+    chunk_size: int | None = None,
+    dtype: torch.dtype | None = None,
+    rank_tol: float | None = None,
+    normalize: bool = False,
+    return_diagnostics: bool = False,
+    progress: bool | None = None,
+    budget: int | None = None,
+    backend: str = "auto",
+    target: str = "euclidean",
+    seed: int | None = None,
+    options: dict | None = None,
+    mode: str | None = None,
+):
     """Singular values of J, descending: float64 ``Tensor[B, r]``, r = min(d_in, d_out) (or k).
 
     Exact: pivoted QR of J (see ``linalg``) then one-sided Jacobi SVD of R, which keeps relative
@@ -89,17 +139,37 @@ def spectrum(model, x: torch.Tensor, layer: LayerSpec = None, *, k: int | None =
     """
     kw = dict(method=method, pool=pool, dtype=dtype, budget=budget, backend=backend, target=target, mode=mode)
     return _handle(model, layer, kw).spectrum(
-        x, k, rank_tol=rank_tol, normalize=normalize, return_diagnostics=return_diagnostics, progress=progress,
-        chunk_size=chunk_size, seed=seed, options=options)
+        x,
+        k,
+        rank_tol=rank_tol,
+        normalize=normalize,
+        return_diagnostics=return_diagnostics,
+        progress=progress,
+        chunk_size=chunk_size,
+        seed=seed,
+        options=options,
+    )
 
 
-def jacobian(model, x: torch.Tensor, layer: LayerSpec = None, *, method: str = "auto", pool: PoolSpec = None,
-             chunk_size: int | None = None, dtype: torch.dtype | None = None, progress: bool | None = None,
-             budget: int | None = None, target: str = "euclidean", mode: str | None = None) -> torch.Tensor:
+def jacobian(
+    model,
+    x: torch.Tensor,
+    layer: LayerSpec = None,
+    *,
+    method: str = "auto",
+    pool: PoolSpec = None,
+    chunk_size: int | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool | None = None,
+    budget: int | None = None,
+    target: str = "euclidean",
+    mode: str | None = None,
+) -> torch.Tensor:
     """Jacobian of the feature map, float64 ``Tensor[B, d_out, d_in]`` (for models small enough to materialise)."""
     if method == "randomized":
-        raise ValueError("method='randomized' does not materialise J; choose 'auto', 'dense', 'streamed' or "
-                         "'linearized'")
+        raise ValueError(
+            "method='randomized' does not materialise J; choose 'auto', 'dense', 'streamed' or 'linearized'"
+        )
     g = Geometry(model, layer, method=method, pool=pool, dtype=dtype, budget=budget, target=target, mode=mode)
     return g.jacobian(x, progress=progress, chunk_size=chunk_size)
 
@@ -112,8 +182,9 @@ def metric(model, x: torch.Tensor, layer: LayerSpec = None, *, normalize: bool =
     return Geometry(model, layer, **kw).metric(x, normalize=normalize, progress=progress, chunk_size=chunk_size)
 
 
-def prepare(model, x: torch.Tensor, layer: LayerSpec, pool: PoolSpec, dtype,
-            target: str = "euclidean") -> tuple[FeatureMap, int, int]:
+def prepare(
+    model, x: torch.Tensor, layer: LayerSpec, pool: PoolSpec, dtype, target: str = "euclidean"
+) -> tuple[FeatureMap, int, int]:
     """Validate inputs, build the feature map and probe it on one point: (fmap, d_in, d_out)."""
     g = Geometry(model, layer, pool=pool, dtype=dtype, target=target)
     p = g.probe(x)

@@ -14,6 +14,7 @@ instead of silently giving a wrong number.
 The network probes run under ``torch.no_grad`` and ``features.eval_mode`` (as the computation does)
 on copies of the points, never on the caller's tensors.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -64,16 +65,22 @@ def check_points(x, device: torch.device | str | None = None) -> None:
         raise TypeError(f"x has layout {x.layout}; pass a dense tensor (x.to_dense())")
     dev = torch.device(device) if device is not None else None
     if x.is_meta:
-        raise ValueError("x is on the meta device (it has a shape but no values)"
-                         + (f"; the model is on {dev}: create x there" if dev is not None else "; create it on a real device"))
+        raise ValueError(
+            "x is on the meta device (it has a shape but no values)"
+            + (f"; the model is on {dev}: create x there" if dev is not None else "; create it on a real device")
+        )
     if dev is not None and dev.type == "meta":
-        raise ValueError(f"the model is on the meta device (its parameters have no values), x is on {x.device}; "
-                         "load the weights first (e.g. model.to_empty(device=...) then load_state_dict)")
+        raise ValueError(
+            f"the model is on the meta device (its parameters have no values), x is on {x.device}; "
+            "load the weights first (e.g. model.to_empty(device=...) then load_state_dict)"
+        )
     if dev is not None and not _same_device(x.device, dev):
         raise ValueError(f"x is on {x.device} but the model is on {dev}; move one of them, e.g. x.to('{dev}')")
     if x.dim() < 2:
-        raise ValueError(f"x must be (B, *input_shape) with a batch dimension, got shape {tuple(x.shape)}; "
-                         "for a single point use x[None]")
+        raise ValueError(
+            f"x must be (B, *input_shape) with a batch dimension, got shape {tuple(x.shape)}; "
+            "for a single point use x[None]"
+        )
     if x.shape[0] and not bool(torch.isfinite(x).all()):
         bad = (~torch.isfinite(x.reshape(x.shape[0], -1))).any(dim=1).nonzero().flatten().tolist()
         raise ValueError(f"x contains NaN or Inf at point(s) {_fmt(bad)}; remove or replace them")
@@ -136,10 +143,13 @@ def warn_layer_calls(fmap: FeatureMap, x1: torch.Tensor, stacklevel: int = 2) ->
     calls = layer_calls(fmap, x1)
     if calls > 1:
         name = type(fmap.model).__name__
-        warnings.warn(f"layer {fmap.layer!r} is called {calls} times by {name}.forward; its feature is the output "
-                      f"of the first call (the other {calls - 1} are not measured). To measure another call, give that "
-                      "call its own module (e.g. a copy sharing the weights) and name it as the layer.",
-                      LayerCallWarning, stacklevel=stacklevel + 1)
+        warnings.warn(
+            f"layer {fmap.layer!r} is called {calls} times by {name}.forward; its feature is the output "
+            f"of the first call (the other {calls - 1} are not measured). To measure another call, give that "
+            "call its own module (e.g. a copy sharing the weights) and name it as the layer.",
+            LayerCallWarning,
+            stacklevel=stacklevel + 1,
+        )
     return calls
 
 
@@ -178,7 +188,7 @@ def batch_coupled(fmap: FeatureMap, x: torch.Tensor, n: int = 3) -> bool:
         xs = torch.cat([xs, xs * 0.5 + 1.0])
     with torch.no_grad(), eval_mode(fmap.model):
         together = fmap(xs)
-        alone = torch.cat([fmap(xs[i:i + 1]) for i in range(xs.shape[0])])
+        alone = torch.cat([fmap(xs[i : i + 1]) for i in range(xs.shape[0])])
     scale = together.abs().max().clamp_min(torch.finfo(together.dtype).tiny)
     diff = (together - alone).abs().max()
     if not bool(torch.isfinite(diff)):
@@ -204,7 +214,11 @@ def probe(fmap: FeatureMap, x: torch.Tensor) -> ProbeReport:
     calls = warn_layer_calls(fmap, x1, stacklevel=3)
     coupled = batch_coupled(fmap, x)
     if coupled:
-        warnings.warn("the feature of a point depends on the other points of its batch (e.g. BatchNorm with "
-                      "track_running_stats=False, or statistics over dim 0): results would change with the batch "
-                      "size, so fastgeom computes such points one at a time, each alone.", BatchCouplingWarning, stacklevel=2)
+        warnings.warn(
+            "the feature of a point depends on the other points of its batch (e.g. BatchNorm with "
+            "track_running_stats=False, or statistics over dim 0): results would change with the batch "
+            "size, so fastgeom computes such points one at a time, each alone.",
+            BatchCouplingWarning,
+            stacklevel=2,
+        )
     return ProbeReport(calls, mutates_input(fmap, x1), coupled)

@@ -6,6 +6,7 @@ a model failing on some batch or an OSError on a file prints one line ``fastgeom
 exits with code 2; NaN (untrusted) results exit 3, Ctrl-C 130, out of memory 1 (see ``EXIT_*``).
 A run keeps the rows it finished and builds one ``fg.Geometry`` handle, used for every batch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,14 +35,17 @@ class _Parser(argparse.ArgumentParser):
 # ---------------------------------------------------------------------------------------------
 # info / demo
 
+
 def _cmd_info(args) -> int:
     from .info import format_info, info
+
     print(json.dumps(info(), indent=2, default=str) if args.json else format_info())
     return 0
 
 
 def _cmd_demo(args) -> int:
     from .demo import run
+
     s = run(out_dir=args.out, epochs=args.epochs, progress=not args.quiet)
     print(json.dumps(s, indent=2))
     print(f"wrote {s['png']}")
@@ -68,51 +72,120 @@ def _pool(text: str):
 
 def _add_compute_args(p: argparse.ArgumentParser, spectrum: bool) -> None:
     m = p.add_argument_group("model")
-    m.add_argument("--model", required=True, metavar="SPEC",
-                   help="MODULE:FACTORY or path/to/file.py:FACTORY (a callable returning an nn.Module), "
-                        "or a torchvision model name such as resnet34")
+    m.add_argument(
+        "--model",
+        required=True,
+        metavar="SPEC",
+        help="MODULE:FACTORY or path/to/file.py:FACTORY (a callable returning an nn.Module), "
+        "or a torchvision model name such as resnet34",
+    )
     m.add_argument("--model-args", default="{}", metavar="JSON", help="keyword arguments for the factory (JSON object)")
-    m.add_argument("--num-classes", type=int, default=None, metavar="N", help="num_classes= for the factory / torchvision model")
-    m.add_argument("--cifar-stem", action="store_true",
-                   help="torchvision ResNet (resnet18/34/50/101) with the CIFAR stem: conv1 3x3 stride 1, no max-pool "
-                        "(fastgeom.models.cifar_resnet; --num-classes defaults to 10)")
-    m.add_argument("--activation", choices=("relu", "gelu"), default=None,
-                   help="with --cifar-stem: the activation of every block (default relu, as torchvision)")
-    m.add_argument("--checkpoint", metavar="FILE", help="state dict (torch.load(weights_only=True)); "
-                   "without it the factory's initialisation under --seed is used")
-    m.add_argument("--layer", default=None, metavar="NAME", help="module name from model.named_modules() (default: the model output)")
-    m.add_argument("--pool", type=str, default=None, metavar="N|KHxKW",
-                   help="average-pool a (C,H,W) feature to N numbers, or with a KHxKW kernel")
-    m.add_argument("--target", choices=("euclidean", "sphere"), default="euclidean",
-                   help="pull back the flat metric, or the round sphere through phi/|phi|")
+    m.add_argument(
+        "--num-classes", type=int, default=None, metavar="N", help="num_classes= for the factory / torchvision model"
+    )
+    m.add_argument(
+        "--cifar-stem",
+        action="store_true",
+        help="torchvision ResNet (resnet18/34/50/101) with the CIFAR stem: conv1 3x3 stride 1, no max-pool "
+        "(fastgeom.models.cifar_resnet; --num-classes defaults to 10)",
+    )
+    m.add_argument(
+        "--activation",
+        choices=("relu", "gelu"),
+        default=None,
+        help="with --cifar-stem: the activation of every block (default relu, as torchvision)",
+    )
+    m.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="state dict (torch.load(weights_only=True)); without it the factory's initialisation under --seed is used",
+    )
+    m.add_argument(
+        "--layer",
+        default=None,
+        metavar="NAME",
+        help="module name from model.named_modules() (default: the model output)",
+    )
+    m.add_argument(
+        "--pool",
+        type=str,
+        default=None,
+        metavar="N|KHxKW",
+        help="average-pool a (C,H,W) feature to N numbers, or with a KHxKW kernel",
+    )
+    m.add_argument(
+        "--target",
+        choices=("euclidean", "sphere"),
+        default="euclidean",
+        help="pull back the flat metric, or the round sphere through phi/|phi|",
+    )
     m.add_argument("--normalize", action="store_true", help="divide the features by sqrt(d_out)")
     i = p.add_argument_group("points (one of --points, --path, --plane)")
     i.add_argument("--points", metavar="FILE", help=".pt or .npy tensor of shape (N, *input_shape)")
     i.add_argument("--data", metavar="FILE", help=".pt or .npy tensor (M, *input_shape) that --path/--plane index")
     i.add_argument("--path", metavar="I,J", help="the 1-D path from data[I] to data[J]")
     i.add_argument("--plane", metavar="I,J,K", help="the plane through data[I], data[J], data[K]")
-    i.add_argument("--grid", type=int, default=None, metavar="N", help="points on the path (default 64) / per plane axis (default 60)")
-    i.add_argument("--hull", choices=("affine", "convex"), default="affine",
-                   help="plane: the whole [-1,1]^2 patch (affine) or only the triangle (convex)")
+    i.add_argument(
+        "--grid",
+        type=int,
+        default=None,
+        metavar="N",
+        help="points on the path (default 64) / per plane axis (default 60)",
+    )
+    i.add_argument(
+        "--hull",
+        choices=("affine", "convex"),
+        default="affine",
+        help="plane: the whole [-1,1]^2 patch (affine) or only the triangle (convex)",
+    )
     i.add_argument("--input-shape", metavar="C,H,W", help="reshape each point to this shape (e.g. 1,28,28)")
     c = p.add_argument_group("computation")
     c.add_argument("--method", choices=("auto", "dense", "streamed", "linearized", "randomized"), default="auto")
-    c.add_argument("--chunk-size", type=int, default=None, metavar="K", help="cotangents/tangents per pass (default: from the budget)")
-    c.add_argument("--budget-mb", type=float, default=None, metavar="MB", help="memory budget of the streamed engine in MiB")
+    c.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        metavar="K",
+        help="cotangents/tangents per pass (default: from the budget)",
+    )
+    c.add_argument(
+        "--budget-mb", type=float, default=None, metavar="MB", help="memory budget of the streamed engine in MiB"
+    )
     c.add_argument("--dtype", choices=DTYPES, default=None, help="dtype of the network pass (default: the model's)")
-    c.add_argument("--device", default="auto", metavar="DEV", help="auto (cuda:<local rank> if available), cpu, cuda, cuda:N")
-    c.add_argument("--rank-tol", type=float, default=None, metavar="T", help="drop singular values below RANK_TOL * s_max")
-    c.add_argument("--seed", type=int, default=0, metavar="S", help="seeds the model initialisation and randomized estimators")
-    c.add_argument("--batch-size", type=int, default=16, metavar="B",
-                   help="points per batch; a batch is the unit of work, of sharding and of saving (default 16)")
+    c.add_argument(
+        "--device", default="auto", metavar="DEV", help="auto (cuda:<local rank> if available), cpu, cuda, cuda:N"
+    )
+    c.add_argument(
+        "--rank-tol", type=float, default=None, metavar="T", help="drop singular values below RANK_TOL * s_max"
+    )
+    c.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="seeds the model initialisation and randomized estimators"
+    )
+    c.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        metavar="B",
+        help="points per batch; a batch is the unit of work, of sharding and of saving (default 16)",
+    )
     if spectrum:
-        c.add_argument("--k", type=int, default=None, metavar="K", help="number of singular values (default: all; needed for randomized)")
+        c.add_argument(
+            "--k",
+            type=int,
+            default=None,
+            metavar="K",
+            help="number of singular values (default: all; needed for randomized)",
+        )
     o = p.add_argument_group("output")
     o.add_argument("--out", required=True, metavar="FILE.csv", help="results CSV; rerunning with the same file resumes")
     o.add_argument("--diagnostics", action="store_true", help="add rank_structural, cond_est and n_rounding columns")
     o.add_argument("--quiet", action="store_true", help="no progress bars or summary")
-    o.add_argument("--dist-backend", choices=("auto", "nccl", "gloo"), default="auto",
-                   help="torch.distributed backend under torchrun (auto: nccl on GPUs, gloo on CPU)")
+    o.add_argument(
+        "--dist-backend",
+        choices=("auto", "nccl", "gloo"),
+        default="auto",
+        help="torch.distributed backend under torchrun (auto: nccl on GPUs, gloo on CPU)",
+    )
     o.add_argument("--dist-timeout", type=float, default=60.0, metavar="MIN", help="collective timeout in minutes")
 
 
@@ -129,17 +202,22 @@ def _check_ranges(args) -> None:
         raise InputError(f"--dist-timeout {args.dist_timeout}: must be a positive number of minutes")
     srcs = [n for n in ("points", "path", "plane") if getattr(args, n)]
     if len(srcs) != 1:
-        raise InputError("give exactly one of --points FILE, --path I,J or --plane I,J,K"
-                         + (f" (got {', '.join('--' + s for s in srcs)})" if srcs else ""))
+        raise InputError(
+            "give exactly one of --points FILE, --path I,J or --plane I,J,K"
+            + (f" (got {', '.join('--' + s for s in srcs)})" if srcs else "")
+        )
     if srcs[0] in ("path", "plane") and not args.data:
         raise InputError(f"--{srcs[0]} needs --data FILE, the points it indexes")
     if srcs[0] == "points" and (args.data or args.grid is not None):
         raise InputError("--data/--grid go with --path or --plane, not with --points")
     if args.method == "randomized":
         import importlib.util
+
         if importlib.util.find_spec("fastgeom.randomized") is None:
-            raise InputError("--method randomized: fastgeom.randomized is not part of this installation; "
-                             "use --method streamed (exact)")
+            raise InputError(
+                "--method randomized: fastgeom.randomized is not part of this installation; "
+                "use --method streamed (exact)"
+            )
         if getattr(args, "k", 1) is None:
             raise InputError("spectrum --method randomized estimates the top singular values: give --k")
 
@@ -150,6 +228,7 @@ def validate(args):
     import torch
 
     from .runio import parse_ints
+
     _check_ranges(args)
     try:
         margs = json.loads(args.model_args)
@@ -172,6 +251,7 @@ def _load_inputs(args):
     import torch
 
     from .runio import load_points, parse_ints
+
     shape = parse_ints(args.input_shape, None, "--input-shape", 1) if args.input_shape else None
     if args.points:
         return load_points(args.points, shape), [], None, {"points": "file"}
@@ -180,9 +260,12 @@ def _load_inputs(args):
     n_anchor = 2 if args.path else 3
     idx = parse_ints(spec, n_anchor, "--path" if args.path else "--plane")
     if max(idx) >= data.shape[0]:
-        raise InputError(f"{args.data}: {'--path' if args.path else '--plane'} {spec} indexes a point beyond its "
-                         f"{data.shape[0]} points (indices are 0-based)")
+        raise InputError(
+            f"{args.data}: {'--path' if args.path else '--plane'} {spec} indexes a point beyond its "
+            f"{data.shape[0]} points (indices are 0-based)"
+        )
     from . import slices
+
     anchors = [data[i] for i in idx]
     if args.path:
         n = args.grid or 64
@@ -210,8 +293,16 @@ def _columns(args, cmd: str, d_rank: int | None) -> list[str]:
 def _geometry(model, args, state):
     """The run's one ``fg.Geometry`` handle: validated, probed and its engine built once, reused by every batch."""
     import fastgeom as fg
-    return fg.Geometry(model, args.layer, pool=state["pool"], target=args.target, dtype=state["dtype"],
-                       method=args.method, budget=state["budget"])
+
+    return fg.Geometry(
+        model,
+        args.layer,
+        pool=state["pool"],
+        target=args.target,
+        dtype=state["dtype"],
+        method=args.method,
+        budget=state["budget"],
+    )
 
 
 def _evaluate(cmd, g, xb, args, state):
@@ -222,8 +313,13 @@ def _evaluate(cmd, g, xb, args, state):
             v, e = g.logvol(xb, normalize=args.normalize, progress=False, return_stderr=True, seed=args.seed)
             return [[a, b] for a, b in zip(v.tolist(), e.tolist())]
         return g.spectrum(xb, k=args.k, normalize=args.normalize, progress=False, seed=args.seed).tolist()
-    kw = dict(rank_tol=args.rank_tol, normalize=args.normalize, progress=False, chunk_size=state["chunk"],
-              return_diagnostics=True)
+    kw = dict(
+        rank_tol=args.rank_tol,
+        normalize=args.normalize,
+        progress=False,
+        chunk_size=state["chunk"],
+        return_diagnostics=True,
+    )
     if cmd == "logvol":
         lv, d = g.logvol(xb, **kw)
         cols = [lv, d.rank]
@@ -277,8 +373,12 @@ def _run(cmd: str, args) -> int:
         N = x.shape[0]
         if N == 0:
             raise InputError(f"{args.points or args.data}: no points to evaluate")
-        state = {"pool": pool, "dtype": dtype, "chunk": args.chunk_size,
-                 "budget": int(args.budget_mb * 2**20) if args.budget_mb else None}
+        state = {
+            "pool": pool,
+            "dtype": dtype,
+            "chunk": args.chunk_size,
+            "budget": int(args.budget_mb * 2**20) if args.budget_mb else None,
+        }
         # one handle per run, probed on one point: a wrong input shape or layer is reported before any work
         try:
             g = _geometry(model, args, state)
@@ -287,17 +387,36 @@ def _run(cmd: str, args) -> int:
         except Exception as e:  # noqa: BLE001 - whatever the model raises, one line naming the inputs
             msg = e.args[0] if isinstance(e, KeyError) and e.args else e
             where = args.points or args.data
-            raise InputError(one_line(f"{where}: points of shape {tuple(x.shape[1:])} do not fit --model "
-                                      f"{args.model}" + (f" --layer {args.layer}" if args.layer else "") + f": {msg}")) from None
+            raise InputError(
+                one_line(
+                    f"{where}: points of shape {tuple(x.shape[1:])} do not fit --model "
+                    f"{args.model}" + (f" --layer {args.layer}" if args.layer else "") + f": {msg}"
+                )
+            ) from None
         full = min(d_in, d_out)
         k = None if cmd == "logvol" else (full if args.k is None else min(args.k, full))
         columns = _columns(args, cmd, k) + extra_cols
-        meta = {"command": cmd, "columns": columns, "model": args.model, "model_args": margs,
-                "num_classes": args.num_classes, "cifar_stem": args.cifar_stem, "activation": args.activation,
-                "checkpoint_sha1": file_digest(args.checkpoint) if args.checkpoint else None,
-                "seed": args.seed, "layer": args.layer, "pool": args.pool, "target": args.target,
-                "normalize": args.normalize, "method": args.method, "dtype": args.dtype, "rank_tol": args.rank_tol,
-                "n_points": N, "points_sha1": tensor_digest(x), "source": src}
+        meta = {
+            "command": cmd,
+            "columns": columns,
+            "model": args.model,
+            "model_args": margs,
+            "num_classes": args.num_classes,
+            "cifar_stem": args.cifar_stem,
+            "activation": args.activation,
+            "checkpoint_sha1": file_digest(args.checkpoint) if args.checkpoint else None,
+            "seed": args.seed,
+            "layer": args.layer,
+            "pool": args.pool,
+            "target": args.target,
+            "normalize": args.normalize,
+            "method": args.method,
+            "dtype": args.dtype,
+            "rank_tol": args.rank_tol,
+            "n_points": N,
+            "points_sha1": tensor_digest(x),
+            "source": src,
+        }
         status: dict | None = None
         if ctx.is_main:
             try:
@@ -316,8 +435,16 @@ def _run(cmd: str, args) -> int:
         mine = [D.my_batch(r, ctx.rank) for r in plan]
         n_mine = sum(sum(1 for i in b if i not in done) for b in mine if b is not None)
         n_todo = sum(1 for b in batches for i in b if i not in done)
-        bar = tqdm(total=n_mine, desc=f"{cmd} rank {ctx.rank}/{ctx.world}", unit="pt", position=ctx.rank,
-                   disable=args.quiet, file=sys.stderr, dynamic_ncols=True, leave=True)
+        bar = tqdm(
+            total=n_mine,
+            desc=f"{cmd} rank {ctx.rank}/{ctx.world}",
+            unit="pt",
+            position=ctx.rank,
+            disable=args.quiet,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            leave=True,
+        )
         t0 = time.time()
         warned: dict[str, list] = {}  # fastgeom warning class -> [batches, first message]
         try:
@@ -327,19 +454,22 @@ def _run(cmd: str, args) -> int:
                     try:
                         with warnings.catch_warnings(record=True) as w:
                             warnings.simplefilter("always")
-                            xb = x[b.start:b.stop].to(ctx.device)
+                            xb = x[b.start : b.stop].to(ctx.device)
                             vals = _evaluate(cmd, g, xb, args, state)
                     except Exception as e:  # noqa: BLE001 - reported in one line; the rows done are kept
                         err = _batch_error(e, b)
                         w = []
                     for ww in w:
                         if _fastgeom_warning(ww):
-                            c = warned.setdefault(ww.category.__name__, [0, f"points {b.start}..{b.stop - 1}: "
-                                                                         + one_line(ww.message, 200)])
+                            c = warned.setdefault(
+                                ww.category.__name__,
+                                [0, f"points {b.start}..{b.stop - 1}: " + one_line(ww.message, 200)],
+                            )
                             c[0] += 1
                         else:  # not ours: let the usual filters show it (once per location)
-                            warnings.warn_explicit(ww.message, ww.category, ww.filename, ww.lineno,
-                                                   registry=_WARN_REGISTRY)
+                            warnings.warn_explicit(
+                                ww.message, ww.category, ww.filename, ww.lineno, registry=_WARN_REGISTRY
+                            )
                     if err is None:
                         for j, i in enumerate(b):
                             rows.append([i, *vals[j], *(extra[i].tolist() if extra is not None else [])])
@@ -356,8 +486,11 @@ def _run(cmd: str, args) -> int:
                 if stop is not None:
                     if not ctx.is_main:
                         return stop[0]
-                    raise _RunStopped(stop[0], f"{stop[1]} (the rows finished before are kept in {args.out}; "
-                                      "fix the cause and rerun the same command to resume)")
+                    raise _RunStopped(
+                        stop[0],
+                        f"{stop[1]} (the rows finished before are kept in {args.out}; "
+                        "fix the cause and rerun the same command to resume)",
+                    )
         finally:
             bar.close()
         notes = ctx.gather(warned)
@@ -371,18 +504,26 @@ def _run(cmd: str, args) -> int:
                 for kk, (vv, first) in nn.items():
                     tot.setdefault(kk, [0, first])[0] += vv
             for kk, (vv, first) in sorted(tot.items()):
-                see = ("; see the rank/n_rounding columns (--diagnostics) of the CSV"
-                       if kk in ("RankDeficiencyWarning", "PrecisionWarning") else "")
+                see = (
+                    "; see the rank/n_rounding columns (--diagnostics) of the CSV"
+                    if kk in ("RankDeficiencyWarning", "PrecisionWarning")
+                    else ""
+                )
                 print(f"fastgeom: note: {kk} in {vv} batch(es) (first: {first}){see}", file=sys.stderr)
-            print(f"{cmd}: {N} points in {args.out} ({n_todo} computed now on {ctx.world} process(es), "
-                  f"{N - n_todo} already there) in {dt:.1f} s"
-                  + (f", {n_todo / dt:.2f} points/s" if dt > 0 and n_todo else ""))
+            print(
+                f"{cmd}: {N} points in {args.out} ({n_todo} computed now on {ctx.world} process(es), "
+                f"{N - n_todo} already there) in {dt:.1f} s"
+                + (f", {n_todo / dt:.2f} points/s" if dt > 0 and n_todo else "")
+            )
         bad = csv.nonfinite()
         if bad:
             shown = ", ".join(map(str, bad[:10])) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
-            print(f"fastgeom: warning: {len(bad)} of {N} points have NaN values in {args.out} (untrusted points, "
-                  f"e.g. a non-finite Jacobian or an input that overflows --dtype; the warnings above name the cause): "
-                  f"index {shown}", file=sys.stderr)
+            print(
+                f"fastgeom: warning: {len(bad)} of {N} points have NaN values in {args.out} (untrusted points, "
+                f"e.g. a non-finite Jacobian or an input that overflows --dtype; the warnings above name the cause): "
+                f"index {shown}",
+                file=sys.stderr,
+            )
             return EXIT_NONFINITE
         return 0
     finally:
@@ -410,10 +551,12 @@ def _cmd_spectrum(args) -> int:
 # ---------------------------------------------------------------------------------------------
 # plot
 
+
 def plane_image(a, b, v):
     """Heat map of values v at plane coordinates (a, b) on a regular grid: (image (nb, na) with NaN
     where no point was evaluated, e.g. outside a convex hull; imshow extent (l, r, bottom, top))."""
     import numpy as np
+
     ua, ub = np.unique(a), np.unique(b)
     img = np.full((ub.size, ua.size), np.nan)
     img[np.searchsorted(ub, b), np.searchsorted(ua, a)] = v
@@ -426,11 +569,13 @@ def _cmd_plot(args) -> int:
     import os
 
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
     from .runio import read_csv
+
     cols, a = read_csv(args.csv)
     if a.shape[0] == 0:
         raise InputError(f"{args.csv}: has no rows to plot")
@@ -447,8 +592,13 @@ def _cmd_plot(args) -> int:
         idx = np.linspace(0, s.shape[1] - 1, min(s.shape[1], args.max_lines)).round().astype(int)
         cmap = plt.get_cmap("viridis")
         for j, i in enumerate(idx):
-            ax.semilogy(t, np.where(s[:, i] > 0, s[:, i], np.nan), color=cmap(j / max(1, len(idx) - 1)), lw=1,
-                        label=spec_cols[i] if len(idx) <= 8 else None)
+            ax.semilogy(
+                t,
+                np.where(s[:, i] > 0, s[:, i], np.nan),
+                color=cmap(j / max(1, len(idx) - 1)),
+                lw=1,
+                label=spec_cols[i] if len(idx) <= 8 else None,
+            )
         ax.set_xlabel("t")
         ax.set_ylabel("singular values")
         if len(idx) <= 8:
@@ -459,8 +609,13 @@ def _cmd_plot(args) -> int:
         cmap = plt.get_cmap("viridis")
         for j, r in enumerate(rows):
             v = s[r]
-            ax.semilogy(np.arange(1, v.size + 1)[v > 0], v[v > 0], color=cmap(j / max(1, len(rows) - 1)), lw=1,
-                        label=f"index {int(a[r, 0])}" if len(rows) <= 8 else None)
+            ax.semilogy(
+                np.arange(1, v.size + 1)[v > 0],
+                v[v > 0],
+                color=cmap(j / max(1, len(rows) - 1)),
+                lw=1,
+                label=f"index {int(a[r, 0])}" if len(rows) <= 8 else None,
+            )
         ax.set_xlabel("i")
         ax.set_ylabel("singular value $s_i$")
         if len(rows) <= 8:
@@ -474,6 +629,7 @@ def _cmd_plot(args) -> int:
         if "a" in cols and "b" in cols:
             img, ext = plane_image(a[:, cols.index("a")], a[:, cols.index("b")], v)
             from .plot import value_colors  # curvature columns: diverging map centred at 0
+
             im = ax.imshow(img, origin="lower", aspect="equal", extent=ext, **value_colors(col, v, args.cmap))
             fig.colorbar(im, ax=ax, label=label)
             ax.set_xlabel("a")
@@ -499,6 +655,7 @@ def _cmd_plot(args) -> int:
 
 # ---------------------------------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fastgeom", description="Riemannian geometry of neural network feature maps")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
@@ -510,14 +667,19 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--epochs", type=int, default=1000)
     pd.add_argument("--quiet", action="store_true")
     pd.set_defaults(func=_cmd_demo)
-    pl = sub.add_parser("logvol", help="log volume element at many points, to a resumable CSV (torchrun-able)",
-                        description="Log volume element (sum of log singular values of the layer's Jacobian) at "
-                                    "every point; CSV columns index,logvol,rank[,diagnostics][,t | a,b].")
+    pl = sub.add_parser(
+        "logvol",
+        help="log volume element at many points, to a resumable CSV (torchrun-able)",
+        description="Log volume element (sum of log singular values of the layer's Jacobian) at "
+        "every point; CSV columns index,logvol,rank[,diagnostics][,t | a,b].",
+    )
     _add_compute_args(pl, spectrum=False)
     pl.set_defaults(func=_cmd_logvol)
-    ps = sub.add_parser("spectrum", help="singular values of the Jacobian at many points, to a resumable CSV",
-                        description="Singular values of the layer's Jacobian, descending; CSV columns "
-                                    "index,s1..sk[,t | a,b].")
+    ps = sub.add_parser(
+        "spectrum",
+        help="singular values of the Jacobian at many points, to a resumable CSV",
+        description="Singular values of the layer's Jacobian, descending; CSV columns index,s1..sk[,t | a,b].",
+    )
     _add_compute_args(ps, spectrum=True)
     ps.set_defaults(func=_cmd_spectrum)
     pp = sub.add_parser("plot", help="plot a results CSV: path (line), plane (heat map) or spectra, to PNG")
@@ -532,6 +694,7 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--quiet", action="store_true")
     pp.set_defaults(func=_cmd_plot)
     from .cli_curvature import add_parsers  # curvature, geodesic
+
     add_parsers(sub, _add_compute_args)
     return p
 
@@ -540,12 +703,16 @@ def main(argv=None) -> int:
     """Run the command line; returns the exit code (see docs/CLI.md, "Exit codes"). Every failure is
     one line on stderr, never a traceback (``FASTGEOM_TRACEBACK=1`` re-raises unexpected errors)."""
     import os
+
     args = build_parser().parse_args(argv)
     # torch's own deprecation notice, raised inside torch.func on first use; not the user's business
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
     out = getattr(args, "out", None)
-    kept = f"the rows finished so far are kept in {out}; rerun the same command to resume" if args.cmd in (
-        "logvol", "spectrum") else ""
+    kept = (
+        f"the rows finished so far are kept in {out}; rerun the same command to resume"
+        if args.cmd in ("logvol", "spectrum")
+        else ""
+    )
     try:
         return args.func(args)
     except InputError as e:
@@ -562,15 +729,22 @@ def main(argv=None) -> int:
         return EXIT_FAILURE
     except OSError as e:  # any file the run reads or writes
         from .runio import os_error
-        print(f"fastgeom: error: {os_error(out or '?', e, 'read or write it')}" + (f" ({kept})" if kept else ""),
-              file=sys.stderr)
+
+        print(
+            f"fastgeom: error: {os_error(out or '?', e, 'read or write it')}" + (f" ({kept})" if kept else ""),
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     except Exception as e:  # noqa: BLE001 - a bug of fastgeom's: still one line, with a way to see more
         if os.environ.get("FASTGEOM_TRACEBACK"):
             raise
-        print(f"fastgeom: internal error: {one_line(f'{type(e).__name__}: {e}')}"
-              + (f" ({kept})" if kept else "") + "; rerun with FASTGEOM_TRACEBACK=1 for the traceback and please "
-              "report it", file=sys.stderr)
+        print(
+            f"fastgeom: internal error: {one_line(f'{type(e).__name__}: {e}')}"
+            + (f" ({kept})" if kept else "")
+            + "; rerun with FASTGEOM_TRACEBACK=1 for the traceback and please "
+            "report it",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
 
 

@@ -10,6 +10,7 @@ resumable CSV ``index,K,area,a,b``. ``--scalar``: the Ricci scalar R of the full
 saved with its length to a .pt file (``{"path", "length", "segment_lengths", "energy", "straight_energy",
 "converged", "iterations"}``); a one-line JSON summary is printed.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,10 +35,14 @@ def _setup(args, cmd):
 
     from .cli import validate
     from .runio import build_model, load_checkpoint
+
     _reject_unused(args, cmd)
     margs, pool, dtype = validate(args)
-    dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if args.device == "auto" else args.device))
+    dev = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     torch.manual_seed(args.seed)
     model = build_model(args.model, margs, args.cifar_stem, args.num_classes, args.activation)
     if args.checkpoint:
@@ -48,12 +53,18 @@ def _setup(args, cmd):
 
 def _probe(model, x, args, pool, dtype, where):
     from .api import prepare
+
     try:
         return prepare(model, x[:1], args.layer, pool, dtype, args.target)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        raise InputError(one_line(f"{where}: points of shape {tuple(x.shape[1:])} do not fit --model {args.model}"
-                                  + (f" --layer {args.layer}" if args.layer else "") + f": {msg}")) from None
+        raise InputError(
+            one_line(
+                f"{where}: points of shape {tuple(x.shape[1:])} do not fit --model {args.model}"
+                + (f" --layer {args.layer}" if args.layer else "")
+                + f": {msg}"
+            )
+        ) from None
 
 
 def _cmd_curvature(args) -> int:
@@ -63,9 +74,12 @@ def _cmd_curvature(args) -> int:
     from .api import PrecisionWarning, RankDeficiencyWarning
     from .cli import _load_inputs
     from .runio import ResultsCSV, file_digest, load_points, parse_ints, tensor_digest
+
     if not args.scalar and not args.plane:
-        raise InputError("curvature needs --plane I,J,K (the Gaussian curvature of that plane); "
-                         "--scalar computes the Ricci scalar at --points/--path/--plane")
+        raise InputError(
+            "curvature needs --plane I,J,K (the Gaussian curvature of that plane); "
+            "--scalar computes the Ricci scalar at --points/--path/--plane"
+        )
     model, dev, pool, dtype, budget, margs = _setup(args, "curvature")
     x, extra_cols, extra, src = _load_inputs(args)
     N = x.shape[0]
@@ -74,9 +88,11 @@ def _cmd_curvature(args) -> int:
         raise InputError(f"{where}: no points to evaluate")
     fmap, d_in, d_out = _probe(model, x.to(dev), args, pool, dtype, where)
     if args.scalar and d_out < d_in:
-        raise InputError(f"--scalar: the feature map sends d_in = {d_in} inputs to d_out = {d_out} < d_in features "
-                         "(a submersion), whose full pullback metric is degenerate; use the Gaussian curvature of "
-                         "a plane (drop --scalar, give --plane I,J,K)")
+        raise InputError(
+            f"--scalar: the feature map sends d_in = {d_in} inputs to d_out = {d_out} < d_in features "
+            "(a submersion), whose full pullback metric is degenerate; use the Gaussian curvature of "
+            "a plane (drop --scalar, give --plane I,J,K)"
+        )
     u = v = None
     if not args.scalar:
         shape = parse_ints(args.input_shape, None, "--input-shape", 1) if args.input_shape else None
@@ -86,33 +102,59 @@ def _cmd_curvature(args) -> int:
         u, v = u.to(x.dtype), v.to(x.dtype)
         u, v = u.to(dev), v.to(dev)
     columns = (["R"] if args.scalar else ["K", "area"]) + extra_cols
-    meta = {"command": "curvature", "columns": columns, "scalar": args.scalar, "model": args.model, "model_args": margs,
-            "num_classes": args.num_classes, "cifar_stem": args.cifar_stem, "activation": args.activation,
-            "checkpoint_sha1": file_digest(args.checkpoint) if args.checkpoint else None, "seed": args.seed,
-            "layer": args.layer, "pool": args.pool, "target": args.target, "dtype": args.dtype,
-            "n_points": N, "points_sha1": tensor_digest(x), "source": src}
+    meta = {
+        "command": "curvature",
+        "columns": columns,
+        "scalar": args.scalar,
+        "model": args.model,
+        "model_args": margs,
+        "num_classes": args.num_classes,
+        "cifar_stem": args.cifar_stem,
+        "activation": args.activation,
+        "checkpoint_sha1": file_digest(args.checkpoint) if args.checkpoint else None,
+        "seed": args.seed,
+        "layer": args.layer,
+        "pool": args.pool,
+        "target": args.target,
+        "dtype": args.dtype,
+        "n_points": N,
+        "points_sha1": tensor_digest(x),
+        "source": src,
+    }
     t0, todo = time.time(), 0
     warned: dict[str, int] = {}
     with ResultsCSV(args.out, columns, meta) as csv:
         pending = [i for i in range(N) if i not in csv.done]
         todo = len(pending)
         for s in range(0, len(pending), args.batch_size):
-            b = pending[s:s + args.batch_size]
+            b = pending[s : s + args.batch_size]
             xb = x[b].to(dev)
             with warnings.catch_warnings(record=True) as w:
                 warnings.simplefilter("always")
                 try:
                     if args.scalar:
-                        cols = [surfaces.scalar_curvature_fmap(fmap, xb, d_out, chunk_size=args.chunk_size,
-                                                               budget=budget, progress=False)]
+                        cols = [
+                            surfaces.scalar_curvature_fmap(
+                                fmap, xb, d_out, chunk_size=args.chunk_size, budget=budget, progress=False
+                            )
+                        ]
                     else:
-                        K, g = surfaces.gaussian_curvature_fmap(fmap, xb, u, v, return_metric=True,
-                                                                chunk_size=args.chunk_size, budget=budget, progress=False)
+                        K, g = surfaces.gaussian_curvature_fmap(
+                            fmap,
+                            xb,
+                            u,
+                            v,
+                            return_metric=True,
+                            chunk_size=args.chunk_size,
+                            budget=budget,
+                            progress=False,
+                        )
                         cols = [K, torch.linalg.det(g).clamp_min(0).sqrt()]
                 except ValueError as e:
                     raise InputError(one_line(f"points {b[0]}..{b[-1]}: {e}")) from None
-            for name in {ww.category.__name__ for ww in w
-                         if issubclass(ww.category, (RankDeficiencyWarning, PrecisionWarning))}:
+            for name in {
+                ww.category.__name__ for ww in w if issubclass(ww.category, (RankDeficiencyWarning, PrecisionWarning))
+            }:
                 warned[name] = warned.get(name, 0) + 1
             vals = list(zip(*[c.tolist() for c in cols]))
             csv.append([[i, *vals[j], *(extra[i].tolist() if extra is not None else [])] for j, i in enumerate(b)])
@@ -120,8 +162,10 @@ def _cmd_curvature(args) -> int:
     if not args.quiet:
         for kind, nb in sorted(warned.items()):
             print(f"fastgeom: note: {kind} in {nb} batch(es); those points are NaN in the CSV", file=sys.stderr)
-        print(f"curvature: {N} points in {args.out} ({todo} computed now, {N - todo} already there) "
-              f"in {time.time() - t0:.1f} s")
+        print(
+            f"curvature: {N} points in {args.out} ({todo} computed now, {N - todo} already there) "
+            f"in {time.time() - t0:.1f} s"
+        )
     return 0
 
 
@@ -130,6 +174,7 @@ def _cmd_geodesic(args) -> int:
 
     from . import paths
     from .runio import load_points, parse_ints
+
     model, dev, pool, dtype, budget, _ = _setup(args, "geodesic")
     shape = parse_ints(args.input_shape, None, "--input-shape", 1) if args.input_shape else None
     data = load_points(args.data, shape)
@@ -140,13 +185,21 @@ def _cmd_geodesic(args) -> int:
     if not str(args.out).endswith(".pt"):
         raise InputError(f"--out {args.out}: geodesic writes a .pt file (path, length, ...)")
     try:
-        r = paths.geodesic_fmap(fmap, data[i].to(dev), data[j].to(dev), n=args.grid or 32, max_iter=args.max_iter,
-                                budget=budget)
+        r = paths.geodesic_fmap(
+            fmap, data[i].to(dev), data[j].to(dev), n=args.grid or 32, max_iter=args.max_iter, budget=budget
+        )
         seg = paths.path_length_fmap(fmap, r.path, per_segment=True, budget=budget)
     except ValueError as e:
         raise InputError(one_line(f"--path {args.path}: {e}")) from None
-    out = {"path": r.path.cpu(), "length": float(r.length), "segment_lengths": seg.cpu(), "energy": r.energy,
-           "straight_energy": r.straight_energy, "converged": r.converged, "iterations": r.iterations}
+    out = {
+        "path": r.path.cpu(),
+        "length": float(r.length),
+        "segment_lengths": seg.cpu(),
+        "energy": r.energy,
+        "straight_energy": r.straight_energy,
+        "converged": r.converged,
+        "iterations": r.iterations,
+    }
     try:
         torch.save(out, args.out)
     except OSError as e:
@@ -157,17 +210,23 @@ def _cmd_geodesic(args) -> int:
 
 def add_parsers(sub, add_compute_args) -> None:
     """Register ``curvature`` and ``geodesic`` on the CLI's subparsers (``add_compute_args``: cli's shared options)."""
-    pc = sub.add_parser("curvature", help="Gaussian curvature of a plane (or --scalar: Ricci scalar) to a resumable CSV",
-                        description="Gaussian curvature K and area element sqrt(det g) of the plane through three "
-                                    "data points (CSV index,K,area,a,b), or with --scalar the Ricci scalar of the "
-                                    "full pullback metric of an immersion (CSV index,R[,t | a,b]). Gauss's equation, "
-                                    "float64 (docs/CURVATURE.md).")
+    pc = sub.add_parser(
+        "curvature",
+        help="Gaussian curvature of a plane (or --scalar: Ricci scalar) to a resumable CSV",
+        description="Gaussian curvature K and area element sqrt(det g) of the plane through three "
+        "data points (CSV index,K,area,a,b), or with --scalar the Ricci scalar of the "
+        "full pullback metric of an immersion (CSV index,R[,t | a,b]). Gauss's equation, "
+        "float64 (docs/CURVATURE.md).",
+    )
     add_compute_args(pc, spectrum=False)
     pc.add_argument("--scalar", action="store_true", help="Ricci scalar of the full metric (immersions: d_out >= d_in)")
     pc.set_defaults(func=_cmd_curvature)
-    pg = sub.add_parser("geodesic", help="discrete geodesic between two data points, with its length, to a .pt file",
-                        description="Minimise the discrete energy of an N-segment path from data[I] to data[J] "
-                                    "(L-BFGS from the straight path); save the path and its length.")
+    pg = sub.add_parser(
+        "geodesic",
+        help="discrete geodesic between two data points, with its length, to a .pt file",
+        description="Minimise the discrete energy of an N-segment path from data[I] to data[J] "
+        "(L-BFGS from the straight path); save the path and its length.",
+    )
     add_compute_args(pg, spectrum=False)
     pg.add_argument("--max-iter", type=int, default=500, help="L-BFGS iterations (default 500)")
     pg.set_defaults(func=_cmd_geodesic)

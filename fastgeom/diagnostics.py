@@ -1,4 +1,5 @@
 """What an exact computation reports besides its values: ``Diagnostics`` and the warnings that name points."""
+
 from __future__ import annotations
 
 import warnings
@@ -55,25 +56,34 @@ def warn(diag: Diagnostics, rank_tol, causes: dict[int, str] | None = None, stac
     bad = diag.nonfinite.nonzero().flatten().tolist()
     if bad:
         causes = causes or {}
-        warnings.warn(f"{len(bad)} point(s) gave non-finite values and are NaN: "
-                      f"{fmt_points(bad, [causes.get(i, 'NaN/Inf in the Jacobian') for i in bad], label='cause:')}",
-                      NonFiniteWarning, stacklevel=stacklevel)
+        warnings.warn(
+            f"{len(bad)} point(s) gave non-finite values and are NaN: "
+            f"{fmt_points(bad, [causes.get(i, 'NaN/Inf in the Jacobian') for i in bad], label='cause:')}",
+            NonFiniteWarning,
+            stacklevel=stacklevel,
+        )
     ok = ~diag.nonfinite
     low = ((diag.rank < diag.full_rank) & ok).nonzero().flatten().tolist()
     if low:
         dropped = diag.n_dropped[low]
         note = ""
         if bool((dropped > 0).any()):
-            note = (f" {int((dropped > 0).sum())} of them had singular values at the rounding level of "
-                    f"{diag.compute_dtype} ({int(dropped.sum())} in all), zero in exact arithmetic up to that "
-                    "precision, which were dropped (the default rank_tol=None; dtype=torch.float64 resolves more, "
-                    "rank_tol=0.0 keeps them).")
+            note = (
+                f" {int((dropped > 0).sum())} of them had singular values at the rounding level of "
+                f"{diag.compute_dtype} ({int(dropped.sum())} in all), zero in exact arithmetic up to that "
+                "precision, which were dropped (the default rank_tol=None; dtype=torch.float64 resolves more, "
+                "rank_tol=0.0 keeps them)."
+            )
         warnings.warn(
             f"{len(low)} point(s) have rank below min(d_in, d_out) = {diag.full_rank}: "
             f"{fmt_points(low, diag.rank[low].tolist())}. Their log volume is the sum over the kept singular "
             "values only (zero rows/columns of J, e.g. dead units, are removed"
-            + (f"; rank_tol={rank_tol} dropped more" if rank_tol else "") + ")." + note,
-            RankDeficiencyWarning, stacklevel=stacklevel)
+            + (f"; rank_tol={rank_tol} dropped more" if rank_tol else "")
+            + ")."
+            + note,
+            RankDeficiencyWarning,
+            stacklevel=stacklevel,
+        )
     rnd = ((diag.n_rounding > 0) & ok).nonzero().flatten().tolist()
     if rnd:
         warnings.warn(
@@ -82,4 +92,6 @@ def warn(diag: Diagnostics, rank_tol, causes: dict[int, str] | None = None, stac
             f"{fmt_points(rnd, diag.n_rounding[rnd].tolist(), label='count')} (count of such values in brackets). "
             "Criterion: |R_ii| <= max(m, n) * eps * ||pivot column|| in the pivoted QR of J. Compute in float64 "
             "(dtype=torch.float64), or drop them with rank_tol=None (the default) or rank_tol=t.",
-            PrecisionWarning, stacklevel=stacklevel)
+            PrecisionWarning,
+            stacklevel=stacklevel,
+        )

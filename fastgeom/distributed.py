@@ -9,12 +9,14 @@ writer, so the output needs no shared file system). A killed run loses at most t
 
 Multi-node runs use torchrun's rendezvous (see docs/CLI.md); nothing here depends on the node count.
 """
+
 from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -70,7 +72,11 @@ class Context:
 def env_world() -> tuple[int, int, int]:
     """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) without it."""
     try:
-        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+        return (
+            int(os.environ.get("RANK", 0)),
+            int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)),
+        )
     except ValueError as e:
         raise ValueError(f"bad torchrun environment (RANK/WORLD_SIZE/LOCAL_RANK): {e}") from None
 
@@ -121,7 +127,7 @@ def pending_batches(n: int, batch_size: int, done: set[int] | frozenset) -> list
 
 def rounds(batches: Sequence, world: int) -> list[list]:
     """Deal batches out in rounds of `world`: round r holds batches r*world .. r*world+world-1."""
-    return [list(batches[s:s + world]) for s in range(0, len(batches), world)]
+    return [list(batches[s : s + world]) for s in range(0, len(batches), world)]
 
 
 def my_batch(round_batches: Sequence, rank: int):

@@ -14,19 +14,21 @@ pass, under 1% of a small CNN's forward pass: see ``FeatureMap.__call__``). If `
 chosen layer more than once, the first call's output is the feature (``fastgeom.checks.layer_calls``
 counts the calls).
 """
+
 from __future__ import annotations
 
 import contextlib
 import difflib
 import math
-from typing import Callable, Union
+from collections.abc import Callable
+from typing import Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-LayerSpec = Union[None, str, Callable[[torch.Tensor], torch.Tensor]]
-PoolSpec = Union[None, int, tuple, dict]
+LayerSpec = Union[None, str, Callable[[torch.Tensor], torch.Tensor]]  # noqa: UP007  (a runtime alias: Python 3.10)
+PoolSpec = Union[None, int, tuple, dict]  # noqa: UP007
 
 
 class _Stop(Exception):
@@ -42,8 +44,10 @@ def resolve_layer(model: nn.Module, layer: str) -> nn.Module:
     close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
     hint = f" Did you mean: {', '.join(repr(c) for c in close)}?" if close else ""
     some = ", ".join(repr(n) for n in names[:12]) + (", ..." if len(names) > 12 else "")
-    raise KeyError(f"unknown layer {layer!r} in {type(model).__name__}.{hint} "
-                   f"Layers are names from model.named_modules(), e.g. {some}.")
+    raise KeyError(
+        f"unknown layer {layer!r} in {type(model).__name__}.{hint} "
+        f"Layers are names from model.named_modules(), e.g. {some}."
+    )
 
 
 def pool_window(shape: tuple, pool: PoolSpec) -> tuple[int, int] | None:
@@ -57,8 +61,10 @@ def pool_window(shape: tuple, pool: PoolSpec) -> tuple[int, int] | None:
     if pool is None:
         return None
     if len(shape) != 3:
-        raise ValueError(f"pool needs a (C, H, W) feature map per point, but the layer output is {tuple(shape)}; "
-                         "use pool=None for non-convolutional layers")
+        raise ValueError(
+            f"pool needs a (C, H, W) feature map per point, but the layer output is {tuple(shape)}; "
+            "use pool=None for non-convolutional layers"
+        )
     C, H, W = shape
     if isinstance(pool, dict):
         if set(pool) == {"kernel"}:
@@ -85,8 +91,10 @@ def pool_window(shape: tuple, pool: PoolSpec) -> tuple[int, int] | None:
         for ow in (oh, 2 * oh):
             if oh * ow == cells and H % oh == 0 and W % ow == 0:
                 return H // oh, W // ow
-    raise ValueError(f"pool={N}: no non-overlapping window gives C*oh*ow={N} with ow in {{oh, 2*oh}} "
-                     f"for a feature map of shape (C={C}, H={H}, W={W}); pass a kernel tuple instead")
+    raise ValueError(
+        f"pool={N}: no non-overlapping window gives C*oh*ow={N} with ow in {{oh, 2*oh}} "
+        f"for a feature map of shape (C={C}, H={H}, W={W}); pass a kernel tuple instead"
+    )
 
 
 class _Bound(nn.Module):
@@ -105,8 +113,14 @@ class _Bound(nn.Module):
 class FeatureMap:
     """phi: x (B, *input_shape) -> (B, d_out), a pure function of x suitable for torch.func."""
 
-    def __init__(self, model: nn.Module | None, layer: LayerSpec = None, pool: PoolSpec = None,
-                 dtype: torch.dtype | None = None, target: str = "euclidean"):
+    def __init__(
+        self,
+        model: nn.Module | None,
+        layer: LayerSpec = None,
+        pool: PoolSpec = None,
+        dtype: torch.dtype | None = None,
+        target: str = "euclidean",
+    ):
         if target not in ("euclidean", "sphere"):
             raise ValueError(f"target must be 'euclidean' or 'sphere', got {target!r}")
         self.target = target
@@ -124,8 +138,10 @@ class FeatureMap:
         owner = model if model is not None else (layer if isinstance(layer, nn.Module) else None)
         self.params = {}
         if owner is not None:
-            self.params = {k: (v.detach().to(dtype) if (dtype is not None and v.is_floating_point()) else v.detach())
-                           for k, v in list(owner.named_parameters()) + list(owner.named_buffers())}
+            self.params = {
+                k: (v.detach().to(dtype) if (dtype is not None and v.is_floating_point()) else v.detach())
+                for k, v in list(owner.named_parameters()) + list(owner.named_buffers())
+            }
         self._bound = None
         if layer is not None and not isinstance(layer, str) and owner is not None:
             self._bound = _Bound(owner, layer)
@@ -160,8 +176,10 @@ class FeatureMap:
         finally:
             h.remove()
         if "out" not in box:
-            raise ValueError(f"layer {self.layer!r} was not reached by the forward pass of {type(self.model).__name__}; "
-                             "choose a layer that forward() calls (see model.named_modules())")
+            raise ValueError(
+                f"layer {self.layer!r} was not reached by the forward pass of {type(self.model).__name__}; "
+                "choose a layer that forward() calls (see model.named_modules())"
+            )
         return box["out"]
 
     def own_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,13 +193,20 @@ class FeatureMap:
         x = self.own_input(x)
         out = self._raw(x)
         if not isinstance(out, torch.Tensor):
-            raise TypeError(f"the feature at layer {self.layer!r} is a {type(out).__name__}, not a Tensor; "
-                            "choose a layer whose output is a single tensor, or pass a callable feature map")
+            raise TypeError(
+                f"the feature at layer {self.layer!r} is a {type(out).__name__}, not a Tensor; "
+                "choose a layer whose output is a single tensor, or pass a callable feature map"
+            )
         if out.dim() == 0 or out.shape[0] != x.shape[0]:
-            what = "a 0-d tensor (one number for the whole batch)" if out.dim() == 0 else \
-                f"a tensor of shape {tuple(out.shape)} for {x.shape[0]} point(s)"
-            raise TypeError(f"the feature at layer {self.layer!r} is {what}; the feature map must return "
-                            "(B, *feature_shape), one row per point of x (B, *input_shape)")
+            what = (
+                "a 0-d tensor (one number for the whole batch)"
+                if out.dim() == 0
+                else f"a tensor of shape {tuple(out.shape)} for {x.shape[0]} point(s)"
+            )
+            raise TypeError(
+                f"the feature at layer {self.layer!r} is {what}; the feature map must return "
+                "(B, *feature_shape), one row per point of x (B, *input_shape)"
+            )
         return self.post(out)
 
     def null_dims(self, d_in: int, d_out: int) -> int:

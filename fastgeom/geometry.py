@@ -12,6 +12,7 @@ Reductions stream: each point batch's float64 J is factorised, reduced to per-po
 Points whose input overflows the compute dtype, or whose feature or Jacobian is not finite, are NaN
 and named in a ``NonFiniteWarning``. Results are detached (not differentiable).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,13 +31,17 @@ from .diagnostics import Diagnostics, fmt_points, warn
 from .engine import EXACT_METHODS, select
 from .engine.guards import ad_guards
 from .engine.planner import check_budget, saved_bytes_one_point
-from .ops.dispatch import recording
 from .features import FeatureMap, LayerSpec, PoolSpec, eval_mode, no_tf32
+from .ops.dispatch import recording
 
 METHODS = ("auto",) + EXACT_METHODS + ("randomized",)
 # modules that compute something else in training mode; a model with one in training mode is warned about once
-_MODE_DEPENDENT = (torch.nn.modules.batchnorm._NormBase, torch.nn.modules.dropout._DropoutNd, torch.nn.MultiheadAttention)
-_WARNED_TRAIN: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
+_MODE_DEPENDENT = (
+    torch.nn.modules.batchnorm._NormBase,
+    torch.nn.modules.dropout._DropoutNd,
+    torch.nn.MultiheadAttention,
+)
+_WARNED_TRAIN: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
 BACKENDS = ("auto", "torch", "cpp", "cuda", "triton")
 MODES = (None, "reverse", "forward")
 
@@ -76,11 +81,23 @@ class Geometry:
         mode: None (reverse when d_out <= d_in), ``"reverse"`` (VJPs) or ``"forward"`` (JVPs).
     """
 
-    def __init__(self, model, layer: LayerSpec = None, *, pool: PoolSpec = None, target: str = "euclidean",
-                 dtype: torch.dtype | None = None, method: str = "auto", budget: int | None = None,
-                 backend: str = "auto", mode: str | None = None):
+    def __init__(
+        self,
+        model,
+        layer: LayerSpec = None,
+        *,
+        pool: PoolSpec = None,
+        target: str = "euclidean",
+        dtype: torch.dtype | None = None,
+        method: str = "auto",
+        budget: int | None = None,
+        backend: str = "auto",
+        mode: str | None = None,
+    ):
         if model is not None and not isinstance(model, torch.nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module (or None with a callable layer), got {type(model).__name__}")
+            raise TypeError(
+                f"model must be a torch.nn.Module (or None with a callable layer), got {type(model).__name__}"
+            )
         if model is None and not callable(layer):
             raise TypeError("model is None: pass a callable feature map as layer=")
         if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
@@ -102,9 +119,11 @@ class Geometry:
     def __repr__(self) -> str:
         layer = self.fmap.layer if isinstance(self.fmap.layer, (str, type(None))) else "<callable>"
         held = [f"{k[0]} on {k[1]} {k[2]}: {getattr(e, 'name', '?')}" for k, e in self._engines.items()]
-        return (f"Geometry({type(self.model).__name__}, layer={layer!r}, method={self.method!r}, "
-                f"target={self.fmap.target!r}; engines: {'; '.join(held) or 'none yet'}; "
-                f"{self.held_bytes() / 2**20:.1f} MiB held)")
+        return (
+            f"Geometry({type(self.model).__name__}, layer={layer!r}, method={self.method!r}, "
+            f"target={self.fmap.target!r}; engines: {'; '.join(held) or 'none yet'}; "
+            f"{self.held_bytes() / 2**20:.1f} MiB held)"
+        )
 
     def held_bytes(self) -> int:
         """Bytes of the private weight copies the handle's engines hold (the linearised engine's
@@ -143,7 +162,9 @@ class Geometry:
             xp = torch.zeros_like(xp)  # the first point overflows the compute dtype: probe at 0
         out = self._probe_forward(xp, x.shape)
         if not out.is_floating_point():
-            raise TypeError(f"the feature map returns dtype {out.dtype}; it must be floating point to be differentiable")
+            raise TypeError(
+                f"the feature map returns dtype {out.dtype}; it must be floating point to be differentiable"
+            )
         if self.fmap.target == "sphere" and not bool(torch.isfinite(out).all()):
             raise ValueError("target='sphere' needs non-zero features, but phi(x) = 0 at the first point")
         with eval_mode(self.model), no_tf32(), ad_guards():
@@ -156,9 +177,12 @@ class Geometry:
 
     def _probe_forward(self, xp: torch.Tensor, shape) -> torch.Tensor:
         def rejected(e):
-            return ValueError(f"the model rejected points of shape {tuple(shape[1:])} (x has shape {tuple(shape)}): "
-                              f"{type(e).__name__}: {e}. Pass x as (B, *input_shape) with the input shape the model "
-                              "expects.")
+            return ValueError(
+                f"the model rejected points of shape {tuple(shape[1:])} (x has shape {tuple(shape)}): "
+                f"{type(e).__name__}: {e}. Pass x as (B, *input_shape) with the input shape the model "
+                "expects."
+            )
+
         try:
             with torch.no_grad(), eval_mode(self.model), no_tf32():
                 return self.fmap(xp)
@@ -172,9 +196,12 @@ class Geometry:
             raise rejected(e) from e
         except RuntimeError as e:
             from .engine import is_oom
+
             if is_oom(e):
-                raise MemoryError(f"out of memory in the first forward pass at one point ({e}); the model does "
-                                  "not fit on this device at this input size") from e
+                raise MemoryError(
+                    f"out of memory in the first forward pass at one point ({e}); the model does "
+                    "not fit on this device at this input size"
+                ) from e
             raise rejected(e) from e
 
     def engine(self, x: torch.Tensor, method: str | None = None):
@@ -183,11 +210,15 @@ class Geometry:
         p = self.probe(x)
         key = (*self._key(x), method)
         if key not in self._engines:
-            x1 = x[:1].detach().to(self.compute_dtype(x)) if x.shape[0] else torch.zeros(
-                (1, *x.shape[1:]), dtype=self.compute_dtype(x), device=x.device)
+            x1 = (
+                x[:1].detach().to(self.compute_dtype(x))
+                if x.shape[0]
+                else torch.zeros((1, *x.shape[1:]), dtype=self.compute_dtype(x), device=x.device)
+            )
             with eval_mode(self.model), no_tf32():
-                eng = select(method, self.fmap, x1, p.d_in, p.d_out, budget=self.budget, mode=self.mode,
-                             act_bytes=p.act_bytes)
+                eng = select(
+                    method, self.fmap, x1, p.d_in, p.d_out, budget=self.budget, mode=self.mode, act_bytes=p.act_bytes
+                )
             if p.coupled:
                 eng.points = 1  # each point alone
             self._engines[key] = eng
@@ -196,14 +227,20 @@ class Geometry:
     def _warn_train(self) -> None:
         if self.model is None or self.model in _WARNED_TRAIN:
             return
-        training = [n or type(self.model).__name__ for n, m in self.model.named_modules()
-                    if m.training and isinstance(m, _MODE_DEPENDENT)]
+        training = [
+            n or type(self.model).__name__
+            for n, m in self.model.named_modules()
+            if m.training and isinstance(m, _MODE_DEPENDENT)
+        ]
         if training:
             _WARNED_TRAIN.add(self.model)
-            warnings.warn(f"{len(training)} module(s) whose output depends on the training mode were in training "
-                          f"mode ({fmt_points(training, limit=3)}): the geometry is that of the model in eval mode "
-                          "(BatchNorm running statistics, no dropout); call model.eval() to silence this",
-                          EvalModeWarning, stacklevel=4)
+            warnings.warn(
+                f"{len(training)} module(s) whose output depends on the training mode were in training "
+                f"mode ({fmt_points(training, limit=3)}): the geometry is that of the model in eval mode "
+                "(BatchNorm running statistics, no dropout); call model.eval() to silence this",
+                EvalModeWarning,
+                stacklevel=4,
+            )
 
     # ------------------------------------------------------------------ the exact loop
     @contextlib.contextmanager
@@ -222,7 +259,9 @@ class Geometry:
     def _exact(self, x, *, rank_tol, chunk_size, progress, desc, want_spectrum: bool, k=None):
         if self.method == "randomized":
             raise AssertionError("randomized has no exact loop")
-        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+        ):
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
         p = self.probe(x)
         self._warn_train()
@@ -231,10 +270,19 @@ class Geometry:
         r = min(p.d_in, p.d_out)
         kk = r if k is None else min(k, r)
         dev = x.device
-        out = {n: torch.zeros(B, dtype=dt, device=dev) for n, dt in (
-            ("logvol", torch.float64), ("rank", torch.long), ("rank_structural", torch.long),
-            ("n_rounding", torch.long), ("n_dropped", torch.long), ("cond_est", torch.float64),
-            ("dynamic_pivoting", torch.bool), ("nonfinite", torch.bool))}
+        out = {
+            n: torch.zeros(B, dtype=dt, device=dev)
+            for n, dt in (
+                ("logvol", torch.float64),
+                ("rank", torch.long),
+                ("rank_structural", torch.long),
+                ("n_rounding", torch.long),
+                ("n_dropped", torch.long),
+                ("cond_est", torch.float64),
+                ("dynamic_pivoting", torch.bool),
+                ("nonfinite", torch.bool),
+            )
+        }
         spec = torch.zeros(B, kk, dtype=torch.float64, device=dev) if want_spectrum else None
         causes: dict[int, str] = {}
         xc, over = self._points(x)
@@ -250,13 +298,18 @@ class Geometry:
                 for sl, J, feat in run:
                     bad = (~torch.isfinite(J).flatten(1).all(1)) | (~torch.isfinite(feat).all(1)) | over[sl]
                     for i in bad.nonzero().flatten().tolist():
-                        causes.setdefault(sl.start + i, "NaN/Inf in the features" if not bool(
-                            torch.isfinite(feat[i]).all()) else "NaN/Inf in the Jacobian")
+                        causes.setdefault(
+                            sl.start + i,
+                            "NaN/Inf in the features"
+                            if not bool(torch.isfinite(feat[i]).all())
+                            else "NaN/Inf in the Jacobian",
+                        )
                     if bool(bad.any()):
                         J = torch.where(bad[:, None, None], torch.zeros_like(J), J)
                     any_dep = any_dep or bool((J != 0).any())
-                    f = linalg.factor(J, compute_dtype=cdt, rank_tol=rank_tol, backend=self.backend,
-                                      known_null=known_null)
+                    f = linalg.factor(
+                        J, compute_dtype=cdt, rank_tol=rank_tol, backend=self.backend, known_null=known_null
+                    )
                     for n in out:
                         if n != "nonfinite":
                             out[n][sl] = getattr(f, n)
@@ -268,28 +321,52 @@ class Geometry:
             bar.close()
         if B and not any_dep and not bool(out["nonfinite"].all()):
             layer = self.fmap.layer
-            raise ValueError(f"the feature map{'' if layer is None else f' at layer {layer!r}'} does not depend on the "
-                             "input at these points: its Jacobian is exactly zero at every point (dead or saturated "
-                             "units, or a layer that is not downstream of the input or is detached from it)")
+            raise ValueError(
+                f"the feature map{'' if layer is None else f' at layer {layer!r}'} does not depend on the "
+                "input at these points: its Jacobian is exactly zero at every point (dead or saturated "
+                "units, or a layer that is not downstream of the input or is detached from it)"
+            )
         nf = out["nonfinite"]
         out["logvol"][nf] = float("nan")
         if spec is not None:
             spec[nf] = float("nan")
         rec = run.record if run is not None else None
-        diag = Diagnostics(rank=out["rank"], rank_structural=out["rank_structural"],
-                           full_rank=r - known_null, cond_est=out["cond_est"], n_rounding=out["n_rounding"],
-                           n_dropped=out["n_dropped"], dynamic_pivoting=out["dynamic_pivoting"], nonfinite=nf,
-                           method=rec.engine if rec else getattr(eng, "name", self.method),
-                           mode=rec.mode if rec else getattr(eng, "mode", ""), compute_dtype=cdt,
-                           d_in=p.d_in, d_out=p.d_out, chunk=rec.chunk if rec else None,
-                           points_per_batch=rec.points if rec else None, events=rec.events if rec else (),
-                           reason=rec.reason if rec else "", backends=dict(backends))
+        diag = Diagnostics(
+            rank=out["rank"],
+            rank_structural=out["rank_structural"],
+            full_rank=r - known_null,
+            cond_est=out["cond_est"],
+            n_rounding=out["n_rounding"],
+            n_dropped=out["n_dropped"],
+            dynamic_pivoting=out["dynamic_pivoting"],
+            nonfinite=nf,
+            method=rec.engine if rec else getattr(eng, "name", self.method),
+            mode=rec.mode if rec else getattr(eng, "mode", ""),
+            compute_dtype=cdt,
+            d_in=p.d_in,
+            d_out=p.d_out,
+            chunk=rec.chunk if rec else None,
+            points_per_batch=rec.points if rec else None,
+            events=rec.events if rec else (),
+            reason=rec.reason if rec else "",
+            backends=dict(backends),
+        )
         return out["logvol"], spec, diag, causes
 
     # ------------------------------------------------------------------ public methods
-    def logvol(self, x: torch.Tensor, *, rank_tol: float | None = None, normalize: bool = False,
-               return_diagnostics: bool = False, progress: bool | None = None, chunk_size: int | None = None,
-               return_stderr: bool = False, seed: int | None = None, options: dict | None = None):
+    def logvol(
+        self,
+        x: torch.Tensor,
+        *,
+        rank_tol: float | None = None,
+        normalize: bool = False,
+        return_diagnostics: bool = False,
+        progress: bool | None = None,
+        chunk_size: int | None = None,
+        return_stderr: bool = False,
+        seed: int | None = None,
+        options: dict | None = None,
+    ):
         """Log volume element at each point of x (B, *in): float64 ``Tensor[B]`` (see ``fastgeom.logvol``)."""
         if self.method == "randomized":
             if rank_tol is not None:
@@ -301,16 +378,27 @@ class Geometry:
             return (val, err) if return_stderr else val
         if return_stderr:
             raise ValueError(f"return_stderr=True needs method='randomized' (method {self.method!r} is exact)")
-        lv, _, diag, causes = self._exact(x, rank_tol=rank_tol, chunk_size=chunk_size, progress=progress,
-                                          desc="logvol", want_spectrum=False)
+        lv, _, diag, causes = self._exact(
+            x, rank_tol=rank_tol, chunk_size=chunk_size, progress=progress, desc="logvol", want_spectrum=False
+        )
         if normalize:
             lv = lv - 0.5 * diag.rank.to(torch.float64) * math.log(diag.d_out)
         warn(diag, rank_tol, causes)
         return (lv, diag) if return_diagnostics else lv
 
-    def spectrum(self, x: torch.Tensor, k: int | None = None, *, rank_tol: float | None = None,
-                 normalize: bool = False, return_diagnostics: bool = False, progress: bool | None = None,
-                 chunk_size: int | None = None, seed: int | None = None, options: dict | None = None):
+    def spectrum(
+        self,
+        x: torch.Tensor,
+        k: int | None = None,
+        *,
+        rank_tol: float | None = None,
+        normalize: bool = False,
+        return_diagnostics: bool = False,
+        progress: bool | None = None,
+        chunk_size: int | None = None,
+        seed: int | None = None,
+        options: dict | None = None,
+    ):
         """Singular values of J, descending: float64 ``Tensor[B, r]`` (r = min(d_in, d_out), or k)."""
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise ValueError(f"k must be a positive int or None, got {k!r}")
@@ -321,8 +409,9 @@ class Geometry:
                 raise ValueError("rank_tol applies to the exact methods, not method='randomized'")
             s = self._randomized(x, "spectrum", k=k, seed=seed, progress=progress, options=options)
             return s / math.sqrt(self.probe(x).d_out) if normalize else s
-        _, s, diag, causes = self._exact(x, rank_tol=rank_tol, chunk_size=chunk_size, progress=progress,
-                                         desc="spectrum", want_spectrum=True, k=k)
+        _, s, diag, causes = self._exact(
+            x, rank_tol=rank_tol, chunk_size=chunk_size, progress=progress, desc="spectrum", want_spectrum=True, k=k
+        )
         if normalize:
             s = s / math.sqrt(diag.d_out)
         warn(diag, rank_tol, causes)
@@ -332,8 +421,9 @@ class Geometry:
         """Jacobian of the feature map, float64 ``Tensor[B, d_out, d_in]`` (for models small enough to hold it)."""
         return self._blocks(x, progress, chunk_size, "jacobian", lambda J: J)
 
-    def metric(self, x: torch.Tensor, *, normalize: bool = False, progress: bool | None = None,
-               chunk_size: int | None = None) -> torch.Tensor:
+    def metric(
+        self, x: torch.Tensor, *, normalize: bool = False, progress: bool | None = None, chunk_size: int | None = None
+    ) -> torch.Tensor:
         """Pullback metric g = J^T J, float64 ``Tensor[B, d_in, d_in]`` (divided by d_out if normalize)."""
         g = self._blocks(x, progress, chunk_size, "metric", lambda J: J.mT @ J)
         d_out = self.probe(x).d_out
@@ -363,18 +453,25 @@ class Geometry:
             res[bad] = float("nan")
             idx = bad.nonzero().flatten().tolist()
             from .diagnostics import NonFiniteWarning
-            warnings.warn(f"{len(idx)} point(s) gave non-finite values and are NaN: {fmt_points(idx)}",
-                          NonFiniteWarning, stacklevel=3)
+
+            warnings.warn(
+                f"{len(idx)} point(s) gave non-finite values and are NaN: {fmt_points(idx)}",
+                NonFiniteWarning,
+                stacklevel=3,
+            )
         return res
 
     def _randomized(self, x, what: str, **kw):
         from . import randomized
+
         p = self.probe(x)
         self._warn_train()
         xc, over = self._points(x)
         if bool(over.any()):
-            raise ValueError(f"x overflows {self.compute_dtype(x)} at point(s) "
-                             f"{fmt_points(over.nonzero().flatten().tolist())}; method='randomized' needs finite inputs")
+            raise ValueError(
+                f"x overflows {self.compute_dtype(x)} at point(s) "
+                f"{fmt_points(over.nonzero().flatten().tolist())}; method='randomized' needs finite inputs"
+            )
         key = self._key(x)
         if key not in self._random_passes:
             self._random_passes[key] = randomized.pass_factory(self.fmap, p.d_out)
@@ -386,36 +483,73 @@ class Geometry:
             return randomized.spectrum(self.fmap, xc, p.d_in, p.d_out, make_pass=make_pass, **kw, **opts)
 
     # ------------------------------------------------------------------ curvature and paths (fastgeom.surfaces/paths)
-    def gaussian_curvature(self, x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, *, return_metric: bool = False,
-                           chunk_size: int | None = None, progress: bool | None = None):
+    def gaussian_curvature(
+        self,
+        x: torch.Tensor,
+        u: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        return_metric: bool = False,
+        chunk_size: int | None = None,
+        progress: bool | None = None,
+    ):
         """Gaussian curvature (B,) of the input planes x + a u + b v (see ``fastgeom.surfaces.gaussian_curvature``)."""
         from . import surfaces
+
         p = self.probe(x)
         self._warn_train()
-        return surfaces.gaussian_curvature_fmap(self.fmap, x, u, v, return_metric=return_metric, chunk_size=chunk_size,
-                                                budget=self.budget, progress=progress, max_points=1 if p.coupled else None)
+        return surfaces.gaussian_curvature_fmap(
+            self.fmap,
+            x,
+            u,
+            v,
+            return_metric=return_metric,
+            chunk_size=chunk_size,
+            budget=self.budget,
+            progress=progress,
+            max_points=1 if p.coupled else None,
+        )
 
     def scalar_curvature(self, x: torch.Tensor, *, chunk_size: int | None = None, progress: bool | None = None):
-        """Ricci scalar (B,) of the full pullback metric of an immersion (see ``fastgeom.surfaces.scalar_curvature``)."""
+        """Ricci scalar (B,) of the full pullback metric of an immersion (``fastgeom.surfaces.scalar_curvature``)."""
         from . import surfaces
+
         p = self.probe(x)
         self._warn_train()
-        return surfaces.scalar_curvature_fmap(self.fmap, x, p.d_out, chunk_size=chunk_size, budget=self.budget,
-                                              progress=progress, max_points=1 if p.coupled else None)
+        return surfaces.scalar_curvature_fmap(
+            self.fmap,
+            x,
+            p.d_out,
+            chunk_size=chunk_size,
+            budget=self.budget,
+            progress=progress,
+            max_points=1 if p.coupled else None,
+        )
 
     def path_length(self, path: torch.Tensor, *, per_segment: bool = False, rtol: float = 1e-8, pieces: int = 4):
         """Feature-space length of the polyline `path` (T, *in) (see ``fastgeom.paths.path_length``)."""
         from . import paths
+
         paths.check_path(path)
         self.probe(path)
         self._warn_train()
-        return paths.path_length_fmap(self.fmap, path, per_segment=per_segment, rtol=rtol, pieces=pieces,
-                                      budget=self.budget)
+        return paths.path_length_fmap(
+            self.fmap, path, per_segment=per_segment, rtol=rtol, pieces=pieces, budget=self.budget
+        )
 
-    def geodesic(self, x0: torch.Tensor, x1: torch.Tensor, *, n: int = 32, max_iter: int = 500, tol: float = 1e-10,
-                 rtol: float = 1e-8):
+    def geodesic(
+        self,
+        x0: torch.Tensor,
+        x1: torch.Tensor,
+        *,
+        n: int = 32,
+        max_iter: int = 500,
+        tol: float = 1e-10,
+        rtol: float = 1e-8,
+    ):
         """Discrete geodesic from x0 to x1 (each (*in)) (see ``fastgeom.paths.geodesic``)."""
         from . import paths
+
         if not isinstance(x0, torch.Tensor):
             raise TypeError(f"x0 must be a torch.Tensor of shape input_shape, got {type(x0).__name__}")
         self.probe(x0[None])

@@ -37,6 +37,7 @@ in the equilibrated pivot order (Householder QR is column-scaling invariant), an
 deficiency-many values are dropped (``n_dropped``). ``rank_tol=0.0`` keeps every non-zero value;
 ``rank_tol=t > 0`` drops |R_ii| <= t |R_00|.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -82,7 +83,7 @@ def _pivot_violations(R: torch.Tensor) -> torch.Tensor:
     strict = torch.triu(torch.ones(N, N, dtype=torch.bool, device=R.device), diagonal=1)
     worst = torch.where(strict, tail, torch.zeros_like(tail)).amax(dim=-1)  # (B, N)
     d2 = torch.diagonal(R2, dim1=-2, dim2=-1)
-    return (worst > (PIVOT_SLACK ** 2) * d2).any(dim=-1)
+    return (worst > (PIVOT_SLACK**2) * d2).any(dim=-1)
 
 
 def _equilibrated_deficiency(A: torch.Tensor, tol: float, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,8 +106,13 @@ def _tril_core(Rk: torch.Tensor) -> torch.Tensor:
     return torch.linalg.qr(Rk.mT, mode="r").R
 
 
-def factor(J: torch.Tensor, compute_dtype: torch.dtype | None = None, rank_tol: float | None = None,
-           backend: str = "auto", known_null: int = 0) -> Factorization:
+def factor(
+    J: torch.Tensor,
+    compute_dtype: torch.dtype | None = None,
+    rank_tol: float | None = None,
+    backend: str = "auto",
+    known_null: int = 0,
+) -> Factorization:
     """Accurate log volume factorisation of J (B, m, n); see the module docstring for the algorithm.
 
     ``known_null``: number of singular values that are zero by construction (1 for the sphere
@@ -114,10 +120,13 @@ def factor(J: torch.Tensor, compute_dtype: torch.dtype | None = None, rank_tol: 
     ``rank_tol``: None drops the trailing rounding-level values, 0.0 keeps every non-zero value,
     t > 0 drops values below t times the largest.
     """
-    if rank_tol is not None and (isinstance(rank_tol, bool) or not isinstance(rank_tol, (int, float))
-                                 or not 0 <= rank_tol < 1):
-        raise ValueError(f"rank_tol must be a float in [0, 1) relative to the largest singular value (0.0 keeps "
-                         f"every non-zero value) or None (drop values at the rounding level), got {rank_tol!r}")
+    if rank_tol is not None and (
+        isinstance(rank_tol, bool) or not isinstance(rank_tol, (int, float)) or not 0 <= rank_tol < 1
+    ):
+        raise ValueError(
+            f"rank_tol must be a float in [0, 1) relative to the largest singular value (0.0 keeps "
+            f"every non-zero value) or None (drop values at the rounding level), got {rank_tol!r}"
+        )
     if J.dim() != 3:
         raise ValueError(f"J must be (B, m, n), got shape {tuple(J.shape)}")
     compute_dtype = compute_dtype or J.dtype
@@ -203,8 +212,16 @@ def factor(J: torch.Tensor, compute_dtype: torch.dtype | None = None, rank_tol: 
         dk = torch.where(keep, d, torch.full_like(d, float("nan")))
         cond[idx] = torch.nan_to_num(dk, nan=-1.0).amax(-1) / torch.nan_to_num(dk, nan=float("inf")).amin(-1)
         dyn[idx] = redo
-    return Factorization(logvol=logvol, rank=rank, rank_structural=torch.minimum(nr_all, nc_all),
-                         n_rounding=n_round, n_dropped=n_drop, cond_est=cond, cores=cores, dynamic_pivoting=dyn)
+    return Factorization(
+        logvol=logvol,
+        rank=rank,
+        rank_structural=torch.minimum(nr_all, nc_all),
+        n_rounding=n_round,
+        n_dropped=n_drop,
+        cond_est=cond,
+        cores=cores,
+        dynamic_pivoting=dyn,
+    )
 
 
 def jacobi_svdvals(X: torch.Tensor, max_sweeps: int = 60, backend: str = "auto") -> torch.Tensor:

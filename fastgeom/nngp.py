@@ -22,6 +22,7 @@ directly (``moments``: rad, kap), so nothing cancels at large |x|.
 >>> ng.volume_element(x, "erf", sigma_w=1.0, sigma_b=0.5).shape
 torch.Size([100])
 """
+
 from __future__ import annotations
 
 import math
@@ -32,9 +33,20 @@ from torch.func import jacfwd, jacrev, vmap
 
 from . import activations as _acts
 
-__all__ = ["metric_coefficients", "moments", "metric", "volume_element", "log_volume_element", "ricci_scalar",
-           "ntk_coefficients", "ntk_metric", "ntk_volume_element", "amari_wu_metric", "amari_wu_volume_element",
-           "conformal_factor"]
+__all__ = [
+    "metric_coefficients",
+    "moments",
+    "metric",
+    "volume_element",
+    "log_volume_element",
+    "ricci_scalar",
+    "ntk_coefficients",
+    "ntk_metric",
+    "ntk_volume_element",
+    "amari_wu_metric",
+    "amari_wu_volume_element",
+    "conformal_factor",
+]
 
 METHODS = ("auto", "closed", "quadrature")
 
@@ -62,9 +74,15 @@ def _closed_moments(q: torch.Tensor, act, sb2: float) -> dict | None:
     if act.name == "erf":  # sigma = erf(z), sigma' = 2/sqrt(pi) exp(-z^2)
         u = 1 + 4 * q
         c, rp = 1 + 4 * sb2, (q - sb2).clamp_min(0)
-        return {"xi": 4 / math.pi * u ** -0.5, "dxi": -8 / math.pi * u ** -1.5, "ddxi": 48 / math.pi * u ** -2.5,
-                "eta": 16 / math.pi * q * u ** -1.5, "deta": 16 / math.pi * (1 - 2 * q) * u ** -2.5,
-                "rad": 4 / math.pi * c * u ** -1.5, "kap": -12 / math.pi * c * (c + 8 * rp) * u ** -2.5}
+        return {
+            "xi": 4 / math.pi * u**-0.5,
+            "dxi": -8 / math.pi * u**-1.5,
+            "ddxi": 48 / math.pi * u**-2.5,
+            "eta": 16 / math.pi * q * u**-1.5,
+            "deta": 16 / math.pi * (1 - 2 * q) * u**-2.5,
+            "rad": 4 / math.pi * c * u**-1.5,
+            "kap": -12 / math.pi * c * (c + 8 * rp) * u**-2.5,
+        }
     if act.name == "sin":  # sigma' = cos: E cos^2 = (1 + e^-2q) / 2, E sin^2 = (1 - e^-2q) / 2
         e = torch.exp(-2 * q)
         m = {"xi": (1 + e) / 2, "dxi": -e, "ddxi": 2 * e, "eta": (1 - e) / 2, "deta": e}
@@ -107,6 +125,7 @@ def _nth(fn, z: torch.Tensor, k: int) -> torch.Tensor:
 
 def _derivs(act, z):
     """The five integrands (sigma'^2, (sigma'^2)''/2, (sigma'^2)''''/4, sigma''^2, (sigma''^2)''/2) at z, (5, Z)."""
+
     def h1(u):
         return act.d1(u) ** 2
 
@@ -164,7 +183,7 @@ def _hermite_moments(q: torch.Tensor, act, sb2: float) -> torch.Tensor:
     octave = torch.floor(torch.log2(q)).long()
     for o in torch.unique(octave).tolist():
         sel = (octave == o).nonzero().flatten()
-        br = _panels(2.0 ** o, 2.0 ** (o + 1))
+        br = _panels(2.0**o, 2.0 ** (o + 1))
         a, b = br[:-1, None], br[1:, None]
         zp = ((a + b) / 2 + (b - a) / 2 * _GL_T).reshape(-1)
         wp = ((b - a) / 2 * _GL_W).reshape(-1)
@@ -175,20 +194,30 @@ def _hermite_moments(q: torch.Tensor, act, sb2: float) -> torch.Tensor:
         t2 = z * z / qq[:, None]  # (m, Z)
         wg = wz * torch.exp(-0.5 * t2)
         wg = wg / wg.sum(-1, keepdim=True)  # E[1] = 1 exactly
-        M0, M2, M4 = ((wg * h1 * t2 ** k).sum(-1) for k in (0, 1, 2))
+        M0, M2, M4 = ((wg * h1 * t2**k).sum(-1) for k in (0, 1, 2))
         E0, E2 = (wg * h2).sum(-1), (wg * h2 * t2).sum(-1)
         beta = sb2 / qq
-        out[:, sel] = torch.stack([M0, (M2 - M0) / (2 * qq), (M4 - 6 * M2 + 3 * M0) / (4 * qq * qq), E0,
-                                   (E2 - E0) / (2 * qq), beta * M0 + (1 - beta) * M2,
-                                   (1 - beta) ** 2 * (M4 - 6 * M2) - 3 * beta * (2 - beta) * M0])
+        out[:, sel] = torch.stack(
+            [
+                M0,
+                (M2 - M0) / (2 * qq),
+                (M4 - 6 * M2 + 3 * M0) / (4 * qq * qq),
+                E0,
+                (E2 - E0) / (2 * qq),
+                beta * M0 + (1 - beta) * M2,
+                (1 - beta) ** 2 * (M4 - 6 * M2) - 3 * beta * (2 - beta) * M0,
+            ]
+        )
     return out
 
 
 def _quad_moments(q: torch.Tensor, act, sb2: float) -> dict:
     """The seven moments by quadrature: Price's form below QUAD_QHERM, Hermite-weighted panels above."""
     if q.numel() and float(q.max()) > QUAD_QMAX:
-        raise ValueError(f"variance q = sigma_w^2 |x|^2 + sigma_b^2 = {float(q.max()):.3g} is above the validated "
-                         f"range of the quadrature (q <= {QUAD_QMAX:.0e}); rescale x or sigma_w")
+        raise ValueError(
+            f"variance q = sigma_w^2 |x|^2 + sigma_b^2 = {float(q.max()):.3g} is above the validated "
+            f"range of the quadrature (q <= {QUAD_QMAX:.0e}); rescale x or sigma_w"
+        )
     out = torch.empty(7, q.numel(), dtype=torch.float64, device=q.device)
     lo = q < QUAD_QHERM
     if lo.any():
@@ -222,8 +251,10 @@ def moments(q, activation="erf", method: str = "auto", sigma_b: float = 0.0) -> 
         if res is not None:
             return res
         if method == "closed":
-            raise ValueError(f"no closed form for activation {act.name!r} (closed forms: 'erf', 'sin', 'z^k'); "
-                             "use method='quadrature' or 'auto'")
+            raise ValueError(
+                f"no closed form for activation {act.name!r} (closed forms: 'erf', 'sin', 'z^k'); "
+                "use method='quadrature' or 'auto'"
+            )
     return _quad_moments(q, act, float(sigma_b) ** 2)
 
 
@@ -252,20 +283,21 @@ def _coeffs(r, activation, sigma_w, sigma_b, method) -> dict:
     r = torch.as_tensor(r)
     _check_real("r", r)
     r = r.to(torch.float64)
-    m = moments(sigma_w ** 2 * r.reshape(-1) + sigma_b ** 2, activation, method, sigma_b=sigma_b)
+    m = moments(sigma_w**2 * r.reshape(-1) + sigma_b**2, activation, method, sigma_b=sigma_b)
     return {k: v.reshape(r.shape) for k, v in m.items()}
 
 
-def metric_coefficients(r, activation="erf", sigma_w: float = 1.0, sigma_b: float = 0.0, d: int | None = None,
-                        *, method: str = "auto"):
+def metric_coefficients(
+    r, activation="erf", sigma_w: float = 1.0, sigma_b: float = 0.0, d: int | None = None, *, method: str = "auto"
+):
     """(f, f', f'') at squared norms r (M,): the NNGP metric is g = f(r) I + 2 f'(r) x x^T (MATH 4.1).
 
     ``d`` (input dimension) is accepted for symmetry with the other functions; f does not depend on it."""
     if d is not None and d < 1:
         raise ValueError(f"d must be >= 1, got {d}")
     m = _coeffs(r, activation, sigma_w, sigma_b, method)
-    s2 = sigma_w ** 2
-    return s2 * m["xi"], s2 ** 2 * m["dxi"], s2 ** 3 * m["ddxi"]
+    s2 = sigma_w**2
+    return s2 * m["xi"], s2**2 * m["dxi"], s2**3 * m["ddxi"]
 
 
 def metric(x, activation="erf", sigma_w: float = 1.0, sigma_b: float = 0.0, *, method: str = "auto"):
@@ -273,7 +305,7 @@ def metric(x, activation="erf", sigma_w: float = 1.0, sigma_b: float = 0.0, *, m
     x = _prep_x(x)
     r = (x * x).sum(-1)
     m = _coeffs(r, activation, sigma_w, sigma_b, method)
-    f, fr = sigma_w ** 2 * m["xi"], sigma_w ** 2 * m["rad"]  # fr = f + 2 r f', without cancellation
+    f, fr = sigma_w**2 * m["xi"], sigma_w**2 * m["rad"]  # fr = f + 2 r f', without cancellation
     u = x / torch.where(r > 0, r, torch.ones_like(r)).sqrt()[:, None]
     eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
     uu = u[:, :, None] * u[:, None, :]
@@ -284,7 +316,7 @@ def log_volume_element(x, activation="erf", sigma_w: float = 1.0, sigma_b: float
     """(N,) log vol = ((d-1) log f + log(f + 2 r f'))/2 (MATH 4.2); f + 2 r f' = sigma_w^2 rad."""
     x = _prep_x(x)
     m = _coeffs((x * x).sum(-1), activation, sigma_w, sigma_b, method)
-    s2 = sigma_w ** 2
+    s2 = sigma_w**2
     return 0.5 * ((x.shape[1] - 1) * torch.log(s2 * m["xi"]) + torch.log(s2 * m["rad"]))
 
 
@@ -293,8 +325,9 @@ def volume_element(x, activation="erf", sigma_w: float = 1.0, sigma_b: float = 0
     return torch.exp(log_volume_element(x, activation, sigma_w, sigma_b, method=method))
 
 
-def ricci_scalar(x, activation="erf", sigma_w: float = 1.0, sigma_b: float = 0.0, *, method: str = "auto",
-                 convention: str = "true"):
+def ricci_scalar(
+    x, activation="erf", sigma_w: float = 1.0, sigma_b: float = 0.0, *, method: str = "auto", convention: str = "true"
+):
     """(N,) Ricci scalar of the NNGP metric (MATH 4.2 boxed formula); "paper" convention gives 3x.
 
     The boxed formula -(d-1) r f' ((d+2) f f' + 2(d-4) r f'^2 + 4 r f f'') / (f^2 (f + 2 r f')^2) is
@@ -314,22 +347,25 @@ def ricci_scalar(x, activation="erf", sigma_w: float = 1.0, sigma_b: float = 0.0
 
 # ----------------------------------------------------------------------------------------------- NTK
 
-def ntk_coefficients(r, activation="erf", sigma_w: float = 1.0, sigma_b: float = 0.0, sigma_v: float = 1.0,
-                     *, method: str = "auto"):
+
+def ntk_coefficients(
+    r, activation="erf", sigma_w: float = 1.0, sigma_b: float = 0.0, sigma_v: float = 1.0, *, method: str = "auto"
+):
     """(A, B) at squared norms r: infinite-width NTK metric g = A I + B x x^T (MATH 5; standard
     parameterisation, trained v, W, b, readout variance sigma_v^2)."""
     _check_sig(sigma_w, sigma_b, sigma_v)
     r = torch.as_tensor(r, dtype=torch.float64)
-    m = moments(sigma_w ** 2 * r.reshape(-1) + sigma_b ** 2, activation, method)
+    m = moments(sigma_w**2 * r.reshape(-1) + sigma_b**2, activation, method)
     rr = r.reshape(-1)
-    sw2, sv2 = sigma_w ** 2, sigma_v ** 2
+    sw2, sv2 = sigma_w**2, sigma_v**2
     A = sw2 * m["xi"] + sv2 * (m["xi"] + sw2 * (1 + rr) * m["eta"])
-    B = 2 * sw2 ** 2 * m["dxi"] + 2 * sv2 * sw2 * (m["dxi"] + sw2 * (1 + rr) * m["deta"])
+    B = 2 * sw2**2 * m["dxi"] + 2 * sv2 * sw2 * (m["dxi"] + sw2 * (1 + rr) * m["deta"])
     return A.reshape(r.shape), B.reshape(r.shape)
 
 
-def ntk_metric(x, activation="erf", sigma_w: float = 1.0, sigma_b: float = 0.0, sigma_v: float = 1.0,
-               *, method: str = "auto"):
+def ntk_metric(
+    x, activation="erf", sigma_w: float = 1.0, sigma_b: float = 0.0, sigma_v: float = 1.0, *, method: str = "auto"
+):
     """(N, d, d) infinite-width NTK metric A I + B x x^T (not a Hessian metric: use
     fastgeom.curvature for its curvature)."""
     x = _prep_x(x)
@@ -338,8 +374,9 @@ def ntk_metric(x, activation="erf", sigma_w: float = 1.0, sigma_b: float = 0.0, 
     return A[:, None, None] * eye + B[:, None, None] * x[:, :, None] * x[:, None, :]
 
 
-def ntk_volume_element(x, activation="erf", sigma_w: float = 1.0, sigma_b: float = 0.0, sigma_v: float = 1.0,
-                       *, method: str = "auto"):
+def ntk_volume_element(
+    x, activation="erf", sigma_w: float = 1.0, sigma_b: float = 0.0, sigma_v: float = 1.0, *, method: str = "auto"
+):
     """(N,) sqrt(A^(d-1) (A + r B)) (MATH 5)."""
     x = _prep_x(x)
     r = (x * x).sum(-1)
@@ -348,6 +385,7 @@ def ntk_volume_element(x, activation="erf", sigma_w: float = 1.0, sigma_b: float
 
 
 # ------------------------------------------------------------------------------------------ Amari-Wu
+
 
 def _prep_sv(x, support_vectors, tau, h):
     sv = torch.as_tensor(support_vectors, dtype=torch.float64)
@@ -374,6 +412,7 @@ def _rbf(s):
     def k(a, b):
         dd = a - b
         return torch.exp(-(dd * dd).sum() / (2 * s * s))
+
     return k
 
 
@@ -398,8 +437,11 @@ def amari_wu_metric(x, support_vectors, tau: float, base="rbf", s: float = 1.0, 
     Kxx = vmap(lambda a: k(a, a))(x)
     kappa = vmap(lambda a: jacrev(k, argnums=1)(a, a))(x)
     g = vmap(lambda a: jacfwd(jacrev(k, argnums=0), argnums=1)(a, a))(x)
-    return (c[:, None, None] ** 2 * g + Kxx[:, None, None] * dc[:, :, None] * dc[:, None, :]
-            + c[:, None, None] * (dc[:, :, None] * kappa[:, None, :] + kappa[:, :, None] * dc[:, None, :]))
+    return (
+        c[:, None, None] ** 2 * g
+        + Kxx[:, None, None] * dc[:, :, None] * dc[:, None, :]
+        + c[:, None, None] * (dc[:, :, None] * kappa[:, None, :] + kappa[:, :, None] * dc[:, None, :])
+    )
 
 
 def amari_wu_volume_element(x, support_vectors, tau: float, base="rbf", s: float = 1.0, h=None):

@@ -11,6 +11,7 @@
   energy and length are those of the shortest image curve it found; the input path itself is not
   a canonical object.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -28,16 +29,32 @@ from .geometry import check_points
 __all__ = ["path_length", "geodesic", "path_length_fmap", "geodesic_fmap", "GeodesicResult"]
 
 # Gauss-Kronrod 7/15 on [-1, 1] (the constants of QUADPACK's qk15)
-_XK = (0.991455371120812639206854697526329, 0.949107912342758524526189684047851,
-       0.864864423359769072789712788640926, 0.741531185599394439863864773280788,
-       0.586087235467691130294144838258730, 0.405845151377397166906606412076961,
-       0.207784955007898467600689403773245, 0.0)
-_WK = (0.022935322010529224963732008058970, 0.063092092629978553290700663189204,
-       0.104790010322250183839876322541518, 0.140653259715525918745189590510238,
-       0.169004726639267902826583426598550, 0.190350578064785409913256402421014,
-       0.204432940075298892414161999234649, 0.209482141084727828012999174891714)
-_WG = (0.129484966168869693270611432679082, 0.279705391489276667901467771423780,
-       0.381830050505118944950369775488975, 0.417959183673469387755102040816327)
+_XK = (
+    0.991455371120812639206854697526329,
+    0.949107912342758524526189684047851,
+    0.864864423359769072789712788640926,
+    0.741531185599394439863864773280788,
+    0.586087235467691130294144838258730,
+    0.405845151377397166906606412076961,
+    0.207784955007898467600689403773245,
+    0.0,
+)
+_WK = (
+    0.022935322010529224963732008058970,
+    0.063092092629978553290700663189204,
+    0.104790010322250183839876322541518,
+    0.140653259715525918745189590510238,
+    0.169004726639267902826583426598550,
+    0.190350578064785409913256402421014,
+    0.204432940075298892414161999234649,
+    0.209482141084727828012999174891714,
+)
+_WG = (
+    0.129484966168869693270611432679082,
+    0.279705391489276667901467771423780,
+    0.381830050505118944950369775488975,
+    0.417959183673469387755102040816327,
+)
 
 
 def _rule(device):
@@ -54,8 +71,14 @@ def _extrapolation(x: torch.Tensor) -> torch.Tensor:
     """(2, len(x)) Lagrange weights of the nodes x at -1 and +1 (Lebesgue sum 3.8 for the 15 Kronrod nodes)."""
     rows = []
     for y in (-1.0, 1.0):
-        rows.append(torch.stack([torch.prod((y - torch.cat([x[:j], x[j + 1:]])) / (x[j] - torch.cat([x[:j], x[j + 1:]])))
-                                 for j in range(x.numel())]))
+        rows.append(
+            torch.stack(
+                [
+                    torch.prod((y - torch.cat([x[:j], x[j + 1 :]])) / (x[j] - torch.cat([x[:j], x[j + 1 :]])))
+                    for j in range(x.numel())
+                ]
+            )
+        )
     return torch.stack(rows)
 
 
@@ -93,8 +116,16 @@ def check_path(path, name="path") -> torch.Tensor:
     return path
 
 
-def path_length_fmap(fmap: FeatureMap, path: torch.Tensor, *, per_segment: bool = False, rtol: float = 1e-8,
-                     pieces: int = 4, max_rounds: int = 60, budget: int | None = None):
+def path_length_fmap(
+    fmap: FeatureMap,
+    path: torch.Tensor,
+    *,
+    per_segment: bool = False,
+    rtol: float = 1e-8,
+    pieces: int = 4,
+    max_rounds: int = 60,
+    budget: int | None = None,
+):
     """Feature-space length of the polyline `path` (T, *in): float64 scalar, or (T-1,) segment lengths.
 
     Each segment starts as `pieces` intervals. The error estimate controls what the nodes resolve: a
@@ -107,12 +138,15 @@ def path_length_fmap(fmap: FeatureMap, path: torch.Tensor, *, per_segment: bool 
     compute_dtype = fmap.dtype or path.dtype
     floor = 50 * torch.finfo(compute_dtype).eps
     if rtol < floor:
-        warnings.warn(f"the network runs in {compute_dtype}, whose rounding limits the quadrature to about {floor:.1g} "
-                      f"relative, above rtol={rtol:g}; pass dtype=torch.float64 for tighter lengths",
-                      PrecisionWarning, stacklevel=3)
+        warnings.warn(
+            f"the network runs in {compute_dtype}, whose rounding limits the quadrature to about {floor:.1g} "
+            f"relative, above rtol={rtol:g}; pass dtype=torch.float64 for tighter lengths",
+            PrecisionWarning,
+            stacklevel=3,
+        )
         rtol = floor
     P = path.to(torch.float64)
-    D = (P[1:] - P[:-1])
+    D = P[1:] - P[:-1]
     S = D.shape[0]
     xk, wk, wg = _rule(dev)
     if isinstance(pieces, bool) or not isinstance(pieces, int) or pieces < 1:
@@ -161,9 +195,13 @@ def path_length_fmap(fmap: FeatureMap, path: torch.Tensor, *, per_segment: bool 
         else:
             if seg.numel():
                 bad = sorted(set(seg.tolist()))
-                warnings.warn(f"path_length: the quadrature of segment(s) {_fmt_points(bad)} did not reach rtol={rtol:g} "
-                              f"in {max_rounds} rounds of bisection (a non-smooth integrand?); their last estimates "
-                              "are used", PrecisionWarning, stacklevel=3)
+                warnings.warn(
+                    f"path_length: the quadrature of segment(s) {_fmt_points(bad)} did not reach rtol={rtol:g} "
+                    f"in {max_rounds} rounds of bisection (a non-smooth integrand?); their last estimates "
+                    "are used",
+                    PrecisionWarning,
+                    stacklevel=3,
+                )
                 done = done.index_add(0, seg, kval)
     return done if per_segment else done.sum()
 
@@ -183,14 +221,25 @@ class GeodesicResult:
     iterations: int
 
 
-def geodesic_fmap(fmap: FeatureMap, x0: torch.Tensor, x1: torch.Tensor, *, n: int = 32, max_iter: int = 500,
-                  tol: float = 1e-10, rtol: float = 1e-8, budget: int | None = None) -> GeodesicResult:
+def geodesic_fmap(
+    fmap: FeatureMap,
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    *,
+    n: int = 32,
+    max_iter: int = 500,
+    tol: float = 1e-10,
+    rtol: float = 1e-8,
+    budget: int | None = None,
+) -> GeodesicResult:
     """Discrete geodesic from x0 to x1 (each (*in)) with n segments; see the module docstring."""
     for name, p in (("x0", x0), ("x1", x1)):
         if not isinstance(p, torch.Tensor) or not p.is_floating_point():
             raise TypeError(f"{name} must be a floating torch.Tensor of shape input_shape")
     if x0.shape != x1.shape:
-        raise ValueError(f"x0 and x1 must have the same shape (input_shape), got {tuple(x0.shape)} and {tuple(x1.shape)}")
+        raise ValueError(
+            f"x0 and x1 must have the same shape (input_shape), got {tuple(x0.shape)} and {tuple(x1.shape)}"
+        )
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int (number of segments), got {n!r}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
@@ -216,14 +265,22 @@ def geodesic_fmap(fmap: FeatureMap, x0: torch.Tensor, x1: torch.Tensor, *, n: in
             with torch.no_grad():
                 E0 = float(energy(Y))
             if E0 > 0:
-                opt = torch.optim.LBFGS([Y], lr=1, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
-                                        tolerance_grad=tol, tolerance_change=tol * 1e-3)
+                opt = torch.optim.LBFGS(
+                    [Y],
+                    lr=1,
+                    max_iter=max_iter,
+                    history_size=20,
+                    line_search_fn="strong_wolfe",
+                    tolerance_grad=tol,
+                    tolerance_change=tol * 1e-3,
+                )
 
                 def closure():
                     opt.zero_grad()
                     E = energy(Y) / E0
                     E.backward()
                     return E
+
                 opt.step(closure)
                 iters = int(opt.state[Y]["n_iter"])
                 converged = iters < max_iter
@@ -236,9 +293,19 @@ def geodesic_fmap(fmap: FeatureMap, x0: torch.Tensor, x1: torch.Tensor, *, n: in
     return GeodesicResult(path=path, length=length, energy=E, straight_energy=E0, converged=converged, iterations=iters)
 
 
-def path_length(model, path: torch.Tensor, layer=None, *, pool=None, target: str = "euclidean",
-                dtype: torch.dtype | None = None, per_segment: bool = False, rtol: float = 1e-8,
-                pieces: int = 4, budget: int | None = None):
+def path_length(
+    model,
+    path: torch.Tensor,
+    layer=None,
+    *,
+    pool=None,
+    target: str = "euclidean",
+    dtype: torch.dtype | None = None,
+    per_segment: bool = False,
+    rtol: float = 1e-8,
+    pieces: int = 4,
+    budget: int | None = None,
+):
     """Feature-space length of the polyline through `path` ``Tensor[T, *input_shape]``: float64 scalar
     sum_k int_0^1 |J(p_k + t dp_k) dp_k| dt, or the ``Tensor[T-1]`` segment lengths with ``per_segment``.
 
@@ -248,13 +315,27 @@ def path_length(model, path: torch.Tensor, layer=None, *, pool=None, target: str
     model, layer, pool, target, dtype as in ``fastgeom.logvol``.
     """
     from .geometry import Geometry
+
     return Geometry(model, layer, pool=pool, target=target, dtype=dtype, budget=budget).path_length(
-        path, per_segment=per_segment, rtol=rtol, pieces=pieces)
+        path, per_segment=per_segment, rtol=rtol, pieces=pieces
+    )
 
 
-def geodesic(model, x0: torch.Tensor, x1: torch.Tensor, layer=None, *, n: int = 32, pool=None,
-             target: str = "euclidean", dtype: torch.dtype | None = None, max_iter: int = 500, tol: float = 1e-10,
-             rtol: float = 1e-8, budget: int | None = None) -> GeodesicResult:
+def geodesic(
+    model,
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    layer=None,
+    *,
+    n: int = 32,
+    pool=None,
+    target: str = "euclidean",
+    dtype: torch.dtype | None = None,
+    max_iter: int = 500,
+    tol: float = 1e-10,
+    rtol: float = 1e-8,
+    budget: int | None = None,
+) -> GeodesicResult:
     """Discrete geodesic of the pullback metric between x0 and x1 (each ``Tensor[*input_shape]``).
 
     Minimises E = n sum_k |phi(p_{k+1}) - phi(p_k)|^2 over the n - 1 interior points with L-BFGS
@@ -263,5 +344,7 @@ def geodesic(model, x0: torch.Tensor, x1: torch.Tensor, layer=None, *, n: int = 
     energy is flat along the fibres of phi), see ``fastgeom.paths``. Returns a ``GeodesicResult``.
     """
     from .geometry import Geometry
+
     return Geometry(model, layer, pool=pool, target=target, dtype=dtype, budget=budget).geodesic(
-        x0, x1, n=n, max_iter=max_iter, tol=tol, rtol=rtol)
+        x0, x1, n=n, max_iter=max_iter, tol=tol, rtol=rtol
+    )

@@ -11,10 +11,11 @@ artist; nothing here computes geometry. Conventions:
   and placed on the n x n grid with :func:`plane_image` (NaN outside the kept points).
 * ``epochs`` are integers; 0 means the network at initialisation.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import matplotlib
 
@@ -52,9 +53,22 @@ def grid_image(values, n: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # 2-D heat maps
 # ---------------------------------------------------------------------------------------------
-def heatmap(values, axis, ax=None, *, margin=None, true_boundary: Callable | None = None, points=None,
-            labels=None, title: str | None = None, cmap: str = "viridis", vmin=None, vmax=None,
-            symmetric: bool = False, colorbar: str | None = None):
+def heatmap(
+    values,
+    axis,
+    ax=None,
+    *,
+    margin=None,
+    true_boundary: Callable | None = None,
+    points=None,
+    labels=None,
+    title: str | None = None,
+    cmap: str = "viridis",
+    vmin=None,
+    vmax=None,
+    symmetric: bool = False,
+    colorbar: str | None = None,
+):
     """Heat map of grid values (n*n,) over a 2-D grid with axis values ``axis`` (n,).
 
     ``margin`` (n*n,): logit difference; its zero level (the network's decision boundary) is drawn in
@@ -70,8 +84,16 @@ def heatmap(values, axis, ax=None, *, margin=None, true_boundary: Callable | Non
         m = float(np.abs(finite).max()) or 1.0
         vmin, vmax = -m, m
         cmap = "RdBu_r" if cmap == "viridis" else cmap
-    im = ax.imshow(img, origin="lower", extent=(a[0], a[-1], a[0], a[-1]), cmap=cmap, vmin=vmin, vmax=vmax,
-                   aspect="auto", interpolation="nearest")
+    im = ax.imshow(
+        img,
+        origin="lower",
+        extent=(a[0], a[-1], a[0], a[-1]),
+        cmap=cmap,
+        vmin=vmin,
+        vmax=vmax,
+        aspect="auto",
+        interpolation="nearest",
+    )
     if margin is not None:
         mg = grid_image(margin, n)
         if np.nanmin(mg) < 0 < np.nanmax(mg):
@@ -94,15 +116,24 @@ def heatmap(values, axis, ax=None, *, margin=None, true_boundary: Callable | Non
     return im
 
 
-def heatmap_grid(panels: Sequence[Sequence[dict]], axis, *, row_labels: Sequence[str] = (),
-                 col_titles: Sequence[str] = (), suptitle: str | None = None, share_color_by_row: bool = True,
-                 panel_size=(3.0, 2.7)):
+def heatmap_grid(
+    panels: Sequence[Sequence[dict]],
+    axis,
+    *,
+    row_labels: Sequence[str] = (),
+    col_titles: Sequence[str] = (),
+    suptitle: str | None = None,
+    share_color_by_row: bool = True,
+    panel_size=(3.0, 2.7),
+):
     """Rows x columns of heat maps; each panel is a dict of :func:`heatmap` keyword arguments with
     ``values`` (and optionally ``symmetric``/``margin``/...). Colour limits are shared within a row
-    (symmetric rows: +-95th percentile of |v|, as curvature has rare huge values where g is nearly singular). Returns the figure."""
+    (symmetric rows: +-95th percentile of |v|, as curvature has rare huge values where g is nearly singular).
+    Returns the figure."""
     nr, nc = len(panels), max(len(r) for r in panels)
-    fig, axes = plt.subplots(nr, nc, figsize=(panel_size[0] * nc + 0.8, panel_size[1] * nr + 0.5),
-                             squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(
+        nr, nc, figsize=(panel_size[0] * nc + 0.8, panel_size[1] * nr + 0.5), squeeze=False, constrained_layout=True
+    )
     for i, row in enumerate(panels):
         kw_row = {}
         if share_color_by_row:
@@ -159,21 +190,37 @@ def path_line(t, values, classes, ax=None, *, n_classes: int = 10, lw: float = 2
 def class_legend(ax, classes: Sequence[int], names: Sequence[str] | None = None, n_classes: int = 10, **kw):
     """Legend with one coloured patch per class in ``classes``."""
     from matplotlib.patches import Patch
+
     cmap = plt.get_cmap(CLASS_CMAP, max(n_classes, 2))
-    handles = [Patch(color=cmap(int(k) % cmap.N), label=(names[int(k)] if names else str(int(k))))
-               for k in sorted(set(int(k) for k in classes))]
+    handles = [
+        Patch(color=cmap(int(k) % cmap.N), label=(names[int(k)] if names else str(int(k))))
+        for k in sorted(set(int(k) for k in classes))
+    ]
     ax.legend(handles=handles, title="predicted", fontsize=7, title_fontsize=7, **kw)
 
 
-def paths_over_epochs(paths: Mapping[str, Mapping[int, dict]], *, ylabel: str = r"$\log_{10}$ vol",
-                      suptitle: str | None = None, n_classes: int = 10, panel_size=(3.2, 2.6), sharey: bool = False):
+def paths_over_epochs(
+    paths: Mapping[str, Mapping[int, dict]],
+    *,
+    ylabel: str = r"$\log_{10}$ vol",
+    suptitle: str | None = None,
+    n_classes: int = 10,
+    panel_size=(3.2, 2.6),
+    sharey: bool = False,
+):
     """One row per path, one column per epoch. ``paths[name][epoch]`` is a dict with ``t`` (N,),
     ``values`` (N,), ``classes`` (N,) and optionally ``entropy`` (N,) (drawn grey on a twin axis).
     Returns the figure."""
     names = list(paths)
     epochs = sorted({e for p in paths.values() for e in p})
-    fig, axes = plt.subplots(len(names), len(epochs), figsize=(panel_size[0] * len(epochs), panel_size[1] * len(names)),
-                             squeeze=False, constrained_layout=True, sharey="row" if sharey else False)
+    fig, axes = plt.subplots(
+        len(names),
+        len(epochs),
+        figsize=(panel_size[0] * len(epochs), panel_size[1] * len(names)),
+        squeeze=False,
+        constrained_layout=True,
+        sharey="row" if sharey else False,
+    )
     seen: set = set()
     for i, name in enumerate(names):
         for j, ep in enumerate(epochs):
@@ -243,16 +290,27 @@ def _triangle(ax, anchor_names: Sequence[str] | None, color="k"):
     if anchor_names:
         offs = ((-0.02, 0.04), (0.02, 0.04), (0.0, -0.09))
         for (a, b), name, (da, db) in zip(ANCHORS_AB, anchor_names, offs):
-            ax.annotate(str(name), (a, b), (a + da, b + db), fontsize=8, ha="center", color=color,
-                        fontweight="bold")
+            ax.annotate(str(name), (a, b), (a + da, b + db), fontsize=8, ha="center", color=color, fontweight="bold")
 
 
-def plane_panel(plane: Plane, values, ax=None, *, kind: str = "value", title: str | None = None,
-                anchor_names: Sequence[str] | None = None, n_classes: int = 10, cmap: str | None = None,
-                vmin=None, vmax=None, colorbar: str | None = None):
+def plane_panel(
+    plane: Plane,
+    values,
+    ax=None,
+    *,
+    kind: str = "value",
+    title: str | None = None,
+    anchor_names: Sequence[str] | None = None,
+    n_classes: int = 10,
+    cmap: str | None = None,
+    vmin=None,
+    vmax=None,
+    colorbar: str | None = None,
+):
     """One panel of a plane (MATH.md 8.2) in (a, b) coordinates, with the anchor triangle.
 
-    ``kind``: ``"value"`` (continuous, e.g. log10 vol), ``"curvature"`` (signed, diverging map centred at 0), ``"class"`` (predicted class, tab10) or
+    ``kind``: ``"value"`` (continuous, e.g. log10 vol), ``"curvature"`` (signed, diverging map centred at 0),
+    ``"class"`` (predicted class, tab10) or
     ``"entropy"`` (normalised softmax entropy, fixed limits [0, 1]). A convex-hull plane (all kept
     points inside) is drawn as the ternary triangle; an affine plane fills [-extent, extent]^2."""
     fig, ax = _axes(ax)
@@ -260,18 +318,46 @@ def plane_panel(plane: Plane, values, ax=None, *, kind: str = "value", title: st
     ext = float(plane.axis[0]), float(plane.axis[-1])
     if kind == "class":
         cm = plt.get_cmap(CLASS_CMAP, max(n_classes, 2))
-        im = ax.imshow(img, origin="lower", extent=(ext[0], ext[1], ext[0], ext[1]), cmap=cm, vmin=-0.5,
-                       vmax=cm.N - 0.5, interpolation="nearest")
+        im = ax.imshow(
+            img,
+            origin="lower",
+            extent=(ext[0], ext[1], ext[0], ext[1]),
+            cmap=cm,
+            vmin=-0.5,
+            vmax=cm.N - 0.5,
+            interpolation="nearest",
+        )
     elif kind == "entropy":
-        im = ax.imshow(img, origin="lower", extent=(ext[0], ext[1], ext[0], ext[1]), cmap=cmap or "magma",
-                       vmin=0.0, vmax=1.0, interpolation="nearest")
+        im = ax.imshow(
+            img,
+            origin="lower",
+            extent=(ext[0], ext[1], ext[0], ext[1]),
+            cmap=cmap or "magma",
+            vmin=0.0,
+            vmax=1.0,
+            interpolation="nearest",
+        )
     elif kind == "value":
-        im = ax.imshow(img, origin="lower", extent=(ext[0], ext[1], ext[0], ext[1]), cmap=cmap or "viridis",
-                       vmin=vmin, vmax=vmax, interpolation="nearest")
+        im = ax.imshow(
+            img,
+            origin="lower",
+            extent=(ext[0], ext[1], ext[0], ext[1]),
+            cmap=cmap or "viridis",
+            vmin=vmin,
+            vmax=vmax,
+            interpolation="nearest",
+        )
     elif kind == "curvature":  # signed: diverging map centred at 0, symmetric limits
         lo, hi = curvature_limits(values) if vmin is None and vmax is None else (vmin, vmax)
-        im = ax.imshow(img, origin="lower", extent=(ext[0], ext[1], ext[0], ext[1]), cmap=cmap or "RdBu_r",
-                       vmin=lo, vmax=hi, interpolation="nearest")
+        im = ax.imshow(
+            img,
+            origin="lower",
+            extent=(ext[0], ext[1], ext[0], ext[1]),
+            cmap=cmap or "RdBu_r",
+            vmin=lo,
+            vmax=hi,
+            interpolation="nearest",
+        )
     else:
         raise ValueError(f"kind must be 'value', 'curvature', 'class' or 'entropy', got {kind!r}")
     convex = bool(_np(plane.inside).all())
@@ -293,9 +379,16 @@ def plane_panel(plane: Plane, values, ax=None, *, kind: str = "value", title: st
     return im
 
 
-def plane_triptych(planes: Mapping[str, dict], *, anchor_names: Sequence[str] | None = None,
-                   suptitle: str | None = None, n_classes: int = 10, value_label: str = r"$\log_{10}$ vol",
-                   panel_size=(3.0, 2.8), share_values: bool = True):
+def plane_triptych(
+    planes: Mapping[str, dict],
+    *,
+    anchor_names: Sequence[str] | None = None,
+    suptitle: str | None = None,
+    n_classes: int = 10,
+    value_label: str = r"$\log_{10}$ vol",
+    panel_size=(3.0, 2.8),
+    share_values: bool = True,
+):
     """One row per plane (e.g. "convex hull", "affine hull" or per epoch), three columns: predicted
     class, normalised entropy, value (log10 vol). ``planes[row] = {"plane": Plane, "classes": (P,),
     "entropy": (P,), "values": (P,)}``. Value colour limits are shared across rows unless
@@ -304,17 +397,38 @@ def plane_triptych(planes: Mapping[str, dict], *, anchor_names: Sequence[str] | 
     allv = np.concatenate([_np(planes[r]["values"]) for r in rows])
     allv = allv[np.isfinite(allv)]
     vmin, vmax = (float(allv.min()), float(allv.max())) if allv.size and share_values else (None, None)
-    fig, axes = plt.subplots(len(rows), 3, figsize=(panel_size[0] * 3 + 0.6, panel_size[1] * len(rows)),
-                             squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(
+        len(rows),
+        3,
+        figsize=(panel_size[0] * 3 + 0.6, panel_size[1] * len(rows)),
+        squeeze=False,
+        constrained_layout=True,
+    )
     for i, r in enumerate(rows):
         d = planes[r]
         p = d["plane"]
-        plane_panel(p, d["classes"], axes[i, 0], kind="class", anchor_names=anchor_names, n_classes=n_classes,
-                    title=f"{r}: prediction")
-        im_e = plane_panel(p, d["entropy"], axes[i, 1], kind="entropy", anchor_names=anchor_names,
-                           title=f"{r}: entropy")
-        im_v = plane_panel(p, d["values"], axes[i, 2], kind="value", anchor_names=anchor_names, vmin=vmin,
-                           vmax=vmax, title=f"{r}: {value_label}")
+        plane_panel(
+            p,
+            d["classes"],
+            axes[i, 0],
+            kind="class",
+            anchor_names=anchor_names,
+            n_classes=n_classes,
+            title=f"{r}: prediction",
+        )
+        im_e = plane_panel(
+            p, d["entropy"], axes[i, 1], kind="entropy", anchor_names=anchor_names, title=f"{r}: entropy"
+        )
+        im_v = plane_panel(
+            p,
+            d["values"],
+            axes[i, 2],
+            kind="value",
+            anchor_names=anchor_names,
+            vmin=vmin,
+            vmax=vmax,
+            title=f"{r}: {value_label}",
+        )
         fig.colorbar(im_e, ax=axes[i, 1], shrink=0.75)
         fig.colorbar(im_v, ax=axes[i, 2], shrink=0.75)
     if suptitle:
@@ -325,8 +439,15 @@ def plane_triptych(planes: Mapping[str, dict], *, anchor_names: Sequence[str] | 
 # ---------------------------------------------------------------------------------------------
 # Spectra, histograms, radial curves
 # ---------------------------------------------------------------------------------------------
-def spectra_over_epochs(spectra: Mapping[int, object], ax=None, *, labels: Sequence[str] | None = None,
-                        title: str | None = None, log10: bool = True, cmap: str = "viridis"):
+def spectra_over_epochs(
+    spectra: Mapping[int, object],
+    ax=None,
+    *,
+    labels: Sequence[str] | None = None,
+    title: str | None = None,
+    log10: bool = True,
+    cmap: str = "viridis",
+):
     """Singular values (or metric eigenvalues) by epoch: ``spectra[epoch]`` is (K, r) for K anchor
     points (or (r,)), descending. One colour per epoch (init = darkest), one line style per anchor.
     Zeros (beyond the rank) are not drawn. Returns the figure."""
@@ -355,8 +476,15 @@ def spectra_over_epochs(spectra: Mapping[int, object], ax=None, *, labels: Seque
     return fig
 
 
-def histograms(groups: Mapping[str, object], ax=None, *, bins: int = 40, xlabel: str = r"$\log_{10}$ vol",
-               title: str | None = None, density: bool = True):
+def histograms(
+    groups: Mapping[str, object],
+    ax=None,
+    *,
+    bins: int = 40,
+    xlabel: str = r"$\log_{10}$ vol",
+    title: str | None = None,
+    density: bool = True,
+):
     """Overlaid histograms of each group's values (e.g. clean vs ambiguous digits). Returns the figure."""
     fig, ax = _axes(ax, figsize=(5, 3.6))
     allv = np.concatenate([_np(v).ravel() for v in groups.values()])
@@ -373,8 +501,19 @@ def histograms(groups: Mapping[str, object], ax=None, *, bins: int = 40, xlabel:
     return fig
 
 
-def curves(x, ys: Mapping[str, object], ax=None, *, reference=None, reference_label: str = "closed form",
-           xlabel: str = "", ylabel: str = "", title: str | None = None, cmap: str = "viridis", logy: bool = False):
+def curves(
+    x,
+    ys: Mapping[str, object],
+    ax=None,
+    *,
+    reference=None,
+    reference_label: str = "closed form",
+    xlabel: str = "",
+    ylabel: str = "",
+    title: str | None = None,
+    cmap: str = "viridis",
+    logy: bool = False,
+):
     """Lines ``ys[label]`` (N,) against ``x`` (N,) coloured in order, plus a black ``reference`` (N,)
     (e.g. the infinite-width closed form). Returns the figure."""
     fig, ax = _axes(ax, figsize=(4.5, 3.4))

@@ -35,6 +35,7 @@ Rayleigh-Ritz values, lower bounds that converge to the top singular values from
 Pass counts (one pass = one JVP or one VJP of one vector at one point): logvol p * (2k - 1);
 spectrum b * (2q + 1). The exact engine needs n passes: randomized only pays when p * 2k << n.
 """
+
 from __future__ import annotations
 
 import math
@@ -107,9 +108,10 @@ class LinearOperator:
 def pass_factory(fmap, d_out: int):
     """(xb, mode) -> a pass over a point batch: the linearised engine's when the model linearises
     (validated at the first point it sees), else torch.func's (``engine.streamed.AutogradPass``)."""
-    from .engine.linear_net import LinearizeError, validated_linearize
     from .engine.choice import EngineWarning, strict
+    from .engine.linear_net import LinearizeError, validated_linearize
     from .engine.streamed import AutogradPass
+
     state: dict = {}
 
     def make(xb, mode):
@@ -124,8 +126,13 @@ def pass_factory(fmap, d_out: int):
                     if is_oom(e) or strict():
                         raise
                     import warnings
-                    warnings.warn(f"the linearised engine failed unexpectedly ({type(e).__name__}: {e}); "
-                                  "method='randomized' uses torch.func's passes", EngineWarning, stacklevel=2)
+
+                    warnings.warn(
+                        f"the linearised engine failed unexpectedly ({type(e).__name__}: {e}); "
+                        "method='randomized' uses torch.func's passes",
+                        EngineWarning,
+                        stacklevel=2,
+                    )
         if state["lin"] is not None:
             return state["lin"](xb, mode)
         return AutogradPass(fmap, xb, "reverse")
@@ -156,7 +163,7 @@ def _quadrature(alpha: torch.Tensor, beta: torch.Tensor, k: int) -> torch.Tensor
     idx = torch.arange(k, device=alpha.device)
     Bk[:, idx, idx] = alpha[:, :k]
     if k > 1:
-        Bk[:, idx[:-1], idx[1:]] = beta[:, :k - 1]
+        Bk[:, idx[:-1], idx[1:]] = beta[:, : k - 1]
     _, sig, Wt = torch.linalg.svd(Bk)
     w0 = Wt[:, :, 0]  # first components of the right singular vectors
     return (w0 * w0 * torch.log(sig)).sum(-1)
@@ -201,16 +208,18 @@ def logvol_probes(op: LinearOperator, z: torch.Tensor, steps: int, breakdown_tol
         Vs[:, j] = v
         u = op.matvec(v.reshape(B, p, n)).reshape(N, op.m)
         if j > 0:
-            u = u - beta[:, j - 1:j] * u_prev
+            u = u - beta[:, j - 1 : j] * u_prev
         u = _orth_against(u, Us[:, :j])
         a = torch.linalg.vector_norm(u, dim=-1)
         if scale is None:
             scale = torch.where(a > 0, a, torch.ones_like(a))
         if bool((alive & (a <= breakdown_tol * scale)).any()):
             # K v_j in span(K V_{j-1}) means K has a null vector: a zero singular value
-            raise ValueError("the Jacobian is rank deficient at some point (Golub-Kahan found a zero singular "
-                             "value), so its log volume over all min(d_in, d_out) values is -inf; use the exact "
-                             "methods, which drop zero singular values and report the rank")
+            raise ValueError(
+                "the Jacobian is rank deficient at some point (Golub-Kahan found a zero singular "
+                "value), so its log volume over all min(d_in, d_out) values is -inf; use the exact "
+                "methods, which drop zero singular values and report the rank"
+            )
         a = torch.where(alive, a, torch.ones_like(a))
         alpha[:, j] = torch.where(alive, a, alpha[:, j])
         u = torch.where(alive[:, None], u / a[:, None], torch.zeros_like(u))
@@ -218,8 +227,8 @@ def logvol_probes(op: LinearOperator, z: torch.Tensor, steps: int, breakdown_tol
         u_prev = u
         if j == k - 1:
             break
-        w = op.rmatvec(u.reshape(B, p, op.m)).reshape(N, n) - alpha[:, j:j + 1] * v
-        w = _orth_against(w, Vs[:, :j + 1])
+        w = op.rmatvec(u.reshape(B, p, op.m)).reshape(N, n) - alpha[:, j : j + 1] * v
+        w = _orth_against(w, Vs[:, : j + 1])
         b = torch.linalg.vector_norm(w, dim=-1)
         scale = torch.maximum(scale, a)
         dead = alive & (b <= breakdown_tol * scale)
@@ -252,12 +261,14 @@ def logvol_probes(op: LinearOperator, z: torch.Tensor, steps: int, breakdown_tol
             tail[sel] = znorm2[sel] * d1 * r / (1 - r)
         e[sel] = znorm2[sel] * q
         e_prev[sel] = znorm2[sel] * qp
-    return ProbeEstimates(e=e.reshape(B, p), e_prev=e_prev.reshape(B, p), tail=tail.reshape(B, p), steps=k,
-                          passes=op.passes)
+    return ProbeEstimates(
+        e=e.reshape(B, p), e_prev=e_prev.reshape(B, p), tail=tail.reshape(B, p), steps=k, passes=op.passes
+    )
 
 
 def _t975(dof: int) -> float:
     from scipy.stats import t
+
     return float(t.ppf(0.975, dof))
 
 
@@ -276,8 +287,10 @@ def combine(est: ProbeEstimates) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _check_opts(probes, steps, extra):
     if extra:
-        raise TypeError(f"unknown randomized option(s) {sorted(extra)}; valid: probes, steps, "
-                        "common_random_numbers, points_per_batch, budget")
+        raise TypeError(
+            f"unknown randomized option(s) {sorted(extra)}; valid: probes, steps, "
+            "common_random_numbers, points_per_batch, budget"
+        )
     for name, v in (("probes", probes), ("steps", steps)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"options['{name}'] must be a positive int, got {v!r}")
@@ -346,10 +359,22 @@ def passes_spectrum(n: int, k: int, oversample: int, iters: int) -> int:
     return b * (2 * q + 1)
 
 
-def logvol(fmap, x: torch.Tensor, d_in: int, d_out: int, *, seed: int | None = None, progress=None,
-           probes: int = 8, steps: int = 32, common_random_numbers: bool = False,
-           points_per_batch: int | None = None, budget: int | None = None, make_pass=None,
-           **extra) -> tuple[torch.Tensor, torch.Tensor]:
+def logvol(
+    fmap,
+    x: torch.Tensor,
+    d_in: int,
+    d_out: int,
+    *,
+    seed: int | None = None,
+    progress=None,
+    probes: int = 8,
+    steps: int = 32,
+    common_random_numbers: bool = False,
+    points_per_batch: int | None = None,
+    budget: int | None = None,
+    make_pass=None,
+    **extra,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """SLQ estimate of the log volume element at each point of x (B, *input_shape).
 
     Options: ``probes`` (Hutchinson probes, >= 2 for an error bar), ``steps`` (Golub-Kahan steps per
@@ -376,19 +401,34 @@ def logvol(fmap, x: torch.Tensor, d_in: int, d_out: int, *, seed: int | None = N
         est = logvol_probes(op, op.project(z[s:e]), steps)
         val[s:e], err[s:e] = combine(est)
 
-    _over_batches(B, _points_per_batch(fmap, x, probes, points_per_batch, budget), work,
-                  "logvol (randomized)", progress)
+    _over_batches(
+        B, _points_per_batch(fmap, x, probes, points_per_batch, budget), work, "logvol (randomized)", progress
+    )
     return val, err
 
 
-def spectrum(fmap, x: torch.Tensor, d_in: int, d_out: int, *, k: int, seed: int | None = None, progress=None,
-             oversample: int = 8, iters: int = 4, points_per_batch: int | None = None,
-             budget: int | None = None, make_pass=None, **extra) -> torch.Tensor:
+def spectrum(
+    fmap,
+    x: torch.Tensor,
+    d_in: int,
+    d_out: int,
+    *,
+    k: int,
+    seed: int | None = None,
+    progress=None,
+    oversample: int = 8,
+    iters: int = 4,
+    points_per_batch: int | None = None,
+    budget: int | None = None,
+    make_pass=None,
+    **extra,
+) -> torch.Tensor:
     """Top-k singular values (B, k), descending, by randomized block Krylov with q = ``iters`` iterations
     on a block of b = k + ``oversample`` Gaussian vectors (float64, fully reorthogonalised)."""
     if extra:
-        raise TypeError(f"unknown randomized spectrum option(s) {sorted(extra)}; valid: oversample, iters, "
-                        "points_per_batch, budget")
+        raise TypeError(
+            f"unknown randomized spectrum option(s) {sorted(extra)}; valid: oversample, iters, points_per_batch, budget"
+        )
     for name, v in (("oversample", oversample), ("iters", iters)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ValueError(f"options['{name}'] must be a non-negative int, got {v!r}")

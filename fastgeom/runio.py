@@ -15,6 +15,7 @@ settings is refused instead of mixing results. While a run writes, it holds an `
 ``<out>.lock`` (removed at the end), so a second process on the same file stops with a one-line
 error instead of racing on it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,8 +31,7 @@ import re
 import sys
 import tempfile
 import warnings
-from collections.abc import Mapping
-from typing import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -55,6 +55,7 @@ def _err(path, problem: str, fix: str = "") -> InputError:
 # --------------------------------------------------------------------------------------------
 # points
 
+
 def _torch_load(path: str):
     """torch.load(weights_only=True) on CPU; warnings torch emits while failing on a corrupt file are
     dropped (the caller reports the failure in one line), those of a successful load are passed on."""
@@ -76,44 +77,60 @@ def load_tensor_file(path: str, what: str = "points") -> torch.Tensor:
         raise _err(path, f"{what} file not found", "check the path")
     ext = os.path.splitext(path)[1].lower()
     if ext not in POINT_SUFFIXES:
-        raise _err(path, f"unsupported {what} file type {ext or '(none)'!r}",
-                   "save the tensor with torch.save(x, 'file.pt') or numpy.save('file.npy', x)")
+        raise _err(
+            path,
+            f"unsupported {what} file type {ext or '(none)'!r}",
+            "save the tensor with torch.save(x, 'file.pt') or numpy.save('file.npy', x)",
+        )
     if ext == ".npy":
         try:
             # mmap first: the header's shape is checked against the file size before anything is allocated
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
             arr = np.array(arr)
         except Exception as e:  # noqa: BLE001 - any failure of a corrupt file becomes one line
-            raise _err(path, f"not a readable .npy array ({type(e).__name__}: {e})",
-                       "write it with numpy.save(path, array) (object arrays are not accepted)") from None
+            raise _err(
+                path,
+                f"not a readable .npy array ({type(e).__name__}: {e})",
+                "write it with numpy.save(path, array) (object arrays are not accepted)",
+            ) from None
         if arr.dtype.kind not in "biuf":
             raise _err(path, f"array has dtype {arr.dtype}, not a real number type", "save a float array")
         if arr.dtype.kind == "f" and arr.dtype.itemsize > 8:
-            raise _err(path, f"array has dtype {arr.dtype} (extended precision), which torch does not hold",
-                       "save it as float64: numpy.save(path, array.astype('float64'))")
+            raise _err(
+                path,
+                f"array has dtype {arr.dtype} (extended precision), which torch does not hold",
+                "save it as float64: numpy.save(path, array.astype('float64'))",
+            )
         # native byte order and C order (a big-endian or Fortran-ordered file holds the same numbers)
         arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
         return torch.from_numpy(arr)
     try:
         obj = _torch_load(path)
     except Exception as e:  # noqa: BLE001
-        raise _err(path, f"not a readable torch file ({type(e).__name__}: {e})",
-                   "write it with torch.save(tensor, path)") from None
+        raise _err(
+            path, f"not a readable torch file ({type(e).__name__}: {e})", "write it with torch.save(tensor, path)"
+        ) from None
     if isinstance(obj, torch.Tensor):
         return _dense_tensor(obj, path, what)
     if isinstance(obj, Mapping):
         keys = ", ".join(repr(k) for k in list(obj)[:6]) + (", ..." if len(obj) > 6 else "")
-        raise _err(path, f"holds a dict (keys {keys}), not a tensor",
-                   f"save the {what} tensor itself: torch.save(x, path)")
-    raise _err(path, f"holds a {type(obj).__name__}, not a tensor", f"save the {what} tensor itself: torch.save(x, path)")
+        raise _err(
+            path, f"holds a dict (keys {keys}), not a tensor", f"save the {what} tensor itself: torch.save(x, path)"
+        )
+    raise _err(
+        path, f"holds a {type(obj).__name__}, not a tensor", f"save the {what} tensor itself: torch.save(x, path)"
+    )
 
 
 def _dense_tensor(t: torch.Tensor, path: str, what: str) -> torch.Tensor:
     """A loaded tensor as a plain dense CPU tensor: sparse layouts densified; meta, nested and
     quantized tensors refused (InputError naming `path`)."""
     if t.is_meta:
-        raise _err(path, f"holds a meta tensor of shape {tuple(t.shape)} (a shape without values)",
-                   f"save the {what} themselves")
+        raise _err(
+            path,
+            f"holds a meta tensor of shape {tuple(t.shape)} (a shape without values)",
+            f"save the {what} themselves",
+        )
     if getattr(t, "is_nested", False):
         raise _err(path, "holds a nested tensor", f"save one (N, *input_shape) tensor of {what}")
     if t.is_quantized:
@@ -129,26 +146,40 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 def as_points(x: torch.Tensor, path: str, input_shape: Sequence[int] | None = None) -> torch.Tensor:
     """Check `x` loaded from `path` is (N, *input_shape) finite floats; reshape to input_shape if given."""
     if x.dim() < 2:
-        raise _err(path, f"points tensor has shape {tuple(x.shape)}, expected (N, *input_shape) with one row per point",
-                   "for a single point save x[None]")
+        raise _err(
+            path,
+            f"points tensor has shape {tuple(x.shape)}, expected (N, *input_shape) with one row per point",
+            "for a single point save x[None]",
+        )
     if x.dtype == torch.bool or x.is_complex():
         raise _err(path, f"points tensor has dtype {x.dtype}", "save real floating-point points")
     if not x.is_floating_point():
-        raise _err(path, f"points tensor has integer dtype {x.dtype}; geometry needs floating-point inputs",
-                   "convert first, e.g. x.float() / 255 then normalise as in training")
+        raise _err(
+            path,
+            f"points tensor has integer dtype {x.dtype}; geometry needs floating-point inputs",
+            "convert first, e.g. x.float() / 255 then normalise as in training",
+        )
     if x.dtype not in FLOAT_DTYPES:
         raise _err(path, f"points tensor has dtype {x.dtype}", "save float16, bfloat16, float32 or float64 points")
     if input_shape is not None:
         shape = tuple(int(s) for s in input_shape)
         n = int(np.prod(shape))
         if x[0].numel() != n:
-            raise _err(path, f"points have {x[0].numel()} numbers each (shape {tuple(x.shape)}), "
-                       f"but --input-shape {','.join(map(str, shape))} needs {n}", "fix --input-shape or the file")
+            raise _err(
+                path,
+                f"points have {x[0].numel()} numbers each (shape {tuple(x.shape)}), "
+                f"but --input-shape {','.join(map(str, shape))} needs {n}",
+                "fix --input-shape or the file",
+            )
         x = x.reshape(x.shape[0], *shape)
     if x.shape[0] and not bool(torch.isfinite(x).all()):
         bad = (~torch.isfinite(x.reshape(x.shape[0], -1))).any(1).nonzero().flatten().tolist()
-        raise _err(path, f"points contain NaN or Inf at index {', '.join(map(str, bad[:5]))}"
-                   + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""), "remove or replace them")
+        raise _err(
+            path,
+            f"points contain NaN or Inf at index {', '.join(map(str, bad[:5]))}"
+            + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""),
+            "remove or replace them",
+        )
     return x
 
 
@@ -163,8 +194,9 @@ def parse_ints(text: str, n: int | None, name: str, minimum: int = 0) -> tuple[i
     try:
         vals = tuple(int(p) for p in parts)
     except ValueError:
-        raise InputError(f"{name} {text!r}: expected comma-separated integers, e.g. "
-                         f"{','.join(str(i) for i in range(n or 2))}") from None
+        raise InputError(
+            f"{name} {text!r}: expected comma-separated integers, e.g. {','.join(str(i) for i in range(n or 2))}"
+        ) from None
     if n is not None and len(vals) != n:
         raise InputError(f"{name} {text!r}: expected {n} comma-separated integers, got {len(vals)}")
     if any(v < minimum for v in vals):
@@ -190,6 +222,7 @@ def file_digest(path: str) -> str:
 # --------------------------------------------------------------------------------------------
 # models and checkpoints
 
+
 def _import_factory_module(mod: str, spec: str):
     if mod.endswith(".py") or os.sep in mod or "/" in mod:
         if not os.path.isfile(mod):
@@ -207,22 +240,33 @@ def _import_factory_module(mod: str, spec: str):
     try:
         return importlib.import_module(mod)
     except ModuleNotFoundError as e:
-        raise InputError(one_line(f"--model {spec}: cannot import module {mod!r} ({e}); check PYTHONPATH or give "
-                                  "path/to/file.py:FACTORY")) from None
+        raise InputError(
+            one_line(
+                f"--model {spec}: cannot import module {mod!r} ({e}); check PYTHONPATH or give path/to/file.py:FACTORY"
+            )
+        ) from None
     except Exception as e:  # noqa: BLE001
-        raise InputError(one_line(f"--model {spec}: importing module {mod!r} failed ({type(e).__name__}: {e})")) from None
+        raise InputError(
+            one_line(f"--model {spec}: importing module {mod!r} failed ({type(e).__name__}: {e})")
+        ) from None
 
 
 def _torchvision_names() -> list[str]:
     try:
         import torchvision
+
         return list(torchvision.models.list_models(module=torchvision.models))
     except Exception:  # noqa: BLE001
         return []
 
 
-def build_model(spec: str, kwargs: dict | None = None, cifar: bool = False,
-                num_classes: int | None = None, activation: str | None = None) -> torch.nn.Module:
+def build_model(
+    spec: str,
+    kwargs: dict | None = None,
+    cifar: bool = False,
+    num_classes: int | None = None,
+    activation: str | None = None,
+) -> torch.nn.Module:
     """``MODULE:FACTORY`` / ``path/file.py:FACTORY`` (called with ``kwargs``) or a torchvision model name.
 
     With ``cifar`` a torchvision ResNet name gives ``fastgeom.models.cifar_resnet(name, activation,
@@ -252,9 +296,12 @@ def build_model(spec: str, kwargs: dict | None = None, cifar: bool = False,
         try:
             model = fn(**kwargs)
         except Exception as e:  # noqa: BLE001
-            raise InputError(one_line(f"--model {spec}: calling {fac}(**{kwargs}) failed ({type(e).__name__}: {e})")) from None
+            raise InputError(
+                one_line(f"--model {spec}: calling {fac}(**{kwargs}) failed ({type(e).__name__}: {e})")
+            ) from None
     elif cifar:
         from .models.resnet import ARCHS, cifar_resnet
+
         if spec not in ARCHS:
             raise InputError(f"--model {spec!r} --cifar-stem: choose one of {', '.join(sorted(ARCHS))}")
         if kwargs:
@@ -265,14 +312,19 @@ def build_model(spec: str, kwargs: dict | None = None, cifar: bool = False,
         if spec not in names:
             close = difflib.get_close_matches(spec, names, n=3, cutoff=0.6)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise InputError(f"--model {spec!r}: unknown model, neither MODULE:FACTORY nor a torchvision model name{hint}")
+            raise InputError(
+                f"--model {spec!r}: unknown model, neither MODULE:FACTORY nor a torchvision model name{hint}"
+            )
         import torchvision
+
         if num_classes is not None:
             kwargs.setdefault("num_classes", num_classes)
         try:
             model = torchvision.models.get_model(spec, weights=None, **kwargs)
         except Exception as e:  # noqa: BLE001
-            raise InputError(one_line(f"--model {spec}: torchvision could not build it ({type(e).__name__}: {e})")) from None
+            raise InputError(
+                one_line(f"--model {spec}: torchvision could not build it ({type(e).__name__}: {e})")
+            ) from None
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"--model {spec}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -298,21 +350,30 @@ def load_checkpoint(model: torch.nn.Module, path: str) -> None:
     try:
         obj = _torch_load(path)
     except Exception as e:  # noqa: BLE001
-        raise _err(path, f"corrupt or unreadable checkpoint ({type(e).__name__}: {e})",
-                   "it must be a state dict saved with torch.save(model.state_dict(), path)") from None
+        raise _err(
+            path,
+            f"corrupt or unreadable checkpoint ({type(e).__name__}: {e})",
+            "it must be a state dict saved with torch.save(model.state_dict(), path)",
+        ) from None
     sd = obj
     if isinstance(sd, Mapping):
         for k in _WRAPPER_KEYS:
             if k in sd and isinstance(sd[k], Mapping):
                 sd = sd[k]
                 break
-    if not isinstance(sd, Mapping) or not sd or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                          for k, v in sd.items()):
-        raise _err(path, f"not a state dict of tensors (holds a {type(obj).__name__})",
-                   "save it with torch.save(model.state_dict(), path)")
+    if (
+        not isinstance(sd, Mapping)
+        or not sd
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items())
+    ):
+        raise _err(
+            path,
+            f"not a state dict of tensors (holds a {type(obj).__name__})",
+            "save it with torch.save(model.state_dict(), path)",
+        )
     for pre in _PREFIXES:
         if all(k.startswith(pre) for k in sd):
-            sd = {k[len(pre):]: v for k, v in sd.items()}
+            sd = {k[len(pre) :]: v for k, v in sd.items()}
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
@@ -325,8 +386,11 @@ def load_checkpoint(model: torch.nn.Module, path: str) -> None:
             parts.append(f"{len(unexpected)} unexpected key(s) e.g. {', '.join(map(repr, unexpected[:3]))}")
         for k in shapes[:3]:
             parts.append(f"{k!r} is {_shape(sd[k])} in the checkpoint but {_shape(own[k])} in the model")
-        raise _err(path, "checkpoint does not match the model: " + "; ".join(parts),
-                   "pass the --model (and --model-args/--num-classes/--cifar-stem) it was trained with")
+        raise _err(
+            path,
+            "checkpoint does not match the model: " + "; ".join(parts),
+            "pass the --model (and --model-args/--num-classes/--cifar-stem) it was trained with",
+        )
     try:
         model.load_state_dict(sd, strict=True)
     except Exception as e:  # noqa: BLE001
@@ -335,6 +399,7 @@ def load_checkpoint(model: torch.nn.Module, path: str) -> None:
 
 # --------------------------------------------------------------------------------------------
 # results CSV
+
 
 def format_value(v) -> str:
     """Round-trip text of a number (repr of a float: 17 significant digits at most)."""
@@ -355,9 +420,14 @@ def _write_all(fd: int, buf: bytes) -> None:
 
 def os_error(path: str, e: OSError, doing: str) -> InputError:
     """One-line InputError for an OSError while `doing` something with `path` (full disk, read-only, ...)."""
-    fix = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space (disk quota)",
-           errno.EROFS: "choose an --out on a writable file system", errno.EACCES: "choose an --out you may write",
-           errno.EPERM: "choose an --out you may write", errno.ENOENT: "create the directory first"}.get(e.errno, "")
+    fix = {
+        errno.ENOSPC: "free some space",
+        errno.EDQUOT: "free some space (disk quota)",
+        errno.EROFS: "choose an --out on a writable file system",
+        errno.EACCES: "choose an --out you may write",
+        errno.EPERM: "choose an --out you may write",
+        errno.ENOENT: "create the directory first",
+    }.get(e.errno, "")
     where = e.filename if isinstance(e.filename, str) and e.filename else path
     return _err(where, f"cannot {doing} ({e.strerror or type(e).__name__})", fix)
 
@@ -389,8 +459,9 @@ class RunLock:
         self.path = path + ".lock"
         self._fd: int | None = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         import fcntl
+
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -400,9 +471,11 @@ class RunLock:
                     holder = os.read(fd, 32).decode(errors="replace").strip()
                 finally:
                     os.close(fd)
-                raise _err(self.path[:-5], "is being written by another fastgeom process"
-                           + (f" (pid {holder})" if holder.isdigit() else ""),
-                           f"wait for it to finish, or use another --out (if no such process runs, delete {self.path})")
+                raise _err(  # noqa: B904  (the lock's own BlockingIOError is not the user's error)
+                    self.path[:-5],
+                    "is being written by another fastgeom process" + (f" (pid {holder})" if holder.isdigit() else ""),
+                    f"wait for it to finish, or use another --out (if no such process runs, delete {self.path})",
+                )
             except BaseException:
                 os.close(fd)
                 raise
@@ -451,7 +524,7 @@ class ResultsCSV:
         self._lock: RunLock | None = None
 
     # reading --------------------------------------------------------------
-    def open(self) -> "ResultsCSV":
+    def open(self) -> ResultsCSV:
         """Lock the file, check header/meta of an existing file and read the indices present; create
         the file if absent."""
         d = os.path.dirname(os.path.abspath(self.path))
@@ -487,21 +560,31 @@ class ResultsCSV:
         if self.meta is None:
             return
         if not os.path.exists(self.meta_path):
-            raise _err(self.path, f"exists but has no {os.path.basename(self.meta_path)} describing its run",
-                       "use a new --out (or delete the file) to start over")
+            raise _err(
+                self.path,
+                f"exists but has no {os.path.basename(self.meta_path)} describing its run",
+                "use a new --out (or delete the file) to start over",
+            )
         try:
             with open(self.meta_path) as f:
                 old = json.load(f)
         except Exception as e:  # noqa: BLE001
-            raise _err(self.meta_path, f"unreadable run description ({type(e).__name__}: {e})",
-                       "use a new --out (or delete both files)") from None
+            raise _err(
+                self.meta_path,
+                f"unreadable run description ({type(e).__name__}: {e})",
+                "use a new --out (or delete both files)",
+            ) from None
         want = json.loads(json.dumps(self.meta))
         diff = [k for k in sorted(set(old) | set(want)) if old.get(k) != want.get(k)]
         if diff:
             k = diff[0]
-            raise _err(self.path, f"was written by a different run ({k}: {old.get(k)!r} there, {want.get(k)!r} now"
-                       + (f"; also {', '.join(diff[1:4])}" if len(diff) > 1 else "") + ")",
-                       "rerun with the same settings to resume, or use a new --out")
+            raise _err(
+                self.path,
+                f"was written by a different run ({k}: {old.get(k)!r} there, {want.get(k)!r} now"
+                + (f"; also {', '.join(diff[1:4])}" if len(diff) > 1 else "")
+                + ")",
+                "rerun with the same settings to resume, or use a new --out",
+            )
 
     def _write_meta(self) -> None:
         if self.meta is not None:
@@ -513,8 +596,11 @@ class ResultsCSV:
         nl = data.find(b"\n")
         head = (data if nl < 0 else data[:nl]).decode("utf-8", errors="replace").strip()
         if head != self.header:
-            raise _err(self.path, f"has header {head[:80]!r} but this run writes {self.header!r}",
-                       "use a new --out for a different command or columns")
+            raise _err(
+                self.path,
+                f"has header {head[:80]!r} but this run writes {self.header!r}",
+                "use a new --out for a different command or columns",
+            )
         end = data.rfind(b"\n") + 1
         if nl < 0 or end < len(data):
             # the bytes after the last newline are a row cut by a kill (or a header without its newline):
@@ -530,7 +616,7 @@ class ResultsCSV:
             if nl < 0:
                 return
         ncol = len(self.columns)
-        for raw in data[nl + 1:end].split(b"\n"):
+        for raw in data[nl + 1 : end].split(b"\n"):
             ln = raw.decode("utf-8", errors="replace")
             if not ln.strip():
                 continue
@@ -539,11 +625,15 @@ class ResultsCSV:
                 idx = int(parts[0])
                 [float(p) for p in parts[1:]]
             except ValueError:
-                raise _err(self.path, f"has a malformed row {ln[:60]!r}",
-                           "delete that row (or the file) and rerun") from None
+                raise _err(
+                    self.path, f"has a malformed row {ln[:60]!r}", "delete that row (or the file) and rerun"
+                ) from None
             if len(parts) != ncol:
-                raise _err(self.path, f"row {ln[:60]!r} has {len(parts)} fields, header has {ncol}",
-                           "delete that row (or the file) and rerun")
+                raise _err(
+                    self.path,
+                    f"row {ln[:60]!r} has {len(parts)} fields, header has {ncol}",
+                    "delete that row (or the file) and rerun",
+                )
             self.rows.setdefault(idx, ln)
 
     @property
@@ -552,8 +642,7 @@ class ResultsCSV:
 
     def nonfinite(self) -> list[int]:
         """Indices of the rows with a NaN or infinite value (untrusted points), ascending."""
-        return sorted(i for i, ln in self.rows.items()
-                      if not all(math.isfinite(float(v)) for v in ln.split(",")[1:]))
+        return sorted(i for i, ln in self.rows.items() if not all(math.isfinite(float(v)) for v in ln.split(",")[1:]))
 
     # writing --------------------------------------------------------------
     def append(self, rows: Sequence[Sequence]) -> None:

@@ -18,6 +18,7 @@ returns 3x the true value, which reproduces the original authors' code and figur
 that is not usable raises RuntimeError naming the install command. The fused kernels cover the
 built-in activations and d <= 4; other cases run the reference on every backend.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,8 +27,15 @@ from . import activations as _acts
 from .ops import shallow as _op
 from .ops.shallow import reference as _ref
 
-__all__ = ["metric", "volume_element", "log_volume_element", "ricci_scalar", "ricci_scalar_2d",
-           "ricci_scalar_3units", "geometry"]
+__all__ = [
+    "metric",
+    "volume_element",
+    "log_volume_element",
+    "ricci_scalar",
+    "ricci_scalar_2d",
+    "ricci_scalar_3units",
+    "geometry",
+]
 
 CONVENTIONS = {"true": 1.0, "paper": 3.0}
 
@@ -68,13 +76,16 @@ def _prepare(W, b, x, activation, dtype=torch.float64):
 
 def _conv(convention: str) -> float:
     if convention not in CONVENTIONS:
-        raise ValueError(f"unknown convention {convention!r}; use 'true' (2-sphere R = +2) or 'paper' "
-                         "(3x the true value, as the original code computes)")
+        raise ValueError(
+            f"unknown convention {convention!r}; use 'true' (2-sphere R = +2) or 'paper' "
+            "(3x the true value, as the original code computes)"
+        )
     return CONVENTIONS[convention]
 
 
-def geometry(W, b, x, activation, *, backend: str = "auto", convention: str = "true",
-             dtype: torch.dtype = torch.float64) -> dict:
+def geometry(
+    W, b, x, activation, *, backend: str = "auto", convention: str = "true", dtype: torch.dtype = torch.float64
+) -> dict:
     """Metric (N, d, d), log volume element (N,) and Ricci scalar (N,) in one call (one fused kernel
     on the compiled/Triton backends): dict with keys 'metric', 'logvol', 'ricci'."""
     c = _conv(convention)
@@ -90,8 +101,9 @@ def metric(W, b, x, activation, *, backend: str = "auto", dtype: torch.dtype = t
     return _op.geometry(W, b, x, act, backend, want=("metric",))["metric"].to(dtype)
 
 
-def log_volume_element(W, b, x, activation, *, backend: str = "auto",
-                       dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def log_volume_element(
+    W, b, x, activation, *, backend: str = "auto", dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
     """(N,) natural log of the volume element, sum_i log s_i(diag(sigma'(z)) W / sqrt n); for n < d the
     pseudo-volume (product of the n non-zero singular values, MATH 2.3). Accurate for ill-conditioned W
     (pivoted QR, never log det g)."""
@@ -105,8 +117,9 @@ def volume_element(W, b, x, activation, *, backend: str = "auto", dtype: torch.d
     return torch.exp(log_volume_element(W, b, x, activation, backend=backend, dtype=torch.float64)).to(dtype)
 
 
-def ricci_scalar(W, b, x, activation, *, backend: str = "auto", convention: str = "true",
-                 dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def ricci_scalar(
+    W, b, x, activation, *, backend: str = "auto", convention: str = "true", dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
     """(N,) Ricci scalar by the Gram form (MATH 3.5) or its fused equivalent; NaN where g is singular
     (n < d or degenerate W). ``convention="paper"`` gives 3x the true value (MATH 3.4)."""
     c = _conv(convention)
@@ -114,8 +127,9 @@ def ricci_scalar(W, b, x, activation, *, backend: str = "auto", convention: str 
     return (_op.geometry(W, b, x, act, backend, want=("ricci",))["ricci"] * c).to(dtype)
 
 
-def ricci_scalar_2d(W, b, x, activation, *, backend: str = "auto", convention: str = "true",
-                    dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def ricci_scalar_2d(
+    W, b, x, activation, *, backend: str = "auto", convention: str = "true", dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
     """(N,) Ricci scalar for d = 2 by the explicit O(n^3)-per-point form (MATH 3.6).
 
     A cross-check of :func:`ricci_scalar`; torch only (other backends are validated, then the torch form runs)."""
@@ -127,8 +141,9 @@ def ricci_scalar_2d(W, b, x, activation, *, backend: str = "auto", convention: s
     return (_ref.ricci_2d(W, b, x, act) * c).to(dtype)
 
 
-def ricci_scalar_3units(W, b, x, activation, *, backend: str = "auto", convention: str = "true",
-                        dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def ricci_scalar_3units(
+    W, b, x, activation, *, backend: str = "auto", convention: str = "true", dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
     """(N,) Ricci scalar for d = 2 inputs and n = 3 hidden units by the explicit form (MATH 3.7)."""
     c = _conv(convention)
     W, b, x, act = _prepare(W, b, x, activation, dtype)

@@ -1,4 +1,5 @@
 """Slices through input space (MATH.md 7.3, 8.1-8.3): grids, interpolation paths, planes, entropy."""
+
 from __future__ import annotations
 
 import math
@@ -52,8 +53,9 @@ class Plane:
     n: int
 
 
-def plane(x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, n: int = 60, hull: str = "affine",
-          extent: float = 1.0) -> Plane:
+def plane(
+    x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, n: int = 60, hull: str = "affine", extent: float = 1.0
+) -> Plane:
     """x(a, b) = xbar + a (x2 - x1) + b u, u = (x1 + x2 - 2 x3)/sqrt(3), (a, b) on an n x n grid over
     [-extent, extent]^2 (MATH.md 8.2). ``hull="convex"`` keeps the points with all barycentric
     coordinates >= 0 (the ternary plot); ``"affine"`` keeps the whole patch."""

@@ -15,10 +15,11 @@ Conventions (MATH 1): round sphere of radius r: K = 1/r^2, R = 2/r^2; in 2-D R =
 in its dtype (or ``dtype=``); everything after the passes is float64. Points whose tangent frame has
 rank below k (at the rounding level of the network dtype) are NaN and named in a warning.
 """
+
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.func import jvp, vmap
@@ -30,18 +31,27 @@ from .engine.planner import default_budget, is_oom, saved_bytes_one_point
 from .features import FeatureMap, eval_mode, no_tf32
 from .geometry import _want_progress, check_points
 
-__all__ = ["gaussian_curvature", "scalar_curvature", "gaussian_curvature_fmap", "scalar_curvature_fmap",
-           "second_derivatives", "plane_directions"]
+__all__ = [
+    "gaussian_curvature",
+    "scalar_curvature",
+    "gaussian_curvature_fmap",
+    "scalar_curvature_fmap",
+    "second_derivatives",
+    "plane_directions",
+]
 
 # Tests set this to a callable(stage: str) that may raise, to inject faults such as an OOM.
 fault_injector: Callable[[str], None] | None = None
-CPU_MAX_ROWS = 2048  # (pair x point) rows per vmapped pass on CPU: small nets are overhead-bound (256 -> 2048: 2.9x on an 8-32-32-19 MLP)
+# (pair x point) rows per vmapped pass on CPU: small nets are overhead-bound (256 -> 2048: 2.9x on an 8-32-32-19 MLP)
+CPU_MAX_ROWS = 2048
 
 
 def _nested(fmap, xb: torch.Tensor, a: torch.Tensor, b: torch.Tensor):
     """(d_a phi, d_b d_a phi) at xb (P, *in) along a, b (P, *in): a JVP of a JVP."""
+
     def inner(y):
         return jvp(fmap, (y,), (a,))
+
     (_, phi_a), (_, phi_ab) = jvp(inner, (xb,), (b,))  # type: ignore[misc]
     return phi_a, phi_ab
 
@@ -72,14 +82,17 @@ def _full_basis(fmap, xb: torch.Tensor, E: torch.Tensor) -> tuple[torch.Tensor, 
     """(J (d, Pb, n), H (d, d, Pb, n)) along the basis E (d, Pb, *in): a JVP (vmapped over the basis) of the
     vmapped JVPs, so the d first-order streams are shared by all d^2 second-order ones ((1 + d)^2 work units
     against 1 + 3 d (d + 1) / 2 for the pair layout; 26 vs 35 ms for an 8-256-256-19 tanh MLP at 16 points)."""
+
     def inner(y):
         return vmap(lambda a: jvp(fmap, (y,), (a,))[1])(E)
+
     J, H = vmap(lambda b: jvp(inner, (xb,), (b,)))(E)  # type: ignore[misc]  # J comes out expanded over b (it does not depend on it)
     return J[0], H
 
 
-def second_derivatives(fmap, xb: torch.Tensor, A: torch.Tensor, Bt: torch.Tensor, pairs: int,
-                       state: dict | None = None, basis=None) -> tuple[torch.Tensor, torch.Tensor]:
+def second_derivatives(
+    fmap, xb: torch.Tensor, A: torch.Tensor, Bt: torch.Tensor, pairs: int, state: dict | None = None, basis=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """float64 (d_a phi, d_a d_b phi), each (P, Pb, d_out), at xb (Pb, *in) for direction pairs
     A, Bt (P, Pb, *in), `pairs` pairs per vmapped pass; an out-of-memory error halves the pass
     (``state["pairs"]`` keeps the reduced size) and retries. ``basis=(E, ia, ib)``: the pairs are
@@ -139,16 +152,19 @@ def _batches(fmap, x, pair_fn, n_pairs, d_out, chunk_size, budget, progress, des
             e = min(B, s + points)
             A, Bt = pair_fn(slice(s, e))
             try:
-                out = second_derivatives(fmap, x[s:e], A, Bt, state["pairs"], state,
-                                         None if basis_fn is None else basis_fn(slice(s, e)))
+                out = second_derivatives(
+                    fmap, x[s:e], A, Bt, state["pairs"], state, None if basis_fn is None else basis_fn(slice(s, e))
+                )
             except Exception as err:  # noqa: BLE001
                 if is_oom(err) and points > 1:
                     points = max(1, points // 2)
                     continue
                 if is_oom(err):
-                    raise MemoryError(f"out of memory even at 1 point and 1 direction pair (budget "
-                                      f"{(budget or default_budget(x.device)) / 2**20:.0f} MiB); use a device with "
-                                      "more memory or a smaller dtype") from err
+                    raise MemoryError(
+                        f"out of memory even at 1 point and 1 direction pair (budget "
+                        f"{(budget or default_budget(x.device)) / 2**20:.0f} MiB); use a device with "
+                        "more memory or a smaller dtype"
+                    ) from err
                 raise
             yield slice(s, e), *out
             bar.update(e - s)
@@ -177,23 +193,31 @@ def _normal(H: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
 
 def _warn_nan(bad: list[int], k: int, what: str) -> None:
     if bad:
-        warnings.warn(f"{len(bad)} point(s) have a tangent frame of rank below {k} (at the rounding level of the "
-                      f"network dtype), so {what} is undefined there and set to NaN: {_fmt_points(bad)}. Use "
-                      "dtype=torch.float64, or other points/directions.", RankDeficiencyWarning, stacklevel=3)
+        warnings.warn(
+            f"{len(bad)} point(s) have a tangent frame of rank below {k} (at the rounding level of the "
+            f"network dtype), so {what} is undefined there and set to NaN: {_fmt_points(bad)}. Use "
+            "dtype=torch.float64, or other points/directions.",
+            RankDeficiencyWarning,
+            stacklevel=3,
+        )
 
 
 def _directions(w, x: torch.Tensor, name: str) -> torch.Tensor:
     """u or v as (B, *input_shape) float64 (a shared (*input_shape) direction is expanded)."""
     if not isinstance(w, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape input_shape {tuple(x.shape[1:])} or "
-                        f"(B, *input_shape) {tuple(x.shape)}, got {type(w).__name__}")
+        raise TypeError(
+            f"{name} must be a torch.Tensor of shape input_shape {tuple(x.shape[1:])} or "
+            f"(B, *input_shape) {tuple(x.shape)}, got {type(w).__name__}"
+        )
     if not w.is_floating_point():
         raise TypeError(f"{name} has dtype {w.dtype}; directions must be floating point")
     if tuple(w.shape) == tuple(x.shape[1:]):
         w = w.expand(x.shape)
     elif tuple(w.shape) != tuple(x.shape):
-        raise ValueError(f"{name} has shape {tuple(w.shape)}, but x is {tuple(x.shape)}: pass one direction of "
-                         f"shape {tuple(x.shape[1:])} shared by all points, or one per point of shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} has shape {tuple(w.shape)}, but x is {tuple(x.shape)}: pass one direction of "
+            f"shape {tuple(x.shape[1:])} shared by all points, or one per point of shape {tuple(x.shape)}"
+        )
     if x.shape[0] and not bool(torch.isfinite(w).all()):
         raise ValueError(f"{name} contains NaN or Inf")
     return w.to(device=x.device, dtype=torch.float64)
@@ -209,13 +233,24 @@ def _check_plane(u: torch.Tensor, v: torch.Tensor) -> None:
     resid = torch.linalg.vector_norm(V - (uh * V).sum(1, keepdim=True) * uh, dim=1)  # |v_perp|, no cancellation
     bad = ((nu == 0) | (nv == 0) | (resid <= 1e-12 * nv)).nonzero().flatten().tolist()
     if bad:
-        raise ValueError(f"u and v do not span a plane (one is zero or they are parallel) at point(s) "
-                         f"{_fmt_points(bad)}; pass two linearly independent directions")
+        raise ValueError(
+            f"u and v do not span a plane (one is zero or they are parallel) at point(s) "
+            f"{_fmt_points(bad)}; pass two linearly independent directions"
+        )
 
 
-def gaussian_curvature_fmap(fmap: FeatureMap, x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, *,
-                            return_metric: bool = False, chunk_size: int | None = None,
-                            budget: int | None = None, progress: bool | None = None, max_points: int | None = None):
+def gaussian_curvature_fmap(
+    fmap: FeatureMap,
+    x: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    return_metric: bool = False,
+    chunk_size: int | None = None,
+    budget: int | None = None,
+    progress: bool | None = None,
+    max_points: int | None = None,
+):
     """K (B,) float64 of the plane surfaces (a, b) -> fmap(x + a u + b v) at x (B, *in); u, v (*in) or
     (B, *in). With ``return_metric`` also g (B, 2, 2). ``chunk_size``: direction pairs per pass (<= 3);
     ``max_points``: points per batch at most (1 for a model that couples the points of a batch)."""
@@ -231,12 +266,15 @@ def gaussian_curvature_fmap(fmap: FeatureMap, x: torch.Tensor, u: torch.Tensor, 
         with torch.no_grad():
             d_out = fmap(x[:1].to(compute_dtype)).shape[1]
         if d_out < 2:
-            raise ValueError(f"the feature map has d_out = {d_out}: the image of a plane is at most a curve, "
-                             "so its Gaussian curvature is undefined; choose a layer with at least 2 features")
+            raise ValueError(
+                f"the feature map has d_out = {d_out}: the image of a plane is at most a curve, "
+                "so its Gaussian curvature is undefined; choose a layer with at least 2 features"
+            )
         pair_fn = lambda sl: (torch.stack([u[sl], v[sl], u[sl]]), torch.stack([u[sl], v[sl], v[sl]]))  # noqa: E731
         with eval_mode(fmap.model), no_tf32():
-            for sl, first, second in _batches(fmap, x, pair_fn, 3, d_out, chunk_size, budget, progress, "curvature",
-                                                   max_points):
+            for sl, first, second in _batches(
+                fmap, x, pair_fn, 3, d_out, chunk_size, budget, progress, "curvature", max_points
+            ):
                 T = torch.stack([first[0], first[1]], dim=-1)  # (Pb, n, 2): psi_u, psi_v
                 Q, R = torch.linalg.qr(T)
                 N = _normal(second.permute(1, 0, 2), Q)  # (Pb, 3, n): uu, vv, uv
@@ -254,8 +292,11 @@ def plane_directions(x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor) -> tu
     """(d/da, d/db) float64, each shaped like x1, of ``fastgeom.slices.plane(x1, x2, x3)``'s parametrisation
     (its points are affine in (a, b)), for the Gaussian curvature and area element of that plane."""
     from .slices import barycentric
+
     X = torch.stack([x1, x2, x3]).reshape(3, -1).to(torch.float64)
-    lam = barycentric(torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64), torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+    lam = barycentric(
+        torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64), torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    )
     lam = lam.to(X.device)
     return ((lam[1] - lam[0]) @ X).reshape(x1.shape), ((lam[2] - lam[0]) @ X).reshape(x1.shape)
 
@@ -267,9 +308,16 @@ def _pairs(d: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ia[order], ib[order]
 
 
-def scalar_curvature_fmap(fmap: FeatureMap, x: torch.Tensor, d_out: int | None = None, *,
-                          chunk_size: int | None = None, budget: int | None = None,
-                          progress: bool | None = None, max_points: int | None = None) -> torch.Tensor:
+def scalar_curvature_fmap(
+    fmap: FeatureMap,
+    x: torch.Tensor,
+    d_out: int | None = None,
+    *,
+    chunk_size: int | None = None,
+    budget: int | None = None,
+    progress: bool | None = None,
+    max_points: int | None = None,
+) -> torch.Tensor:
     """R (B,) float64, the Ricci scalar of fmap's full pullback metric at x (B, *in), for an immersion
     (d_out >= d_in). ``chunk_size``: direction pairs per pass (of d_in (d_in + 1) / 2)."""
     check_points(x)
@@ -284,19 +332,23 @@ def scalar_curvature_fmap(fmap: FeatureMap, x: torch.Tensor, d_out: int | None =
             f"scalar_curvature needs an immersion (d_out >= d_in), but the feature map sends d_in = {d} inputs to "
             f"d_out = {d_out} features: its pullback metric J^T J has rank at most {d_out} < {d}, so it is degenerate "
             "(no inverse, no Levi-Civita connection) and its Ricci scalar is undefined. Use gaussian_curvature on "
-            "input planes (2-D slices), which is defined wherever the plane's image has rank 2.")
+            "input planes (2-D slices), which is defined wherever the plane's image has rank 2."
+        )
     R = torch.full((B,), float("nan"), dtype=torch.float64, device=x.device)
     bad: list[int] = []
     if B:
         ia, ib = _pairs(d)
         P = ia.numel()
         eye = torch.eye(d, dtype=torch.float64, device=x.device).reshape(d, *in_shape)
-        pair_fn = lambda sl: (eye[ia][:, None].expand(P, sl.stop - sl.start, *in_shape),  # noqa: E731
-                              eye[ib][:, None].expand(P, sl.stop - sl.start, *in_shape))
+        pair_fn = lambda sl: (
+            eye[ia][:, None].expand(P, sl.stop - sl.start, *in_shape),  # noqa: E731
+            eye[ib][:, None].expand(P, sl.stop - sl.start, *in_shape),
+        )
         with eval_mode(fmap.model), no_tf32():
             basis_fn = lambda sl: (eye[:, None].expand(d, sl.stop - sl.start, *in_shape), ia, ib)  # noqa: E731
-            for sl, first, second in _batches(fmap, x, pair_fn, P, d_out, chunk_size, budget, progress,
-                                                   "scalar curvature", max_points, basis_fn):
+            for sl, first, second in _batches(
+                fmap, x, pair_fn, P, d_out, chunk_size, budget, progress, "scalar curvature", max_points, basis_fn
+            ):
                 Pb = sl.stop - sl.start
                 J = first[:d].permute(1, 2, 0)  # (Pb, n, d): diagonal pairs (a, a) give columns d_a phi
                 Q, Rf = torch.linalg.qr(J)
@@ -310,16 +362,28 @@ def scalar_curvature_fmap(fmap: FeatureMap, x: torch.Tensor, d_out: int | None =
                 Ri = torch.linalg.solve_triangular(Rs, eye_b, upper=True)  # R^{-1}: frame T R^{-1} is orthonormal
                 Nt = torch.einsum("pai,pbj,pabn->pijn", Ri, Ri, Hn)
                 mean = Nt.diagonal(dim1=1, dim2=2).sum(-1)  # (Pb, n): sum_i N~_ii
-                val = (mean ** 2).sum(-1) - (Nt ** 2).sum((1, 2, 3))
+                val = (mean**2).sum(-1) - (Nt**2).sum((1, 2, 3))
                 R[sl] = torch.where(ok, val, torch.nan)
                 bad += (sl.start + (~ok).nonzero().flatten()).tolist()
     _warn_nan(bad, d, "the scalar curvature")
     return R
 
 
-def gaussian_curvature(model, x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, layer=None, *, pool=None,
-                       target: str = "euclidean", dtype: torch.dtype | None = None, return_metric: bool = False,
-                       chunk_size: int | None = None, budget: int | None = None, progress: bool | None = None):
+def gaussian_curvature(
+    model,
+    x: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    layer=None,
+    *,
+    pool=None,
+    target: str = "euclidean",
+    dtype: torch.dtype | None = None,
+    return_metric: bool = False,
+    chunk_size: int | None = None,
+    budget: int | None = None,
+    progress: bool | None = None,
+):
     """Gaussian curvature of the input plane through each point, float64 ``Tensor[B]``.
 
     K at (0, 0) of the surface (a, b) -> phi(x + a u + b v), by Gauss's equation
@@ -340,13 +404,24 @@ def gaussian_curvature(model, x: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
         K (and g). Points where the plane's image has rank < 2 are NaN, named in a ``RankDeficiencyWarning``.
     """
     from .geometry import Geometry
+
     return Geometry(model, layer, pool=pool, target=target, dtype=dtype, budget=budget).gaussian_curvature(
-        x, u, v, return_metric=return_metric, chunk_size=chunk_size, progress=progress)
+        x, u, v, return_metric=return_metric, chunk_size=chunk_size, progress=progress
+    )
 
 
-def scalar_curvature(model, x: torch.Tensor, layer=None, *, pool=None, target: str = "euclidean",
-                     dtype: torch.dtype | None = None, chunk_size: int | None = None, budget: int | None = None,
-                     progress: bool | None = None) -> torch.Tensor:
+def scalar_curvature(
+    model,
+    x: torch.Tensor,
+    layer=None,
+    *,
+    pool=None,
+    target: str = "euclidean",
+    dtype: torch.dtype | None = None,
+    chunk_size: int | None = None,
+    budget: int | None = None,
+    progress: bool | None = None,
+) -> torch.Tensor:
     """Ricci scalar of the full pullback metric of an immersion (d_out >= d_in), float64 ``Tensor[B]``.
 
     R = g^{ac} g^{bd} (<N_ac, N_bd> - <N_ab, N_cd>) from the d_in (d_in + 1) / 2 second derivatives
@@ -356,5 +431,7 @@ def scalar_curvature(model, x: torch.Tensor, layer=None, *, pool=None, target: s
     pairs per pass. Points whose Jacobian has rank < d_in are NaN, named in a warning.
     """
     from .geometry import Geometry
+
     return Geometry(model, layer, pool=pool, target=target, dtype=dtype, budget=budget).scalar_curvature(
-        x, chunk_size=chunk_size, progress=progress)
+        x, chunk_size=chunk_size, progress=progress
+    )

@@ -1,4 +1,5 @@
 """Shared helpers of the CLI tests (test_cli*.py, test_resume.py, test_distributed.py)."""
+
 from __future__ import annotations
 
 import os

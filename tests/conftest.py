@@ -1,5 +1,6 @@
 """Test configuration: Triton runs in its interpreter on CPU (must be set before triton is imported);
 GPU tests are marked ``gpu`` and skipped without CUDA; FASTGEOM_STRICT=1 makes fast-path bugs fail loudly."""
+
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1") if not os.environ.get("FASTGEOM_TEST_ON_GPU") else None

@@ -2,6 +2,7 @@
 
 Nothing here calls fastgeom: these are the references fastgeom is checked against.
 """
+
 from __future__ import annotations
 
 import mpmath

@@ -4,6 +4,7 @@ tests/test_model_families.py and bench/model_families.py. Nothing is downloaded.
 ``FAMILIES[name]() -> (model, x)``: a model in eval mode with randomised BatchNorm statistics and a few
 points x (P, *input_shape), both float64, small enough that an independent float64 J takes seconds.
 """
+
 from __future__ import annotations
 
 import torch
@@ -60,8 +61,9 @@ def regnet_y_400mf():
 
 def densenet_small():
     torch.manual_seed(0)
-    return _prep(DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16, bn_size=2, num_classes=10),
-                 (3, 32, 32))
+    return _prep(
+        DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16, bn_size=2, num_classes=10), (3, 32, 32)
+    )
 
 
 def shufflenet_v2_x0_5():
@@ -77,14 +79,25 @@ def convnext_small_config():
 
 def swin_tiny_config():
     torch.manual_seed(0)
-    return _prep(SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=[2, 2],
-                                 stochastic_depth_prob=0.1, num_classes=10), (3, 16, 16))
+    return _prep(
+        SwinTransformer(
+            patch_size=[4, 4],
+            embed_dim=16,
+            depths=[1, 1],
+            num_heads=[2, 2],
+            window_size=[2, 2],
+            stochastic_depth_prob=0.1,
+            num_classes=10,
+        ),
+        (3, 16, 16),
+    )
 
 
 def vit_small_config():
     torch.manual_seed(0)
-    m = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
-                          num_classes=10)
+    m = VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=10
+    )
     nn.init.normal_(m.heads.head.weight, std=0.3)  # torchvision zero-initialises the head (J = 0)
     return _prep(m, (3, 32, 32))
 
@@ -122,8 +135,13 @@ def vit_tokens():
     """A one-block ViT whose token layer (5 x 48 = 240) is larger than its 3 x 8 x 8 = 192 input:
     forward mode through nn.MultiheadAttention. Returns (model, x, layer)."""
     torch.manual_seed(0)
-    m, x = _prep(VisionTransformer(image_size=8, patch_size=4, num_layers=1, num_heads=2, hidden_dim=48, mlp_dim=32,
-                                   num_classes=10), (3, 8, 8), points=1)
+    m, x = _prep(
+        VisionTransformer(
+            image_size=8, patch_size=4, num_layers=1, num_heads=2, hidden_dim=48, mlp_dim=32, num_classes=10
+        ),
+        (3, 8, 8),
+        points=1,
+    )
     return m, x, "encoder.layers.encoder_layer_0"
 
 

@@ -6,6 +6,7 @@ Rows whose fix lies outside this module's owners' files are marked
 ``xfail(strict=True, reason="<owner>: <what>")``: they fail loudly (XPASS) once fixed, and the
 owner removes the mark.
 """
+
 from __future__ import annotations
 
 import errno
@@ -20,13 +21,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from _cli_helpers import PY, env, read_rows
 from torch import nn
 
 import fastgeom as fg
 from fastgeom import checks, cli, runio
 from fastgeom.runio import RunLock, read_csv
-
-from _cli_helpers import PY, env, read_rows
 
 D = torch.float64
 NAN_WARNING = r"(?i)nan|non-finite|not finite|overflow|inf"
@@ -34,6 +34,7 @@ NAN_WARNING = r"(?i)nan|non-finite|not finite|overflow|inf"
 
 # ---------------------------------------------------------------------------------------------
 # outcomes
+
 
 def raises(exc, match, fn):
     with pytest.raises(exc, match=match):
@@ -66,6 +67,7 @@ def nan_or_error(fn, points, n, match):
 
 # ---------------------------------------------------------------------------------------------
 # models
+
 
 def lin(d_in=3, d_out=3, w=None):
     m = nn.Linear(d_in, d_out).to(D)
@@ -163,7 +165,7 @@ def _batch_consistent():
     except ValueError as e:
         assert "batch" in str(e)
         return
-    alone = torch.cat([fg.logvol(m, x[i:i + 1]) for i in range(6)])
+    alone = torch.cat([fg.logvol(m, x[i : i + 1]) for i in range(6)])
     assert any("batch" in str(w.message) for w in rec)
     torch.testing.assert_close(together, alone, rtol=1e-12, atol=1e-12)
 
@@ -175,7 +177,7 @@ def _dense_control_flow():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         got = fg.logvol(m, x, method="dense")
-    alone = torch.cat([fg.logvol(m, x[i:i + 1], method="streamed") for i in range(x.shape[0])])
+    alone = torch.cat([fg.logvol(m, x[i : i + 1], method="streamed") for i in range(x.shape[0])])
     torch.testing.assert_close(got, alone, rtol=1e-12, atol=0)
 
 
@@ -197,15 +199,23 @@ def _sphere_zero_later():
 
 
 def _no_deprecation_warnings():
-    code = ("import torch, fastgeom as fg\nm = torch.nn.Linear(2, 5).double()\n"
-            "fg.logvol(m, torch.randn(3, 2, dtype=torch.float64), method='streamed')\n")
-    r = subprocess.run([PY, "-W", "error::FutureWarning", "-W", "error::DeprecationWarning", "-c", code],
-                       capture_output=True, text=True, env=env(), timeout=300)
+    code = (
+        "import torch, fastgeom as fg\nm = torch.nn.Linear(2, 5).double()\n"
+        "fg.logvol(m, torch.randn(3, 2, dtype=torch.float64), method='streamed')\n"
+    )
+    r = subprocess.run(
+        [PY, "-W", "error::FutureWarning", "-W", "error::DeprecationWarning", "-c", code],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-600:]
 
 
 def _shallow_saturated():
     from fastgeom import shallow
+
     W, b, x = torch.eye(2, dtype=D), torch.tensor([20.0, 0.0], dtype=D), torch.zeros(1, 2, dtype=D)
     ref = shallow.log_volume_element(W, b, x, "erf", backend="torch")
     assert torch.isfinite(ref).all()
@@ -214,6 +224,7 @@ def _shallow_saturated():
 
 def _nngp_large_x(act, r, quad):
     from fastgeom import nngp
+
     X = torch.tensor([[r, r]], dtype=D)
     try:
         got = nngp.ricci_scalar(X, act, method="quadrature" if quad else "auto")
@@ -230,25 +241,50 @@ def _nngp_large_x(act, r, quad):
 
 API = [
     # non-finite J, features or cast inputs: NaN at exactly those points, named in a warning
-    pytest.param(lambda: nan_at(lambda: fg.logvol(nan_weights(), x3()), [0, 1, 2, 3], 4),
-                 id="api-nan-weights"),
-    pytest.param(lambda: nan_at(lambda: fg.logvol(None, torch.tensor([[1.0, 2.0], [0.0, 1.0]], dtype=D),
-                                                  layer=torch.sqrt, method="dense"), [1], 2),
-                 id="api-inf-derivative"),
-    pytest.param(lambda: nan_at(lambda: fg.logvol(None, torch.tensor([[1.0, 0.5], [100.0, 0.5]]), layer=torch.exp,
-                                                  method="streamed"), [1], 2),
-                 id="api-overflow-J"),
-    pytest.param(lambda: nan_at(lambda: fg.logvol(nn.Sequential(nn.Linear(3, 3), nn.Tanh()),
-                                                  torch.tensor([[1.0, 2, 3], [1e39, 0, 0], [0.5, 0, 1]], dtype=D)),
-                                [1], 3),
-                 id="api-cast-f64-to-f32"),
-    pytest.param(lambda: nan_at(lambda: fg.logvol(nn.Sequential(lin(), nn.Tanh()),
-                                                  torch.tensor([[1.0, 2, 3], [7e4, 0, 0]], dtype=D), dtype=torch.float16),
-                                [1], 2),
-                 id="api-cast-f16"),
-    pytest.param(lambda: nan_at(lambda: fg.logvol(None, x3(), layer=lambda z: z * 2 + float("nan"), method="dense"),
-                                [0, 1, 2, 3], 4),
-                 id="api-nan-feature-finite-J"),
+    pytest.param(lambda: nan_at(lambda: fg.logvol(nan_weights(), x3()), [0, 1, 2, 3], 4), id="api-nan-weights"),
+    pytest.param(
+        lambda: nan_at(
+            lambda: fg.logvol(None, torch.tensor([[1.0, 2.0], [0.0, 1.0]], dtype=D), layer=torch.sqrt, method="dense"),
+            [1],
+            2,
+        ),
+        id="api-inf-derivative",
+    ),
+    pytest.param(
+        lambda: nan_at(
+            lambda: fg.logvol(None, torch.tensor([[1.0, 0.5], [100.0, 0.5]]), layer=torch.exp, method="streamed"),
+            [1],
+            2,
+        ),
+        id="api-overflow-J",
+    ),
+    pytest.param(
+        lambda: nan_at(
+            lambda: fg.logvol(
+                nn.Sequential(nn.Linear(3, 3), nn.Tanh()),
+                torch.tensor([[1.0, 2, 3], [1e39, 0, 0], [0.5, 0, 1]], dtype=D),
+            ),
+            [1],
+            3,
+        ),
+        id="api-cast-f64-to-f32",
+    ),
+    pytest.param(
+        lambda: nan_at(
+            lambda: fg.logvol(
+                nn.Sequential(lin(), nn.Tanh()), torch.tensor([[1.0, 2, 3], [7e4, 0, 0]], dtype=D), dtype=torch.float16
+            ),
+            [1],
+            2,
+        ),
+        id="api-cast-f16",
+    ),
+    pytest.param(
+        lambda: nan_at(
+            lambda: fg.logvol(None, x3(), layer=lambda z: z * 2 + float("nan"), method="dense"), [0, 1, 2, 3], 4
+        ),
+        id="api-nan-feature-finite-J",
+    ),
     pytest.param(_sphere_zero_later, id="api-sphere-zero-later-point"),
     # x is never modified
     pytest.param(lambda: _x_untouched("dense"), id="api-inplace-x-dense"),
@@ -256,46 +292,94 @@ API = [
     pytest.param(lambda: _x_untouched("auto"), id="api-inplace-x-auto"),
     pytest.param(lambda: _x_untouched_or_refused("linearized"), id="api-inplace-x-linearized"),
     # probes: batch coupling, layers called twice, devices
-    pytest.param(lambda: checks.batch_coupled(checks.FeatureMap(bn_coupled()), torch.randn(3, 1, 5, 5, dtype=D))
-                 or pytest.fail("not detected"), id="probe-batch-coupled-detected"),
+    pytest.param(
+        lambda: (
+            checks.batch_coupled(checks.FeatureMap(bn_coupled()), torch.randn(3, 1, 5, 5, dtype=D))
+            or pytest.fail("not detected")
+        ),
+        id="probe-batch-coupled-detected",
+    ),
     pytest.param(_batch_consistent, id="api-batch-coupled"),
-    pytest.param(lambda: checks.layer_calls(checks.FeatureMap(Twice(), "l"), x3(1)) == 2 or pytest.fail("count"),
-                 id="probe-layer-called-twice"),
-    pytest.param(lambda: pytest.warns(checks.LayerCallWarning, fg.logvol, Twice(), x3(), "l"),
-                 id="api-layer-called-twice"),
-    pytest.param(lambda: raises(ValueError, r"x is on the meta device", lambda: checks.check_points(
-        torch.empty(2, 3, device="meta"), device="cpu")), id="probe-x-meta"),
-    pytest.param(lambda: raises(ValueError, r"x is on cpu but the model is on cuda:0", lambda: checks.check_points(
-        x3(), device="cuda:0")), id="probe-x-other-device"),
-    pytest.param(lambda: raises(ValueError, r"meta device", lambda: fg.logvol(lin(), torch.empty(2, 3, device="meta",
-                                                                                                   dtype=D))),
-                 id="api-x-meta"),
-    pytest.param(lambda: raises(ValueError, r"meta device", lambda: fg.logvol(lin().to("meta"), x3())),
-                 id="api-model-meta"),
-    pytest.param(lambda: checks.cast_overflow(torch.tensor([[1e39], [1.0]], dtype=D), torch.float32).tolist()
-                 == [True, False] or pytest.fail("mask"), id="probe-cast-overflow"),
+    pytest.param(
+        lambda: checks.layer_calls(checks.FeatureMap(Twice(), "l"), x3(1)) == 2 or pytest.fail("count"),
+        id="probe-layer-called-twice",
+    ),
+    pytest.param(
+        lambda: pytest.warns(checks.LayerCallWarning, fg.logvol, Twice(), x3(), "l"), id="api-layer-called-twice"
+    ),
+    pytest.param(
+        lambda: raises(
+            ValueError,
+            r"x is on the meta device",
+            lambda: checks.check_points(torch.empty(2, 3, device="meta"), device="cpu"),
+        ),
+        id="probe-x-meta",
+    ),
+    pytest.param(
+        lambda: raises(
+            ValueError, r"x is on cpu but the model is on cuda:0", lambda: checks.check_points(x3(), device="cuda:0")
+        ),
+        id="probe-x-other-device",
+    ),
+    pytest.param(
+        lambda: raises(ValueError, r"meta device", lambda: fg.logvol(lin(), torch.empty(2, 3, device="meta", dtype=D))),
+        id="api-x-meta",
+    ),
+    pytest.param(
+        lambda: raises(ValueError, r"meta device", lambda: fg.logvol(lin().to("meta"), x3())), id="api-model-meta"
+    ),
+    pytest.param(
+        lambda: (
+            checks.cast_overflow(torch.tensor([[1e39], [1.0]], dtype=D), torch.float32).tolist() == [True, False]
+            or pytest.fail("mask")
+        ),
+        id="probe-cast-overflow",
+    ),
     # callable layers: same cast, detached, clear errors
-    pytest.param(lambda: torch.testing.assert_close(
-        fg.logvol(_m := nn.Sequential(nn.Linear(3, 4), nn.Tanh()), x3(), layer=lambda z: _m(z), dtype=D),
-        fg.logvol(_m, x3(), dtype=D), rtol=1e-13, atol=1e-13), id="api-callable-dtype-float64"),
-    pytest.param(lambda: fg.logvol(_m := nn.Sequential(nn.Linear(3, 4), nn.Tanh()), x3().float(),
-                                   layer=lambda z: _m(z), method="dense").grad_fn is None or pytest.fail("grad_fn"),
-                 id="api-callable-no-graph"),
-    pytest.param(lambda: raises(TypeError, r"0-d tensor.*one row per point",
-                                lambda: fg.logvol(None, x3(), layer=lambda z: z.sum())), id="api-callable-0d"),
+    pytest.param(
+        lambda: torch.testing.assert_close(
+            fg.logvol(_m := nn.Sequential(nn.Linear(3, 4), nn.Tanh()), x3(), layer=lambda z: _m(z), dtype=D),
+            fg.logvol(_m, x3(), dtype=D),
+            rtol=1e-13,
+            atol=1e-13,
+        ),
+        id="api-callable-dtype-float64",
+    ),
+    pytest.param(
+        lambda: (
+            fg.logvol(
+                _m := nn.Sequential(nn.Linear(3, 4), nn.Tanh()), x3().float(), layer=lambda z: _m(z), method="dense"
+            ).grad_fn
+            is None
+            or pytest.fail("grad_fn")
+        ),
+        id="api-callable-no-graph",
+    ),
+    pytest.param(
+        lambda: raises(
+            TypeError, r"0-d tensor.*one row per point", lambda: fg.logvol(None, x3(), layer=lambda z: z.sum())
+        ),
+        id="api-callable-0d",
+    ),
     # misleading or raw errors
     pytest.param(_dense_control_flow, id="api-dense-control-flow"),
     pytest.param(_saturated, id="api-saturated-units"),
-    pytest.param(lambda: raises(ValueError, r"budget", lambda: fg.logvol(lin(), x3(), method="streamed", budget="lots")),
-                 id="api-budget-not-a-number"),
-    pytest.param(lambda: raises(ValueError, r"budget", lambda: fg.logvol(lin(), x3(), method="streamed", budget=-5)),
-                 id="api-budget-negative"),
-    pytest.param(lambda: raises(ValueError, r"chunk_size",
-                                lambda: fg.logvol(lin(), x3(), method="dense", chunk_size=0)),
-                 id="api-dense-chunk-size"),
-    pytest.param(lambda: raises(ValueError, r"rank_tol",
-                                lambda: fg.logvol(lin(), x3(), method="randomized", rank_tol=2.0)),
-                 id="api-randomized-rank-tol"),
+    pytest.param(
+        lambda: raises(ValueError, r"budget", lambda: fg.logvol(lin(), x3(), method="streamed", budget="lots")),
+        id="api-budget-not-a-number",
+    ),
+    pytest.param(
+        lambda: raises(ValueError, r"budget", lambda: fg.logvol(lin(), x3(), method="streamed", budget=-5)),
+        id="api-budget-negative",
+    ),
+    pytest.param(
+        lambda: raises(ValueError, r"chunk_size", lambda: fg.logvol(lin(), x3(), method="dense", chunk_size=0)),
+        id="api-dense-chunk-size",
+    ),
+    pytest.param(
+        lambda: raises(ValueError, r"rank_tol", lambda: fg.logvol(lin(), x3(), method="randomized", rank_tol=2.0)),
+        id="api-randomized-rank-tol",
+    ),
     # gradients: detached (documented) or correct, never silently None
     pytest.param(lambda: _grad_honest("dense"), id="api-grad-dense"),
     pytest.param(lambda: _grad_honest("streamed"), id="api-grad-streamed"),
@@ -305,14 +389,32 @@ API = [
     pytest.param(lambda: _nngp_large_x("erf", 100.0, True), id="nngp-quadrature-large-x"),
     pytest.param(lambda: _nngp_large_x("tanh", 100.0, False), id="nngp-tanh-large-x"),
     pytest.param(lambda: _nngp_large_x("erf", 1e8, False), id="nngp-erf-closed-1e8"),
-    pytest.param(lambda: raises(TypeError, r"complex", lambda: fg.shallow.log_volume_element(
-        torch.eye(2, dtype=D), torch.zeros(2, dtype=D), torch.zeros(1, 2, dtype=torch.complex128), "erf")),
-        id="shallow-complex-x"),
-    pytest.param(lambda: raises(TypeError, r"complex", lambda: fg.nngp.ricci_scalar(
-        torch.zeros(1, 2, dtype=torch.complex128), "erf")), id="nngp-complex-x"),
-    pytest.param(lambda: raises((TypeError, ValueError), r"dtype", lambda: fg.shallow.log_volume_element(
-        torch.eye(2, dtype=D), torch.zeros(2, dtype=D), torch.tensor([[0.7, 0.2]]), "erf", dtype=torch.int64)),
-        id="shallow-int-dtype"),
+    pytest.param(
+        lambda: raises(
+            TypeError,
+            r"complex",
+            lambda: fg.shallow.log_volume_element(
+                torch.eye(2, dtype=D), torch.zeros(2, dtype=D), torch.zeros(1, 2, dtype=torch.complex128), "erf"
+            ),
+        ),
+        id="shallow-complex-x",
+    ),
+    pytest.param(
+        lambda: raises(
+            TypeError, r"complex", lambda: fg.nngp.ricci_scalar(torch.zeros(1, 2, dtype=torch.complex128), "erf")
+        ),
+        id="nngp-complex-x",
+    ),
+    pytest.param(
+        lambda: raises(
+            (TypeError, ValueError),
+            r"dtype",
+            lambda: fg.shallow.log_volume_element(
+                torch.eye(2, dtype=D), torch.zeros(2, dtype=D), torch.tensor([[0.7, 0.2]]), "erf", dtype=torch.int64
+            ),
+        ),
+        id="shallow-int-dtype",
+    ),
 ]
 
 
@@ -328,7 +430,7 @@ def test_api_env_budget(monkeypatch):
 # ---------------------------------------------------------------------------------------------
 # CLI
 
-NET = '''
+NET = """
 import time
 import torch
 from torch import nn
@@ -396,7 +498,7 @@ class _Slow(nn.Module):
 
 def slow():
     return _Slow()
-'''
+"""
 
 N_PTS = 8
 
@@ -413,8 +515,19 @@ class CliRun:
         self.out = str(tmp_path / "out.csv")
 
     def __call__(self, *tail, factory="mlp", points=None, out=None, batch=4):
-        argv = ["logvol", "--model", f"{self.net}:{factory}", "--points", str(points or self.d / "x.pt"),
-                "--out", str(out or self.out), "--batch-size", str(batch), "--quiet", *map(str, tail)]
+        argv = [
+            "logvol",
+            "--model",
+            f"{self.net}:{factory}",
+            "--points",
+            str(points or self.d / "x.pt"),
+            "--out",
+            str(out or self.out),
+            "--batch-size",
+            str(batch),
+            "--quiet",
+            *map(str, tail),
+        ]
         self.capsys.readouterr()
         rc = cli.main(argv)
         self.err = self.capsys.readouterr().err.strip()
@@ -499,8 +612,12 @@ def cli_model_error_later_batch(t):
     x = t.x.clone()
     x[6, 0] = 99.0
     torch.save(x, t.d / "x.pt")
-    t.one_line(t(factory="fails_later"), 2, "points 4..7: the model failed (RuntimeError: cuDNN error",
-               "rows finished before are kept")
+    t.one_line(
+        t(factory="fails_later"),
+        2,
+        "points 4..7: the model failed (RuntimeError: cuDNN error",
+        "rows finished before are kept",
+    )
     assert t.rows()[:, 0].tolist() == [0, 1, 2, 3]
 
 
@@ -594,9 +711,17 @@ def cli_meta_pt(t):
     t.one_line(t(points=t.d / "meta.pt"), 2, "meta.pt", "meta tensor")
 
 
-@pytest.mark.parametrize("dtype,needle", [("int32", "integer dtype"), ("complex128", "not a real number type"),
-                                          ("bool", "dtype torch.bool"), ("longdouble", "extended precision"),
-                                          ("V8", "not a real number type"), ("object", "not a readable .npy")])
+@pytest.mark.parametrize(
+    "dtype,needle",
+    [
+        ("int32", "integer dtype"),
+        ("complex128", "not a real number type"),
+        ("bool", "dtype torch.bool"),
+        ("longdouble", "extended precision"),
+        ("V8", "not a real number type"),
+        ("object", "not a readable .npy"),
+    ],
+)
 def test_cli_non_float_npy(tmp_path, capsys, monkeypatch, dtype, needle):
     t = CliRun(tmp_path, capsys, monkeypatch)
     if dtype == "longdouble" and np.dtype(np.longdouble).itemsize <= 8:
@@ -644,10 +769,21 @@ def test_cli_sigint_subprocess(tmp_path, capsys, monkeypatch):
     """A real Ctrl-C (SIGINT) mid-run: one line, exit 130, complete rows kept, the rerun completes."""
     t = CliRun(tmp_path, capsys, monkeypatch)
     torch.save(torch.randn(40, 5, dtype=D, generator=torch.Generator().manual_seed(2)), t.d / "x.pt")
-    argv = ["logvol", "--model", f"{t.net}:slow", "--points", str(t.d / "x.pt"), "--out", t.out,
-            "--batch-size", "2", "--quiet"]
-    p = subprocess.Popen([PY, "-m", "fastgeom", *argv], env=env(), stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
+    argv = [
+        "logvol",
+        "--model",
+        f"{t.net}:slow",
+        "--points",
+        str(t.d / "x.pt"),
+        "--out",
+        t.out,
+        "--batch-size",
+        "2",
+        "--quiet",
+    ]
+    p = subprocess.Popen(
+        [PY, "-m", "fastgeom", *argv], env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.time() + 240
         while time.time() < deadline and p.poll() is None:

@@ -1,4 +1,5 @@
 """bench/logvol.py times what it says: every row is a public call, and all exact rows agree."""
+
 import os
 import sys
 
@@ -26,11 +27,13 @@ def test_every_method_is_a_public_call_with_the_same_values(name):
 
 
 def test_auto_ratio_uses_the_fastest_exact_method():
-    ms = {"auto": {"status": "ok", "times": [1.1, 1.3, 1.2], "cpu_times": [1.0, 1.3, 1.25]},
-          "dense": {"status": "ok", "times": [1.0], "cpu_times": [1.0]},
-          "streamed": {"status": "ok", "times": [2.0], "cpu_times": [0.9]},
-          "linearized": {"status": "out of memory", "times": []},
-          "jacrev@64": {"status": "ok", "times": [0.1], "cpu_times": [0.1]}}
+    ms = {
+        "auto": {"status": "ok", "times": [1.1, 1.3, 1.2], "cpu_times": [1.0, 1.3, 1.25]},
+        "dense": {"status": "ok", "times": [1.0], "cpu_times": [1.0]},
+        "streamed": {"status": "ok", "times": [2.0], "cpu_times": [0.9]},
+        "linearized": {"status": "out of memory", "times": []},
+        "jacrev@64": {"status": "ok", "times": [0.1], "cpu_times": [0.1]},
+    }
     ratio, best = bench_logvol.auto_ratio(ms)
     assert best == "dense" and ratio == pytest.approx(1.2)
     cratio, cbest = bench_logvol.auto_ratio(ms, "cpu_times")

@@ -1,5 +1,6 @@
 """fastgeom.checks: each probe on a model that triggers it and on one that does not; the feature map's
 own guarantees (callable layers cast and detached, x never modified, 0-d features refused)."""
+
 from __future__ import annotations
 
 import warnings
@@ -132,8 +133,9 @@ def test_callable_layer_cast_and_detached():
     assert all(p.dtype == torch.float32 and p.grad is None for p in m.parameters())  # the model is untouched
 
 
-@pytest.mark.parametrize("bad,what", [(lambda z: z.sum(), "a 0-d tensor"),
-                                      (lambda z: z.reshape(-1), "a tensor of shape")])
+@pytest.mark.parametrize(
+    "bad,what", [(lambda z: z.sum(), "a 0-d tensor"), (lambda z: z.reshape(-1), "a tensor of shape")]
+)
 def test_feature_not_per_point(bad, what):
     with pytest.raises(TypeError, match=f"is {what}.*one row per point"):
         fg.logvol(None, torch.randn(3, 2, dtype=D), layer=bad)

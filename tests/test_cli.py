@@ -1,5 +1,6 @@
 """fastgeom logvol / spectrum / plot: results against the API and a float64 dense reference,
 slices, one-line errors with exit code 2, the run description that guards resumes, plots."""
+
 from __future__ import annotations
 
 import math
@@ -8,12 +9,11 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from _cli_helpers import PY, dense_logvol_spectrum, env, write_net
 
 import fastgeom as fg
 from fastgeom import cli, runio
 from fastgeom.runio import ResultsCSV, read_csv
-
-from _cli_helpers import PY, dense_logvol_spectrum, env, write_net
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +41,19 @@ def _run(argv, capsys=None):
 @pytest.mark.parametrize("layer,src", [("2", "pt"), (None, "npy")])  # immersion (7 > 5), submersion (3 < 5)
 def test_logvol_matches_api_and_dense_reference(files, tmp_path, capsys, layer, src):
     out = tmp_path / "lv.csv"
-    argv = ["logvol", "--model", f"{files['net']}:mlp", "--points", files[src], "--out", out,
-            "--batch-size", 4, "--quiet", "--diagnostics"] + (["--layer", layer] if layer else [])
+    argv = [
+        "logvol",
+        "--model",
+        f"{files['net']}:mlp",
+        "--points",
+        files[src],
+        "--out",
+        out,
+        "--batch-size",
+        4,
+        "--quiet",
+        "--diagnostics",
+    ] + (["--layer", layer] if layer else [])
     rc, cap = _run(argv, capsys)
     assert rc == 0 and cap.out == "" and cap.err == ""  # --quiet: no bar, no summary
     cols, a = read_csv(str(out))
@@ -60,8 +71,25 @@ def test_logvol_matches_api_and_dense_reference(files, tmp_path, capsys, layer, 
 
 def test_spectrum_and_dtype(files, tmp_path, capsys):
     out = tmp_path / "s.csv"
-    rc, _ = _run(["spectrum", "--model", f"{files['net']}:mlp", "--model-args", '{"width": 9}', "--points",
-                  files["pt"], "--layer", "2", "--out", out, "--batch-size", 5, "--quiet"], capsys)
+    rc, _ = _run(
+        [
+            "spectrum",
+            "--model",
+            f"{files['net']}:mlp",
+            "--model-args",
+            '{"width": 9}',
+            "--points",
+            files["pt"],
+            "--layer",
+            "2",
+            "--out",
+            out,
+            "--batch-size",
+            5,
+            "--quiet",
+        ],
+        capsys,
+    )
     assert rc == 0
     cols, a = read_csv(str(out))
     assert cols == ["index"] + [f"s{i}" for i in range(1, 6)]
@@ -69,8 +97,27 @@ def test_spectrum_and_dtype(files, tmp_path, capsys):
     np.testing.assert_allclose(a[:, 1:], s.numpy(), rtol=1e-10)
     # --k and a float32 network pass (accumulation stays float64): close to the float64 values
     out2 = tmp_path / "s32.csv"
-    rc, _ = _run(["spectrum", "--model", f"{files['net']}:mlp", "--model-args", '{"width": 9}', "--points",
-                  files["pt"], "--layer", "2", "--out", out2, "--k", 2, "--dtype", "float32", "--quiet"], capsys)
+    rc, _ = _run(
+        [
+            "spectrum",
+            "--model",
+            f"{files['net']}:mlp",
+            "--model-args",
+            '{"width": 9}',
+            "--points",
+            files["pt"],
+            "--layer",
+            "2",
+            "--out",
+            out2,
+            "--k",
+            2,
+            "--dtype",
+            "float32",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert rc == 0
     cols2, b = read_csv(str(out2))
     assert cols2 == ["index", "s1", "s2"]
@@ -79,11 +126,27 @@ def test_spectrum_and_dtype(files, tmp_path, capsys):
 
 def test_path_and_plane_slices(files, tmp_path, capsys):
     from fastgeom import slices
+
     model = _model(files)
     x = files["x"]
     out = tmp_path / "path.csv"
-    rc, _ = _run(["logvol", "--model", f"{files['net']}:mlp", "--data", files["pt"], "--path", "3,8", "--grid", 11,
-                  "--out", out, "--quiet"], capsys)
+    rc, _ = _run(
+        [
+            "logvol",
+            "--model",
+            f"{files['net']}:mlp",
+            "--data",
+            files["pt"],
+            "--path",
+            "3,8",
+            "--grid",
+            11,
+            "--out",
+            out,
+            "--quiet",
+        ],
+        capsys,
+    )
     assert rc == 0
     cols, a = read_csv(str(out))
     assert cols == ["index", "logvol", "rank", "t"]
@@ -91,8 +154,25 @@ def test_path_and_plane_slices(files, tmp_path, capsys):
     ref, _ = dense_logvol_spectrum(model, slices.path(x[3], x[8], 11))
     np.testing.assert_allclose(a[:, 1], ref.numpy(), rtol=1e-10, atol=1e-10)
     out = tmp_path / "plane.csv"
-    rc, _ = _run(["logvol", "--model", f"{files['net']}:mlp", "--data", files["pt"], "--plane", "0,4,12", "--grid", 7,
-                  "--hull", "convex", "--out", out, "--quiet"], capsys)
+    rc, _ = _run(
+        [
+            "logvol",
+            "--model",
+            f"{files['net']}:mlp",
+            "--data",
+            files["pt"],
+            "--plane",
+            "0,4,12",
+            "--grid",
+            7,
+            "--hull",
+            "convex",
+            "--out",
+            out,
+            "--quiet",
+        ],
+        capsys,
+    )
     assert rc == 0
     cols, a = read_csv(str(out))
     pl = slices.plane(x[0], x[4], x[12], 7, hull="convex")
@@ -133,8 +213,10 @@ def _bad_files(d, files):
     net = f"{files['net']}:mlp"
     return {
         "corrupt checkpoint": (["--model", net, "--checkpoint", corrupt] + pts, ["corrupt.pt", "corrupt"]),
-        "mismatched checkpoint": (["--model", net, "--checkpoint", other] + pts,
-                                  ["other.pt", "does not match", "'0.weight' is (4,5) in the checkpoint but (7,5)"]),
+        "mismatched checkpoint": (
+            ["--model", net, "--checkpoint", other] + pts,
+            ["other.pt", "does not match", "'0.weight' is (4,5) in the checkpoint but (7,5)"],
+        ),
         "missing checkpoint": (["--model", net, "--checkpoint", d / "nope.pt"] + pts, ["nope.pt", "not found"]),
         "wrong-shape points": (["--model", net, "--points", wide], ["wide.pt", "do not fit", "(4,)"]),
         "1-d points": (["--model", net, "--points", flat], ["flat.npy", "shape (5,)"]),
@@ -168,14 +250,31 @@ def test_bad_input_one_line_exit_2(files, tmp_path, capsys):
             assert n in err, (name, n, err)
         assert not out.exists(), name  # nothing is written for a run that cannot start
     # a DDP/wrapped checkpoint of the right model loads
-    rc, cap = _run(["logvol", "--model", f"{files['net']}:mlp", "--checkpoint", tmp_path / "ddp.pt", "--points",
-                    files["pt"], "--out", ok, "--quiet"], capsys)
+    rc, cap = _run(
+        [
+            "logvol",
+            "--model",
+            f"{files['net']}:mlp",
+            "--checkpoint",
+            tmp_path / "ddp.pt",
+            "--points",
+            files["pt"],
+            "--out",
+            ok,
+            "--quiet",
+        ],
+        capsys,
+    )
     assert rc == 0, cap.err
 
 
 def test_argparse_errors_are_one_line(capsys):
-    for argv in (["logvol"], ["logvol", "--model", "m:f", "--out", "o.csv", "--method", "magic"],
-                 ["logvol", "--model", "m:f", "--out", "o.csv", "--batch-size", "x"], ["nosuchcmd"]):
+    for argv in (
+        ["logvol"],
+        ["logvol", "--model", "m:f", "--out", "o.csv", "--method", "magic"],
+        ["logvol", "--model", "m:f", "--out", "o.csv", "--batch-size", "x"],
+        ["nosuchcmd"],
+    ):
         with pytest.raises(SystemExit) as ei:
             cli.main(argv)
         assert ei.value.code == 2
@@ -202,9 +301,26 @@ def test_resume_refuses_other_settings(files, tmp_path, capsys):
 def test_exit_code_2_without_traceback_subprocess(files, tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(bytes(range(256)) * 2)  # not a zip, not a pickle
-    r = subprocess.run([PY, "-m", "fastgeom", "logvol", "--model", f"{files['net']}:mlp", "--checkpoint", str(bad),
-                        "--points", files["pt"], "--out", str(tmp_path / "o.csv")],
-                       capture_output=True, text=True, env=env(), timeout=300)
+    r = subprocess.run(
+        [
+            PY,
+            "-m",
+            "fastgeom",
+            "logvol",
+            "--model",
+            f"{files['net']}:mlp",
+            "--checkpoint",
+            str(bad),
+            "--points",
+            files["pt"],
+            "--out",
+            str(tmp_path / "o.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=300,
+    )
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert "bad.pt" in r.stderr
@@ -217,12 +333,13 @@ def _write_csv(path, cols, rows):
 
 def test_plot_path_plane_spectrum(tmp_path, capsys):
     import matplotlib.image as mpimg
+
     t = np.arange(9) / 9
     _write_csv(tmp_path / "p.csv", ["logvol", "rank", "t"], [[i, math.sin(v), 2, v] for i, v in enumerate(t)])
     ax = np.linspace(-1, 1, 5)
     rows = [[k, a + 10 * b, 2, a, b] for k, (a, b) in enumerate((a, b) for a in ax for b in ax) if a + b < 0.6]
     _write_csv(tmp_path / "q.csv", ["logvol", "rank", "a", "b"], rows)
-    _write_csv(tmp_path / "s.csv", ["s1", "s2", "s3"], [[i, 3.0, 1.0, 10.0 ** -i] for i in range(4)])
+    _write_csv(tmp_path / "s.csv", ["s1", "s2", "s3"], [[i, 3.0, 1.0, 10.0**-i] for i in range(4)])
     _write_csv(tmp_path / "st.csv", ["s1", "s2", "t"], [[i, 3.0 + i, 1.0, i / 5] for i in range(5)])
     for name in ("p", "q", "s", "st"):
         rc, cap = _run(["plot", tmp_path / f"{name}.csv", "--log10"], capsys)
@@ -242,14 +359,17 @@ def test_plane_image_layout():
     assert ext == (-1.5, 1.5, -1.5, 1.5)
     for i, a in enumerate(ax):
         for j, b in enumerate(ax):
-            assert (np.isnan(img[j, i]) if a + b > 0 else img[j, i] == a + 10 * b)
+            assert np.isnan(img[j, i]) if a + b > 0 else img[j, i] == a + 10 * b
 
 
 def test_input_shape_and_randomized(files, tmp_path, capsys):
     import importlib.util
+
     base = ["logvol", "--model", f"{files['net']}:mlp", "--points", files["pt"], "--layer", "2", "--quiet"]
     assert _run(base + ["--out", tmp_path / "a.csv"], capsys)[0] == 0
-    assert _run(base + ["--out", tmp_path / "b.csv", "--input-shape", "1,5"], capsys)[0] == 0  # Linear acts on the last dim
+    assert (
+        _run(base + ["--out", tmp_path / "b.csv", "--input-shape", "1,5"], capsys)[0] == 0
+    )  # Linear acts on the last dim
     (_, a), (_, b) = read_csv(str(tmp_path / "a.csv")), read_csv(str(tmp_path / "b.csv"))
     np.testing.assert_allclose(a, b, rtol=1e-13)
     rc, cap = _run(base + ["--out", tmp_path / "c.csv", "--input-shape", "2,3"], capsys)
@@ -265,8 +385,21 @@ def test_input_shape_and_randomized(files, tmp_path, capsys):
 
 
 def test_error_during_the_run_is_one_line(files, tmp_path, capsys):
-    rc, cap = _run(["logvol", "--model", f"{files['net']}:dead", "--points", files["pt"], "--out", tmp_path / "d.csv",
-                    "--batch-size", 4, "--quiet"], capsys)
+    rc, cap = _run(
+        [
+            "logvol",
+            "--model",
+            f"{files['net']}:dead",
+            "--points",
+            files["pt"],
+            "--out",
+            tmp_path / "d.csv",
+            "--batch-size",
+            4,
+            "--quiet",
+        ],
+        capsys,
+    )
     err = cap.err.strip()
     assert rc == 2 and "\n" not in err and "points 0..3: " in err and "does not depend on the input" in err
 
@@ -282,8 +415,27 @@ def test_conv_pool_checkpoint(files, tmp_path, capsys):
     x = torch.randn(5, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     torch.save(x, tmp_path / "img.pt")
     out = tmp_path / "c.csv"
-    rc, cap = _run(["logvol", "--model", f"{files['net']}:conv", "--checkpoint", tmp_path / "ck.pt", "--layer", "3",
-                    "--pool", "16", "--points", tmp_path / "img.pt", "--out", out, "--batch-size", 2, "--quiet"], capsys)
+    rc, cap = _run(
+        [
+            "logvol",
+            "--model",
+            f"{files['net']}:conv",
+            "--checkpoint",
+            tmp_path / "ck.pt",
+            "--layer",
+            "3",
+            "--pool",
+            "16",
+            "--points",
+            tmp_path / "img.pt",
+            "--out",
+            out,
+            "--batch-size",
+            2,
+            "--quiet",
+        ],
+        capsys,
+    )
     assert rc == 0, cap.err
     _, a = read_csv(str(out))
     ref = fg.logvol(model, x, layer="3", pool=16, method="dense")

@@ -1,5 +1,6 @@
 """`fastgeom curvature` / `fastgeom geodesic` (fastgeom/cli_curvature.py) against the API, resume, one-line
 errors; `fastgeom plot` on a curvature CSV (diverging map centred at 0)."""
+
 from __future__ import annotations
 
 import json
@@ -7,14 +8,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from _cli_helpers import write_net
 
 import fastgeom as fg
 from fastgeom import cli, runio, slices
-from fastgeom.surfaces import plane_directions
 from fastgeom.plot import value_colors
 from fastgeom.runio import read_csv
-
-from _cli_helpers import write_net
+from fastgeom.surfaces import plane_directions
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,22 @@ def _model(files, **kw):
 
 def test_plane_curvature_matches_api_and_resumes(files, tmp_path, capsys):
     out = tmp_path / "k.csv"
-    argv = ["curvature", "--model", f"{files['net']}:mlp", "--data", files["pt"], "--plane", "0,2,5", "--grid", 5,
-            "--out", out, "--batch-size", 4, "--quiet"]
+    argv = [
+        "curvature",
+        "--model",
+        f"{files['net']}:mlp",
+        "--data",
+        files["pt"],
+        "--plane",
+        "0,2,5",
+        "--grid",
+        5,
+        "--out",
+        out,
+        "--batch-size",
+        4,
+        "--quiet",
+    ]
     rc, cap = _run(argv, capsys)
     assert rc == 0 and cap.err == ""
     cols, a = read_csv(str(out))
@@ -66,8 +80,22 @@ def test_plane_curvature_matches_api_and_resumes(files, tmp_path, capsys):
 
 def test_scalar_and_errors(files, tmp_path, capsys):
     out = tmp_path / "r.csv"
-    rc, cap = _run(["curvature", "--scalar", "--model", f"{files['net']}:mlp", "--layer", "2", "--points", files["pt"],
-                    "--out", out, "--quiet"], capsys)
+    rc, cap = _run(
+        [
+            "curvature",
+            "--scalar",
+            "--model",
+            f"{files['net']}:mlp",
+            "--layer",
+            "2",
+            "--points",
+            files["pt"],
+            "--out",
+            out,
+            "--quiet",
+        ],
+        capsys,
+    )
     assert rc == 0
     cols, a = read_csv(str(out))
     assert cols == ["index", "R"]
@@ -85,8 +113,24 @@ def test_scalar_and_errors(files, tmp_path, capsys):
 
 def test_geodesic_command(files, tmp_path, capsys):
     out = tmp_path / "g.pt"
-    rc, cap = _run(["geodesic", "--model", f"{files['net']}:mlp", "--layer", "2", "--data", files["pt"], "--path", "1,4",
-                    "--grid", 6, "--out", out], capsys)
+    rc, cap = _run(
+        [
+            "geodesic",
+            "--model",
+            f"{files['net']}:mlp",
+            "--layer",
+            "2",
+            "--data",
+            files["pt"],
+            "--path",
+            "1,4",
+            "--grid",
+            6,
+            "--out",
+            out,
+        ],
+        capsys,
+    )
     assert rc == 0
     summary = json.loads(cap.out.strip().split("\n")[-1])
     r = torch.load(out, weights_only=True)
@@ -94,13 +138,26 @@ def test_geodesic_command(files, tmp_path, capsys):
     L = fg.path_length(_model(files), r["path"], "2")
     assert abs(summary["length"] - float(L)) <= 1e-12 * float(L)
     assert abs(float(r["segment_lengths"].sum()) - float(L)) <= 1e-12 * float(L)
-    rc, cap = _run(["geodesic", "--model", f"{files['net']}:mlp", "--data", files["pt"], "--path", "1,4",
-                    "--out", tmp_path / "g.csv"], capsys)
+    rc, cap = _run(
+        [
+            "geodesic",
+            "--model",
+            f"{files['net']}:mlp",
+            "--data",
+            files["pt"],
+            "--path",
+            "1,4",
+            "--out",
+            tmp_path / "g.csv",
+        ],
+        capsys,
+    )
     assert rc == 2 and ".pt" in cap.err
 
 
 def test_plot_curvature_is_diverging_at_zero(tmp_path, capsys):
     import matplotlib.image as mpimg
+
     kw = value_colors("K", np.array([-0.5, 2.0, np.nan, 0.1]))
     assert kw["cmap"] == "RdBu_r" and kw["vmin"] == -kw["vmax"] and kw["vmax"] > 1.9
     assert value_colors("logvol", np.ones(3)) == {"cmap": "viridis"}

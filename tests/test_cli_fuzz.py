@@ -1,6 +1,7 @@
 """Hypothesis fuzzing of the CLI's argument parsing and of its file loading: every bad input ends
 in a one-line error (SystemExit 2 from argparse, InputError naming the file otherwise), never in
 another exception; a results CSV cut at any byte resumes to the complete file."""
+
 from __future__ import annotations
 
 import io
@@ -18,15 +19,72 @@ from fastgeom.runio import InputError, ResultsCSV
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
-OPTS = ["--model", "--model-args", "--num-classes", "--cifar-stem", "--activation", "--checkpoint", "--layer",
-        "--pool", "--target", "--normalize", "--points", "--data", "--path", "--plane", "--grid", "--hull",
-        "--input-shape", "--method", "--chunk-size", "--budget-mb", "--dtype", "--device", "--rank-tol", "--seed",
-        "--batch-size", "--k", "--out", "--diagnostics", "--quiet", "--dist-backend", "--dist-timeout", "--column"]
-VALUES = st.one_of(st.sampled_from(["0", "1", "-3", "2x2", "1,2", "1,2,3", "512", "nan", "inf", "1e9", "{}",
-                                    '{"width": 3}', "[1]", "float64", "gelu", "convex", "auto", "m:f", "x.pt", ""]),
-                   st.text(max_size=8), st.integers(-5, 10**6).map(str))
-ARGV = st.tuples(st.sampled_from(["logvol", "spectrum", "plot", "info", "bogus"]),
-                 st.lists(st.one_of(st.sampled_from(OPTS), VALUES), max_size=12))
+OPTS = [
+    "--model",
+    "--model-args",
+    "--num-classes",
+    "--cifar-stem",
+    "--activation",
+    "--checkpoint",
+    "--layer",
+    "--pool",
+    "--target",
+    "--normalize",
+    "--points",
+    "--data",
+    "--path",
+    "--plane",
+    "--grid",
+    "--hull",
+    "--input-shape",
+    "--method",
+    "--chunk-size",
+    "--budget-mb",
+    "--dtype",
+    "--device",
+    "--rank-tol",
+    "--seed",
+    "--batch-size",
+    "--k",
+    "--out",
+    "--diagnostics",
+    "--quiet",
+    "--dist-backend",
+    "--dist-timeout",
+    "--column",
+]
+VALUES = st.one_of(
+    st.sampled_from(
+        [
+            "0",
+            "1",
+            "-3",
+            "2x2",
+            "1,2",
+            "1,2,3",
+            "512",
+            "nan",
+            "inf",
+            "1e9",
+            "{}",
+            '{"width": 3}',
+            "[1]",
+            "float64",
+            "gelu",
+            "convex",
+            "auto",
+            "m:f",
+            "x.pt",
+            "",
+        ]
+    ),
+    st.text(max_size=8),
+    st.integers(-5, 10**6).map(str),
+)
+ARGV = st.tuples(
+    st.sampled_from(["logvol", "spectrum", "plot", "info", "bogus"]),
+    st.lists(st.one_of(st.sampled_from(OPTS), VALUES), max_size=12),
+)
 
 
 @FUZZ
@@ -69,7 +127,7 @@ def test_fuzz_points_file_bytes(kind, data):
         blob = good[: data.draw(st.integers(0, len(good) - 1))]
     else:
         pos = data.draw(st.integers(0, len(good) - 1))
-        blob = good[:pos] + bytes([good[pos] ^ data.draw(st.integers(1, 255))]) + good[pos + 1:]
+        blob = good[:pos] + bytes([good[pos] ^ data.draw(st.integers(1, 255))]) + good[pos + 1 :]
     with tempfile.TemporaryDirectory() as d:
         p = os.path.join(d, f"points.{kind}")
         with open(p, "wb") as f:
@@ -83,9 +141,12 @@ def test_fuzz_points_file_bytes(kind, data):
 
 
 @FUZZ
-@given(shape=st.lists(st.integers(0, 4), max_size=4),
-       dtype=st.sampled_from([np.float32, np.float64, np.int32, np.uint8, np.bool_, np.complex64, np.float16]),
-       nan=st.booleans(), ext=st.sampled_from(["npy", "pt"]))
+@given(
+    shape=st.lists(st.integers(0, 4), max_size=4),
+    dtype=st.sampled_from([np.float32, np.float64, np.int32, np.uint8, np.bool_, np.complex64, np.float16]),
+    nan=st.booleans(),
+    ext=st.sampled_from(["npy", "pt"]),
+)
 def test_fuzz_points_arrays(shape, dtype, nan, ext):
     a = np.ones(shape, dtype=dtype)
     if nan and a.size and a.dtype.kind in "fc":

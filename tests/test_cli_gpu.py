@@ -1,5 +1,6 @@
 """GPU checks of the CLI (marked gpu, skipped without CUDA): a CUDA run against the CPU file, and
 torchrun with NCCL over two GPUs against one GPU (skipped with fewer than two GPUs)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -7,11 +8,10 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from _cli_helpers import PY, env, write_net
 
 from fastgeom import cli
 from fastgeom.runio import read_csv
-
-from _cli_helpers import PY, env, write_net
 
 pytestmark = pytest.mark.gpu
 
@@ -19,8 +19,22 @@ pytestmark = pytest.mark.gpu
 def _setup(tmp_path):
     net = write_net(tmp_path)
     torch.save(torch.randn(29, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(11)), tmp_path / "x.pt")
-    return lambda out, dev: ["logvol", "--model", f"{net}:mlp", "--points", str(tmp_path / "x.pt"), "--layer", "2",
-                             "--out", str(out), "--batch-size", "4", "--device", dev, "--quiet"]
+    return lambda out, dev: [
+        "logvol",
+        "--model",
+        f"{net}:mlp",
+        "--points",
+        str(tmp_path / "x.pt"),
+        "--layer",
+        "2",
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+        "--device",
+        dev,
+        "--quiet",
+    ]
 
 
 def _close(a_path, b_path):
@@ -41,8 +55,23 @@ def test_cuda_matches_cpu(tmp_path):
 def test_torchrun_nccl_two_gpus(tmp_path):
     argv = _setup(tmp_path)
     assert cli.main(argv(tmp_path / "one.csv", "cuda")) == 0
-    r = subprocess.run([PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "fastgeom",
-                        *argv(tmp_path / "two.csv", "cuda"), "--dist-backend", "nccl"],
-                       capture_output=True, text=True, env=env(), timeout=600)
+    r = subprocess.run(
+        [
+            PY,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "fastgeom",
+            *argv(tmp_path / "two.csv", "cuda"),
+            "--dist-backend",
+            "nccl",
+        ],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     _close(tmp_path / "one.csv", tmp_path / "two.csv")

@@ -2,18 +2,17 @@
 and the run goes on to the results of a run without it: same rows, same ranks, log volumes equal
 to rounding (a different chunk size changes the shapes of the batched matmuls, and BLAS does not
 promise bit-identical rows across shapes; we see differences in the last bit only)."""
+
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
-
-import numpy as np
+from _cli_helpers import write_net
 
 from fastgeom import cli
-from fastgeom.runio import read_csv
 from fastgeom.engine import streamed
-
-from _cli_helpers import write_net
+from fastgeom.runio import read_csv
 
 
 @pytest.fixture
@@ -33,8 +32,24 @@ def run(tmp_path, monkeypatch):
         ks.clear()
         monkeypatch.setattr(streamed, "fault_injector", injector)
         out = tmp_path / f"{name}.csv"
-        argv = ["logvol", "--model", f"{net}:mlp", "--model-args", '{"width": 11}', "--points", str(tmp_path / "x.pt"),
-                "--out", str(out), "--batch-size", "4", "--chunk-size", "8", "--method", "streamed", "--quiet"]
+        argv = [
+            "logvol",
+            "--model",
+            f"{net}:mlp",
+            "--model-args",
+            '{"width": 11}',
+            "--points",
+            str(tmp_path / "x.pt"),
+            "--out",
+            str(out),
+            "--batch-size",
+            "4",
+            "--chunk-size",
+            "8",
+            "--method",
+            "streamed",
+            "--quiet",
+        ]
         assert cli.main(argv + (["--layer", layer] if layer else [])) == rc
         return read_csv(str(out)), list(ks)
 

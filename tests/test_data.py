@@ -1,4 +1,5 @@
 """fastgeom.data: toy tasks, stand-ins, and the messages for missing datasets."""
+
 import sys
 
 import pytest
@@ -27,6 +28,7 @@ def test_digits_standin_shape_range_labels():
     assert sorted(set(y.tolist())) == list(range(10))
     # upsampling keeps the images' mean brightness close to the 8x8 originals
     from sklearn.datasets import load_digits
+
     orig = torch.as_tensor(load_digits().images, dtype=torch.float64) / 16
     assert abs(float(x.mean()) - float(orig.mean())) < 0.03
 
@@ -83,6 +85,7 @@ def test_mnist_falls_back_to_standin_with_message(monkeypatch, tmp_path):
 
 def test_fastgeom_import_does_not_import_mlxtend():
     import subprocess
+
     code = "import sys, fastgeom, fastgeom.data; print('mlxtend' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

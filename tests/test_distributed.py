@@ -1,5 +1,6 @@
 """Sharding with torch.distributed: the batch plan, and torchrun with 2 gloo processes on CPU
 against the single-process CSV (resuming a partial file on the way)."""
+
 from __future__ import annotations
 
 import shutil
@@ -7,18 +8,18 @@ import subprocess
 
 import pytest
 import torch
+from _cli_helpers import PY, env, write_net
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastgeom import cli
 from fastgeom import distributed as D
 
-from _cli_helpers import PY, env, write_net
-
 
 @settings(max_examples=60, deadline=None)
-@given(n=st.integers(0, 60), bs=st.integers(1, 9), world=st.integers(1, 5),
-       done=st.sets(st.integers(0, 59), max_size=40))
+@given(
+    n=st.integers(0, 60), bs=st.integers(1, 9), world=st.integers(1, 5), done=st.sets(st.integers(0, 59), max_size=40)
+)
 def test_shards_cover_pending_batches_once(n, bs, world, done):
     done = {i for i in done if i < n}
     pending = D.pending_batches(n, bs, done)
@@ -44,8 +45,22 @@ def test_torchrun_two_gloo_processes_match_single(tmp_path, capsys):
     torch.save(torch.randn(23, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(5)), tmp_path / "x.pt")
 
     def argv(out):
-        return ["logvol", "--model", f"{net}:mlp", "--points", str(tmp_path / "x.pt"), "--layer", "2",
-                "--out", str(out), "--batch-size", "3", "--diagnostics", "--device", "cpu"]
+        return [
+            "logvol",
+            "--model",
+            f"{net}:mlp",
+            "--points",
+            str(tmp_path / "x.pt"),
+            "--layer",
+            "2",
+            "--out",
+            str(out),
+            "--batch-size",
+            "3",
+            "--diagnostics",
+            "--device",
+            "cpu",
+        ]
 
     single = tmp_path / "single.csv"
     assert cli.main(argv(single) + ["--quiet"]) == 0
@@ -55,8 +70,24 @@ def test_torchrun_two_gloo_processes_match_single(tmp_path, capsys):
     lines = single.read_text().split("\n")
     part.write_text("\n".join(lines[:5]) + "\n")
     shutil.copy(str(single) + ".meta.json", str(part) + ".meta.json")
-    r = subprocess.run([PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "fastgeom",
-                        *argv(part), "--dist-backend", "gloo"], capture_output=True, text=True, env=env(), timeout=400)
+    r = subprocess.run(
+        [
+            PY,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "fastgeom",
+            *argv(part),
+            "--dist-backend",
+            "gloo",
+        ],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=400,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert part.read_bytes() == single.read_bytes()
     assert "rank 0/2" in r.stderr and "rank 1/2" in r.stderr and "pt/s" in r.stderr  # a bar per rank

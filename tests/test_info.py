@@ -1,4 +1,5 @@
 """fastgeom.info() and `python -m fastgeom info`: versions, backends built / usable, build metadata."""
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,14 @@ def test_info_dict():
 
 def _run_cli(*args):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "fastgeom", "info", *args], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "fastgeom", "info", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
 
 
 def test_cli_info_reports_extension():
@@ -51,8 +58,9 @@ def test_cli_info_reports_extension():
     d = json.loads(out.stdout)
     assert d["torch"] == torch.__version__
     assert d["extension"]["loaded"] == ext.ok  # same installation as this process
-    assert d["extension"]["build"] == {k: (v if isinstance(v, (bool, int)) else str(v))
-                                       for k, v in ext.build_info().items()}
+    assert d["extension"]["build"] == {
+        k: (v if isinstance(v, (bool, int)) else str(v)) for k, v in ext.build_info().items()
+    }
     out = _run_cli()
     assert out.returncode == 0, out.stderr
     assert "extension fastgeom._C:" in out.stdout and "backends:" in out.stdout

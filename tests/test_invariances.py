@@ -1,4 +1,5 @@
 """Hypothesis property tests of three invariances of the log volume element (MATH.md section 2)."""
+
 from __future__ import annotations
 
 import math
@@ -10,8 +11,7 @@ from hypothesis import strategies as st
 import fastgeom as fg
 
 D = torch.float64
-SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow],
-                    derandomize=True)
+SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 
 
 def random_features(seed: int, d_in: int, d_out: int, hidden: int = 7):
@@ -39,8 +39,13 @@ def test_orthogonal_map_on_features_leaves_logvol_unchanged(seed, d_in, d_out, m
 
 
 @SETTINGS
-@given(seed=st.integers(0, 2**31 - 1), d_in=dims, d_out=dims, method=methods,
-       c=st.floats(1e-3, 1e3) | st.floats(-1e3, -1e-3))
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    d_in=dims,
+    d_out=dims,
+    method=methods,
+    c=st.floats(1e-3, 1e3) | st.floats(-1e3, -1e-3),
+)
 def test_scaling_features_by_c_adds_r_log_c(seed, d_in, d_out, method, c):
     phi, x, _ = random_features(seed, d_in, d_out)
     r = min(d_in, d_out)
@@ -50,8 +55,13 @@ def test_scaling_features_by_c_adds_r_log_c(seed, d_in, d_out, method, c):
 
 
 @SETTINGS
-@given(seed=st.integers(0, 2**31 - 1), d_in=st.integers(1, 5), extra=st.integers(0, 4), method=methods,
-       log_scales=st.lists(st.floats(-3, 3), min_size=5, max_size=5))
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    d_in=st.integers(1, 5),
+    extra=st.integers(0, 4),
+    method=methods,
+    log_scales=st.lists(st.floats(-3, 3), min_size=5, max_size=5),
+)
 def test_precomposing_immersion_with_invertible_map_adds_log_det(seed, d_in, extra, method, log_scales):
     d_out = d_in + extra  # immersion (d_out >= d_in)
     phi, x, g = random_features(seed, d_in, d_out, hidden=d_out + 2)

@@ -1,5 +1,6 @@
 """Accuracy of the float64 factorisation (fastgeom.linalg) on graded Jacobians against a 300-digit
 mpmath reference, rank-deficiency handling and warnings, and the Jacobi SVD."""
+
 from __future__ import annotations
 
 import math
@@ -8,11 +9,11 @@ import warnings
 import mpmath
 import pytest
 import torch
+from fg_oracle import brute_jacobian, brute_logvol, mp_logvol, rel_err
 from torch import nn
 
 import fastgeom as fg
 from fastgeom import linalg
-from fg_oracle import brute_jacobian, brute_logvol, mp_logvol, rel_err
 
 D = torch.float64
 
@@ -34,17 +35,18 @@ def sigmoid_layer(W, b):
 
 # ---------------------------------------------------------------- graded Jacobians vs mpmath
 
+
 def test_column_graded_dead_pixels(digits):
     """Pixels that are zero in every digit get first-layer weights ~1e-45 (weight decay): J has columns
     ~1e-46. svdvals loses them (its error is normwise); the pivoted-QR log volume does not."""
     dead = (digits.abs().sum(0) == 0).nonzero().flatten()
     assert len(dead) >= 3
-    live = digits.var(0).argsort(descending=True)[:24 - len(dead)]
+    live = digits.var(0).argsort(descending=True)[: 24 - len(dead)]
     pix = torch.cat([dead, live])  # d = 24 inputs, 3 of them dead
     x = digits[:3][:, pix]
     g = torch.Generator().manual_seed(1)
     W = torch.randn(32, 24, generator=g, dtype=D) * 0.4  # hidden n = 32 > d: immersion
-    W[:, :len(dead)] *= 1e-45
+    W[:, : len(dead)] *= 1e-45
     m = sigmoid_layer(W, torch.randn(32, generator=g, dtype=D) * 0.1)
     J = fg.jacobian(m, x)
     ref = torch.tensor([mp_logvol(J[i]) for i in range(3)], dtype=D)
@@ -68,7 +70,7 @@ def test_row_graded_saturated_units(digits):
     g = torch.Generator().manual_seed(2)
     W = torch.randn(n, d, generator=g, dtype=D) * 0.3
     b = torch.zeros(n, dtype=D)
-    b[n // 2:] = torch.linspace(18, 26, n - n // 2, dtype=D)
+    b[n // 2 :] = torch.linspace(18, 26, n - n // 2, dtype=D)
     m = sigmoid_layer(W, b)
     J = fg.jacobian(m, x)
     kappa = torch.linalg.cond(J)
@@ -120,11 +122,12 @@ def test_dynamic_pivoting_when_static_order_is_not_rank_revealing():
 
 # ---------------------------------------------------------------- rank deficiency
 
+
 def relu_mlp_with_dead_units(d_in, hidden, n_dead, d_out=None):
     """Linear -> ReLU (the last `n_dead` units have bias -1e3: exactly zero rows of J) [-> Linear]."""
     lin = nn.Linear(d_in, hidden).to(D)
     with torch.no_grad():
-        lin.bias[hidden - n_dead:] = -1e3
+        lin.bias[hidden - n_dead :] = -1e3
     layers = [lin, nn.ReLU()] + ([nn.Linear(hidden, d_out).to(D)] if d_out else [])
     return nn.Sequential(*layers)
 
@@ -174,7 +177,7 @@ def test_mixed_ranks_in_one_batch_name_only_deficient_points():
     msg = str([w for w in rec if w.category is fg.RankDeficiencyWarning][0].message)
     assert "2 point(s)" in msg and "1 (rank 2), 3 (rank 1)" in msg and "0 (rank" not in msg
     J = brute_jacobian(m, x)
-    ref = torch.stack([brute_logvol(J[i:i + 1], rank=r)[0] for i, r in enumerate([3, 2, 3, 1, 3])])
+    ref = torch.stack([brute_logvol(J[i : i + 1], rank=r)[0] for i, r in enumerate([3, 2, 3, 1, 3])])
     assert rel_err(lv, ref) < 1e-12
     assert torch.allclose(lv[[0, 2, 3]], torch.zeros(3, dtype=D))  # unit-norm rows
     assert abs(float(lv[4]) - 0.5 * math.log(2.0)) < 1e-14  # x_2 > 10: two rows
@@ -187,7 +190,9 @@ def test_rounding_level_values_warn_and_rank_tol_drops_them():
     x = torch.randn(3, 6, dtype=D)
     J = brute_jacobian(feat, x)
     # default: the rounding-level value is dropped (resolved rank), counted and named
-    with pytest.warns(fg.RankDeficiencyWarning, match=r"3 point\(s\).*rank 4.*rounding level of torch.float64.*dropped"):
+    with pytest.warns(
+        fg.RankDeficiencyWarning, match=r"3 point\(s\).*rank 4.*rounding level of torch.float64.*dropped"
+    ):
         lvd, diagd = fg.logvol(None, x, feat, return_diagnostics=True)
     assert diagd.n_dropped.tolist() == [1, 1, 1] and diagd.rank.tolist() == [4] * 3
     assert rel_err(lvd, brute_logvol(J, rank=4)) < 1e-12
@@ -245,13 +250,14 @@ def test_full_rank_gives_no_warning():
 
 # ---------------------------------------------------------------- Jacobi SVD
 
+
 @pytest.mark.parametrize("shape", [(3, 7, 5), (2, 6, 6), (1, 9, 1), (2, 5, 2), (2, 11, 7), (1, 4, 3)])
 def test_jacobi_svdvals_vs_svdvals(shape):
     g = torch.Generator().manual_seed(6)
     X = torch.randn(*shape, generator=g, dtype=D)
     s = linalg.jacobi_svdvals(X)
     assert s.shape == (shape[0], shape[2])
-    assert torch.allclose(s, torch.linalg.svdvals(X)[:, :shape[2]], rtol=1e-13, atol=0)
+    assert torch.allclose(s, torch.linalg.svdvals(X)[:, : shape[2]], rtol=1e-13, atol=0)
     # column-graded: relative accuracy of the smallest values (vs the exact values of the construction)
     Q = torch.linalg.qr(torch.randn(shape[0], shape[1], shape[2], generator=g, dtype=D)).Q
     sv = torch.logspace(0, -40, shape[2], dtype=D)

@@ -1,6 +1,7 @@
 """The linearised engine (engine/linear_net.py) against torch.func on the unmodified model, in float64
 at odd sizes: CIFAR ResNets (GELU and ReLU, BatchNorm folded), inner layers, pooling, the sphere
 target, generic nodes (max-pool, cat, gating, views, unfolded BatchNorm) and forward mode."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -131,8 +132,9 @@ def test_logvol_linearized_matches_dense_resnet_pool_sphere_and_dtype():
         torch.testing.assert_close(fg.logvol(m32, x32, method="linearized", dtype=D), ref, rtol=1e-10, atol=1e-10)
         assert next(m32.parameters()).dtype == torch.float32
         # float32 throughout: BatchNorm folding changes rounding only
-        torch.testing.assert_close(fg.logvol(m32, x32, method="linearized"), fg.logvol(m32, x32, method="dense"),
-                                   rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(
+            fg.logvol(m32, x32, method="linearized"), fg.logvol(m32, x32, method="dense"), rtol=1e-4, atol=1e-3
+        )
     finally:
         m.double()
 
@@ -140,8 +142,14 @@ def test_logvol_linearized_matches_dense_resnet_pool_sphere_and_dtype():
 def test_forward_mode_immersion():
     """d_out > d_in: JVP columns through the linear network."""
     torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.GELU(), nn.Conv2d(6, 5, 3, padding=1),
-                      nn.Tanh(), nn.Flatten()).to(D)
+    m = nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.GELU(),
+        nn.Conv2d(6, 5, 3, padding=1),
+        nn.Tanh(),
+        nn.Flatten(),
+    ).to(D)
     _randomise_bn(m).eval()
     x = torch.randn(4, 1, 3, 4, dtype=D)
     ref = fg.logvol(m, x, method="dense")
@@ -267,11 +275,12 @@ def test_layernorm_and_product_rules_match_torch_func():
 
 class _Cube(torch.autograd.Function):
     """x^3 with a backward and no forward-mode (jvp) formula."""
+
     generate_vmap_rule = True
 
     @staticmethod
     def forward(x):
-        return x ** 3
+        return x**3
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -280,7 +289,7 @@ class _Cube(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
-        return 3 * x ** 2 * g
+        return 3 * x**2 * g
 
 
 def cube(x):
@@ -334,13 +343,15 @@ def test_tuple_valued_nodes_are_never_constants():
 
 def test_relu_closed_form_derivative_matches_autograd_at_zero_and_both_sides():
     x = torch.tensor([-1.0, -0.0, 0.0, 1e-300, 2.0], dtype=D)
-    torch.testing.assert_close(linear_net._relu_derivative(x), linear_net._elementwise_derivative(torch.relu, x),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        linear_net._relu_derivative(x), linear_net._elementwise_derivative(torch.relu, x), rtol=0, atol=0
+    )
 
 
 def test_traced_graph_that_fails_at_a_node_is_a_linearize_error():
     """A graph that cannot run at these points (a batch size fixed in the model code) gives LinearizeError
     naming the node, not a raw torch error."""
+
     class Baked(nn.Module):
         def __init__(self):
             super().__init__()

@@ -1,5 +1,6 @@
 """fastgeom.logvol / spectrum / jacobian / metric against an independent float64 brute force
 (torch.func.jacrev + torch.linalg.svdvals), and dense vs streamed agreement."""
+
 from __future__ import annotations
 
 import warnings
@@ -7,19 +8,20 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from fg_oracle import brute_jacobian, brute_logvol, rel_err
 from torch import nn
 
 import fastgeom as fg
 from fastgeom.engine import streamed
 from fastgeom.features import pool_window
-from fg_oracle import brute_jacobian, brute_logvol, rel_err
 
 D = torch.float64
 
 
 def mlp(d_in, d_out, hidden=9, act=nn.Tanh):
-    return nn.Sequential(nn.Linear(d_in, hidden), act(), nn.Linear(hidden, hidden), act(),
-                         nn.Linear(hidden, d_out)).to(D)
+    return nn.Sequential(nn.Linear(d_in, hidden), act(), nn.Linear(hidden, hidden), act(), nn.Linear(hidden, d_out)).to(
+        D
+    )
 
 
 class Block(nn.Module):
@@ -66,6 +68,7 @@ def inner_conv2(m):
 
 # ---------------------------------------------------------------- MLPs vs brute force
 
+
 @pytest.mark.parametrize("d_in,d_out", [(7, 3), (3, 7), (6, 6)], ids=["submersion", "immersion", "square"])
 @pytest.mark.parametrize("method", ["dense", "streamed", "linearized", "auto"])
 def test_mlp_vs_brute_force(d_in, d_out, method):
@@ -94,6 +97,7 @@ def test_float32_model_accumulates_in_float64():
 
 
 # ---------------------------------------------------------------- CNN, train mode, inner / callable layers
+
 
 def test_cnn_train_mode_equals_eval_and_is_restored():
     m = small_cnn()
@@ -149,8 +153,11 @@ def test_callable_layer():
 
 # ---------------------------------------------------------------- pooling
 
-@pytest.mark.parametrize("pool,kernel", [(16, (3, 3)), ((2, 3), (2, 3)), ({"kernel": 3}, (3, 3)),
-                                         ({"size": 4 * 3 * 6}, (2, 1)), (4 * 1 * 2, (6, 3))])
+
+@pytest.mark.parametrize(
+    "pool,kernel",
+    [(16, (3, 3)), ((2, 3), (2, 3)), ({"kernel": 3}, (3, 3)), ({"size": 4 * 3 * 6}, (2, 1)), (4 * 1 * 2, (6, 3))],
+)
 def test_pool_vs_brute_force_of_pooled_map(pool, kernel):
     m = small_cnn().eval()
     x = torch.randn(2, 2, 6, 6, dtype=D)
@@ -169,6 +176,7 @@ def test_pool_rule_reproduces_cifar_resnet34_readouts():
 
 
 # ---------------------------------------------------------------- torchvision ResNet-18, CIFAR stem
+
 
 @pytest.mark.slow
 def test_resnet18_cifar_stem():
@@ -189,6 +197,7 @@ def test_resnet18_cifar_stem():
 
 
 # ---------------------------------------------------------------- dense vs streamed
+
 
 @pytest.mark.parametrize("d_in,d_out", [(13, 5), (5, 11), (9, 9)])
 def test_dense_and_streamed_agree(d_in, d_out):
@@ -230,7 +239,7 @@ def test_spectrum_jacobian_metric_vs_brute_force():
     assert g.shape == (3, 8, 8) and torch.allclose(g, J.mT @ J, rtol=1e-12, atol=1e-15)
     assert torch.allclose(fg.metric(m, x, normalize=True), J.mT @ J / 5, rtol=1e-12, atol=1e-15)
     # normalize=True divides the features by sqrt(d_out)
-    assert rel_err(fg.logvol(m, x, normalize=True), brute_logvol(J / 5 ** 0.5)) < 1e-12
+    assert rel_err(fg.logvol(m, x, normalize=True), brute_logvol(J / 5**0.5)) < 1e-12
 
 
 def test_empty_batch():
@@ -247,6 +256,7 @@ def test_empty_batch():
 
 
 # ---------------------------------------------------------------- TF32 guard
+
 
 def _tf32_state():
     """Effective TF32 settings: the fp32_precision API where torch has it, else the legacy flags."""
@@ -298,8 +308,12 @@ def test_tf32_guard_with_the_new_fp32_precision_api():
     b = torch.backends
     if not hasattr(b.cuda.matmul, "fp32_precision"):
         pytest.skip("torch without the fp32_precision API")
-    leaves = [(b.cuda.matmul, "fp32_precision"), (b.cudnn, "fp32_precision"), (b.cudnn.conv, "fp32_precision"),
-              (b.cudnn.rnn, "fp32_precision")]
+    leaves = [
+        (b.cuda.matmul, "fp32_precision"),
+        (b.cudnn, "fp32_precision"),
+        (b.cudnn.conv, "fp32_precision"),
+        (b.cudnn.rnn, "fp32_precision"),
+    ]
     orig = [getattr(o, a) for o, a in leaves]
     m = mlp(5, 3)
     seen = []
@@ -329,6 +343,7 @@ def test_tf32_guard_with_the_new_fp32_precision_api():
 
 # ---------------------------------------------------------------- OOM back-off (engine level)
 
+
 def _injector(stage, fail_on):
     state = {"n": 0, "raised": 0}
 
@@ -343,8 +358,15 @@ def _injector(stage, fail_on):
     return inject, state
 
 
-@pytest.mark.parametrize("mode,stage,fail_on", [("reverse", "chunk", {1}), ("reverse", "chunk", {1, 2}),
-                                                ("forward", "chunk", {2, 3}), ("reverse", "forward", {1, 2})])
+@pytest.mark.parametrize(
+    "mode,stage,fail_on",
+    [
+        ("reverse", "chunk", {1}),
+        ("reverse", "chunk", {1, 2}),
+        ("forward", "chunk", {2, 3}),
+        ("reverse", "forward", {1, 2}),
+    ],
+)
 @pytest.mark.parametrize("method", ["streamed", "linearized"])
 def test_oom_backoff_gives_identical_results(mode, stage, fail_on, method):
     d_in, d_out = (11, 6) if mode == "reverse" else (6, 11)

@@ -1,5 +1,6 @@
 """The MNIST drivers' geometry route and statistics (experiments/_mnist_geometry.py, _mnist_stats.py)
 against references: the general engine / fastgeom.shallow, sklearn's AUROC, and brute force."""
+
 import math
 
 import numpy as np
@@ -61,12 +62,13 @@ def test_metric_eigenvalues_match_engine_spectrum_and_volume():
     x = torch.rand(4, 23, dtype=torch.float64)
     lam = geo.metric_eigenvalues(net, x)
     s = fg.spectrum(net, x, layer="act", normalize=True, method="dense", progress=False)
-    assert torch.allclose(lam, s ** 2, rtol=1e-9, atol=0)
+    assert torch.allclose(lam, s**2, rtol=1e-9, atol=0)
     assert torch.allclose(0.5 * lam.log().sum(1), geo.logvol(net, x), atol=1e-9)
 
 
 def test_auroc_matches_sklearn_with_ties():
     from sklearn.metrics import roc_auc_score
+
     rng = np.random.default_rng(0)
     for neg_n, pos_n in [(1, 1), (7, 13), (200, 31)]:
         neg = rng.integers(0, 6, neg_n).astype(float)  # many ties
@@ -88,8 +90,11 @@ def test_boundary_mask_brute_force():
     kept = set(keep.tolist())
     for j, i in enumerate(keep):
         r, c = divmod(int(i), n)
-        nb = [(r + dr) * n + c + dc for dr, dc in ((1, 0), (-1, 0), (0, 1), (0, -1))
-              if 0 <= r + dr < n and 0 <= c + dc < n]
+        nb = [
+            (r + dr) * n + c + dc
+            for dr, dc in ((1, 0), (-1, 0), (0, 1), (0, -1))
+            if 0 <= r + dr < n and 0 <= c + dc < n
+        ]
         assert m[j] == any(k in kept and cls[k] != cls[i] for k in nb)
     v = np.where(st.boundary_mask(cls, np.arange(n * n), n), 1.0, 0.0)
     b = st.boundary_stats(v, cls, np.arange(n * n), n)

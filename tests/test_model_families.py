@@ -8,6 +8,7 @@ against an independent J (torch.func.jacrev on the unmodified model, one point a
 - a GRU / LSTM / MHA branch that contributes 1e-6 of J is not dropped (the silent-wrong-answer case);
 - in-place ops, in-place writes that cannot be rewritten, and the strict first-point check.
 """
+
 import warnings
 
 import pytest
@@ -87,6 +88,7 @@ def test_auto_takes_the_linearised_engine(name, family_cache, auto_always_tries_
 
 def test_rules_cover_gating_layernorm_and_inplace_families(family_cache):
     """The hand-written rules (not only torch.func) run on the families they were written for."""
+
     def rules(name):
         m, x, _ = _family(name, family_cache)
         return {s.rule for s in LinearGraph(FeatureMap(m)).linearize(x).steps}

@@ -1,4 +1,5 @@
 """CIFAR ResNets (activation in every block, per-block pooled readouts, widths) and SSL heads/losses."""
+
 import math
 import warnings
 
@@ -8,13 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastgeom as fg
-from fastgeom.models import cifar_resnet
-from fastgeom.models import ssl
+from fastgeom.models import cifar_resnet, ssl
 
 BLOCKS = ("layer1", "layer2", "layer3", "layer4")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 
 def _blocks(model):
@@ -105,7 +104,7 @@ def test_per_block_pooling_vs_bruteforce(act):
             warnings.simplefilter("ignore")  # ReLU: dead pooled units / rounding-level values (checked below)
             got, diag = fg.logvol(m, x, layer=name, pool=32, method="streamed", return_diagnostics=True)
         for i in range(len(x)):
-            J = torch.autograd.functional.jacobian(lambda xi: truncated(xi, name), x[i]).reshape(32, -1)
+            J = torch.autograd.functional.jacobian(lambda xi, name=name: truncated(xi, name), x[i]).reshape(32, -1)
             J = J[J.ne(0).any(1)][:, J.ne(0).any(0)]  # pseudo-det: dead (exactly zero) pooled units removed
             s = torch.linalg.svdvals(J)
             if diag.n_rounding[i] > 0:  # flagged as numerically singular: the brute force must agree
@@ -135,7 +134,7 @@ def test_barlow_twins_loss_vs_explicit_sums():
     for i in range(5):
         for j in range(5):
             c = sum(a[n, i] * b[n, j] for n in range(7)) / 7
-            ref += (1 - c) ** 2 if i == j else lam * c ** 2
+            ref += (1 - c) ** 2 if i == j else lam * c**2
     got = ssl.barlow_twins_loss(z1, z2, lam, eps=0.0)
     assert abs(float(got) - float(ref)) < 1e-12
     assert float(ssl.barlow_twins_loss(z1, z1, lam)) < float(got)  # identical views: diagonal term vanishes

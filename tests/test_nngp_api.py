@@ -1,4 +1,5 @@
 """fastgeom.nngp: closed forms of MATH 4.3 (converted to plain erf), quadrature vs closed forms, errors."""
+
 import math
 
 import pytest
@@ -13,7 +14,7 @@ def test_erf_closed_forms_match_math_4_3_converted():
     x = torch.randn(20, 3, dtype=D64) * 1.5
     sw, sb, d = 1.3, 0.4, 3
     r = (x * x).sum(-1)
-    SW, SB = 2 * sw ** 2, 2 * sb ** 2  # erf(z) = erf((sqrt2 z)/sqrt2): sigma_w^2 -> 2 sigma_w^2
+    SW, SB = 2 * sw**2, 2 * sb**2  # erf(z) = erf((sqrt2 z)/sqrt2): sigma_w^2 -> 2 sigma_w^2
     vol = (2 * SW / math.pi) ** (d / 2) * math.sqrt(1 + 2 * SB) * (1 + 2 * SB + 2 * SW * r) ** (-(d + 2) / 4)
     R = -math.pi * (d - 1) * (d + 2) * SW * r / (2 * (1 + 2 * SB) * torch.sqrt(1 + 2 * SB + 2 * SW * r))
     torch.testing.assert_close(ng.volume_element(x, "erf", sw, sb), vol, rtol=1e-13, atol=0)
@@ -36,7 +37,7 @@ def test_monomial_sigma_b_zero_closed_form():
     k, d, sw = 3, 4, 0.9
     x = torch.randn(10, d, dtype=D64)
     alpha2 = 15.0  # (2k-1)!! for k = 3: plain z^3 = alpha * normalised
-    R = -(d - 1) * (d - 2) * (k - 1) ** 2 / (k ** 2 * sw ** (2 * k) * (x * x).sum(-1) ** k) / alpha2
+    R = -(d - 1) * (d - 2) * (k - 1) ** 2 / (k**2 * sw ** (2 * k) * (x * x).sum(-1) ** k) / alpha2
     torch.testing.assert_close(ng.ricci_scalar(x, "z^3", sw, 0.0), R, rtol=1e-12, atol=0)
 
 
@@ -55,27 +56,36 @@ def test_metric_coefficients_and_errors():
 
 # ------------------------------------------------------------------ large |x| against mpmath
 
+
 def _mp_ricci_logvol(act: str, r: float, d: int, sw: float, sb: float, dps: int = 30):
     """(Ricci, log vol) of the NNGP metric at |x|^2 = r from xi, xi', xi'' by mpmath quadrature with the
     q-derivatives taken on the Gaussian (exact identities), then the boxed formula of MATH 4.2."""
     mpmath = pytest.importorskip("mpmath")
     with mpmath.workdps(dps):
         if act == "tanh":
-            def h(z): return mpmath.sech(z) ** 4
+
+            def h(z):
+                return mpmath.sech(z) ** 4
         elif act == "sigmoid":
-            def h(z): return (mpmath.exp(-abs(z)) / (1 + mpmath.exp(-abs(z))) ** 2) ** 2
+
+            def h(z):
+                return (mpmath.exp(-abs(z)) / (1 + mpmath.exp(-abs(z))) ** 2) ** 2
         else:  # gelu: Phi(z) + z phi(z)
-            def h(z): return (mpmath.ncdf(z) + z * mpmath.npdf(z)) ** 2
+
+            def h(z):
+                return (mpmath.ncdf(z) + z * mpmath.npdf(z)) ** 2
+
         q = mpmath.mpf(sw) ** 2 * r + mpmath.mpf(sb) ** 2
         top = 14 * mpmath.sqrt(q)
         pts = sorted({-top, -60, -10, 0, 10, 60, top} if act == "gelu" else {-60, -10, 0, 10, 60})
 
         def E(k):
             return mpmath.quad(lambda z: h(z) * (z * z / q) ** k * mpmath.npdf(z, 0, mpmath.sqrt(q)), pts)
+
         M0, M2, M4 = E(0), E(1), E(2)
         xi, dxi, ddxi = M0, (M2 - M0) / (2 * q), (M4 - 6 * M2 + 3 * M0) / (4 * q * q)
         s2 = mpmath.mpf(sw) ** 2
-        f, f1, f2 = s2 * xi, s2 ** 2 * dxi, s2 ** 3 * ddxi
+        f, f1, f2 = s2 * xi, s2**2 * dxi, s2**3 * ddxi
         num = (d - 1) * r * f1 * ((d + 2) * f * f1 + 2 * (d - 4) * r * f1 * f1 + 4 * r * f * f2)
         R = -num / (f * f * (f + 2 * r * f1) ** 2)
         lv = ((d - 1) * mpmath.log(f) + mpmath.log(f + 2 * r * f1)) / 2
@@ -108,9 +118,13 @@ def test_erf_closed_form_at_large_x(v):
     x = torch.tensor([[v, -v, 0.5 * v]], dtype=D64)
     sw, sb, d = 1.0, 0.3, 3
     r = float((x * x).sum())
-    SW, SB = 2 * sw ** 2, 2 * sb ** 2
+    SW, SB = 2 * sw**2, 2 * sb**2
     R = -math.pi * (d - 1) * (d + 2) * SW * r / (2 * (1 + 2 * SB) * math.sqrt(1 + 2 * SB + 2 * SW * r))
-    lvol = (d / 2) * math.log(2 * SW / math.pi) + 0.5 * math.log(1 + 2 * SB) - (d + 2) / 4 * math.log(1 + 2 * SB + 2 * SW * r)
+    lvol = (
+        (d / 2) * math.log(2 * SW / math.pi)
+        + 0.5 * math.log(1 + 2 * SB)
+        - (d + 2) / 4 * math.log(1 + 2 * SB + 2 * SW * r)
+    )
     assert abs(float(ng.ricci_scalar(x, "erf", sw, sb)) / R - 1) < 1e-12
     assert abs(float(ng.log_volume_element(x, "erf", sw, sb)) - lvol) < 1e-12 * abs(lvol)
     if v <= 1e4:  # the quadrature agrees with the closed form there too

@@ -1,6 +1,7 @@
 """Infinite-width geometry against very wide random networks (error ~ n^-1/2), NTK metric against
 the empirical NTK metric by autograd, Amari-Wu general form against the RBF closed form and against
 the mixed derivative of the modified kernel."""
+
 import math
 
 import numpy as np
@@ -45,6 +46,7 @@ def _empirical_ntk_metric(W, b, v, x):
     def grad_theta(p):
         def f(W_, b_, v_):
             return v_ @ torch.erf(W_ @ p + b_) / math.sqrt(n)
+
         gW, gb, gv = torch.func.grad(f, argnums=(0, 1, 2))(W, b, v)
         return torch.cat([gW.reshape(-1), gb, gv])
 
@@ -61,8 +63,9 @@ def test_ntk_metric_matches_wide_empirical_ntk():
     emp = _empirical_ntk_metric(W, b, v, x)
     th = ng.ntk_metric(x, "erf", sw, sb, sv)
     assert ((emp - th).norm(dim=(1, 2)) / th.norm(dim=(1, 2))).max() < 0.05
-    torch.testing.assert_close(ng.ntk_volume_element(x, "erf", sw, sb, sv), torch.sqrt(torch.linalg.det(th)),
-                               rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        ng.ntk_volume_element(x, "erf", sw, sb, sv), torch.sqrt(torch.linalg.det(th)), rtol=1e-12, atol=0
+    )
     # quadrature route agrees with the erf closed form
     torch.testing.assert_close(ng.ntk_metric(x, "erf", sw, sb, sv, method="quadrature"), th, rtol=1e-8, atol=1e-12)
 

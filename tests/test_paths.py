@@ -1,6 +1,7 @@
 """path_length and geodesic (fastgeom.paths) against exact references: |W dx| on a linear map, meridian
 arcs and great-circle distances on the inverse stereographic projection R^2 -> S^2, exact piecewise
 lengths of a ReLU network; invariances, errors, float32."""
+
 import math
 
 import pytest
@@ -14,7 +15,7 @@ D64 = torch.float64
 
 
 def stereo(p):
-    s = (p ** 2).sum(1, keepdim=True)
+    s = (p**2).sum(1, keepdim=True)
     return torch.cat([2 * p, s - 1], 1) / (s + 1)
 
 
@@ -71,8 +72,9 @@ def test_rotation_of_features_and_zero_segments_and_bad_input():
     Q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=D64))
     L = fg.path_length(net, path, per_segment=True)
     assert L[1] == 0
-    torch.testing.assert_close(fg.path_length(None, path, layer=lambda x: net(x) @ Q, per_segment=True), L,
-                               rtol=1e-10, atol=0)
+    torch.testing.assert_close(
+        fg.path_length(None, path, layer=lambda x: net(x) @ Q, per_segment=True), L, rtol=1e-10, atol=0
+    )
     with pytest.raises(ValueError, match="at least 2 points"):
         fg.path_length(net, path[:1])
     with pytest.raises(ValueError, match="rtol"):

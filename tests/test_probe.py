@@ -1,4 +1,5 @@
 """Linear probe (multinomial logistic regression, C = 1) against a direct minimisation of its objective."""
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +10,6 @@ from torch import nn
 from fastgeom.probe import LinearProbe, extract_features
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 
 def _blobs(n=90, f=4, k=3, sep=1.5, seed=0):
@@ -27,14 +27,17 @@ def _reference_logits(X, y, C, k):
     Y = np.eye(k)[y]
 
     def obj(theta):
-        W, b = theta[:k * f].reshape(k, f), theta[k * f:]
+        W, b = theta[: k * f].reshape(k, f), theta[k * f :]
         L = Z @ W.T + b
         P = np.exp(L - logsumexp(L, axis=1, keepdims=True))
-        val = C * (logsumexp(L, axis=1) - (L * Y).sum(1)).sum() + 0.5 * (W ** 2).sum()
+        val = C * (logsumexp(L, axis=1) - (L * Y).sum(1)).sum() + 0.5 * (W**2).sum()
         G = C * (P - Y)
         return val, np.concatenate([(G.T @ Z + W).ravel(), G.sum(0)])
-    res = minimize(obj, np.zeros(k * f + k), jac=True, method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 5000})
-    W, b = res.x[:k * f].reshape(k, f), res.x[k * f:]
+
+    res = minimize(
+        obj, np.zeros(k * f + k), jac=True, method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 5000}
+    )
+    W, b = res.x[: k * f].reshape(k, f), res.x[k * f :]
     return Z @ W.T + b
 
 
@@ -53,7 +56,7 @@ def test_probe_linear_is_the_sklearn_model_and_differentiable():
     X, y = _blobs(seed=1, sep=4.0)
     probe = LinearProbe().fit(X, y)
     p = torch.softmax(probe.linear(X), 1).detach().numpy()
-    np.testing.assert_allclose(p, probe.sklearn_.predict_proba(((X.numpy() - probe.mean_) / probe.scale_)), atol=1e-10)
+    np.testing.assert_allclose(p, probe.sklearn_.predict_proba((X.numpy() - probe.mean_) / probe.scale_), atol=1e-10)
     x = X[:2].clone().requires_grad_(True)
     probe.linear(x).sum().backward()
     assert x.grad is not None and isinstance(probe.linear, nn.Linear)
@@ -65,7 +68,9 @@ def test_probe_binary_and_separable():
     probe = LinearProbe().fit(X, y)
     assert probe.logits(X).shape == (60, 2) and probe.accuracy(X, y) > 0.95
     p = torch.softmax(probe.logits(X), 1)[:, 1].numpy()
-    np.testing.assert_allclose(p, probe.sklearn_.predict_proba((X.numpy() - probe.mean_) / probe.scale_)[:, 1], atol=1e-10)
+    np.testing.assert_allclose(
+        p, probe.sklearn_.predict_proba((X.numpy() - probe.mean_) / probe.scale_)[:, 1], atol=1e-10
+    )
 
 
 def test_probe_errors():
@@ -88,6 +93,7 @@ def test_probe_errors():
 
 def test_extract_features_eval_mode_restored():
     from fastgeom.models import cifar_resnet
+
     bb = cifar_resnet(18, "gelu", None, width=4)
     bb.train()
     x = torch.randn(5, 3, 8, 8)

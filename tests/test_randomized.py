@@ -1,20 +1,23 @@
 """Randomized estimators (fastgeom.randomized) against the exact float64 dense reference."""
-import math
 
 import pytest
 import torch
 
 import fastgeom as fg
-from fastgeom.engine.streamed import AutogradPass
 from fastgeom import randomized as R
+from fastgeom.engine.streamed import AutogradPass
 from fastgeom.features import FeatureMap
 
 
 def _mlp(d_in, d_out, width=37, seed=0):
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(d_in, width), torch.nn.Tanh(),
-                               torch.nn.Linear(width, width), torch.nn.GELU(),
-                               torch.nn.Linear(width, d_out)).double()
+    return torch.nn.Sequential(
+        torch.nn.Linear(d_in, width),
+        torch.nn.Tanh(),
+        torch.nn.Linear(width, width),
+        torch.nn.GELU(),
+        torch.nn.Linear(width, d_out),
+    ).double()
 
 
 @pytest.mark.parametrize("d_in,d_out", [(11, 29), (43, 13)])
@@ -44,8 +47,7 @@ def test_stderr_coverage_calibrated():
     m = _mlp(24, 17, seed=1)
     x = 1.5 * torch.randn(400, 24, dtype=torch.float64)
     exact = fg.logvol(m, x, method="dense")
-    val, err = fg.logvol(m, x, method="randomized", return_stderr=True, seed=11,
-                         options={"probes": 6, "steps": 6})
+    val, err = fg.logvol(m, x, method="randomized", return_stderr=True, seed=11, options={"probes": 6, "steps": 6})
     z = (val - exact).abs() / err
     cover = (z <= 2).double().mean().item()
     assert 0.88 <= cover <= 0.995, f"coverage {cover:.3f} at 2 stderr"
@@ -89,8 +91,14 @@ def test_rank_deficient_clear_error():
     W[0, 0] = 1.0
     x = torch.randn(2, 5, dtype=torch.float64)
     with pytest.raises(ValueError, match="rank deficient"):
-        fg.logvol(None, x, layer=lambda v: torch.cat([v @ W.T, torch.zeros(v.shape[0], 1, dtype=v.dtype)], 1),
-                  method="randomized", seed=0, options={"probes": 2, "steps": 3})
+        fg.logvol(
+            None,
+            x,
+            layer=lambda v: torch.cat([v @ W.T, torch.zeros(v.shape[0], 1, dtype=v.dtype)], 1),
+            method="randomized",
+            seed=0,
+            options={"probes": 2, "steps": 3},
+        )
 
 
 @pytest.mark.parametrize("d_in,d_out", [(61, 23), (19, 53)])

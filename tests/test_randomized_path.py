@@ -1,4 +1,5 @@
 """bench/randomized_path.py: the randomized cost/accuracy curve is computed against the exact reference."""
+
 import math
 import os
 import sys
@@ -20,8 +21,17 @@ def curve(one_torch_thread):
     torch.manual_seed(0)
     model = cifar_resnet("resnet18", activation="gelu", num_classes=None, width=2).double().eval()
     xs = rp.path_points((3, 8, 8), 4, seed=3).double()  # d_in 192, d_out 16: n = 16
-    res = rp.run_curve(model, xs, k=4, logvol_grid=[(3, 16), (3, 3)], spectrum_grid=[(4, 1), (0, 1)], seed=5,
-                       groups=2, spectrum_points=3, progress=False)
+    res = rp.run_curve(
+        model,
+        xs,
+        k=4,
+        logvol_grid=[(3, 16), (3, 3)],
+        spectrum_grid=[(4, 1), (0, 1)],
+        seed=5,
+        groups=2,
+        spectrum_points=3,
+        progress=False,
+    )
     return model, xs, res
 
 
@@ -91,10 +101,13 @@ def test_targets_and_report(curve, tmp_path):
     _, _, res = curve
     t = rp.targets(res)
     assert t["logvol"]["measured_within"] == 0 and not t["logvol"]["met"]  # 1/4 of 17 passes: nothing fits
-    fake = {"logvol": [{"status": "ok", "pass_frac": 0.2, "diff_err": 0.05}, {"status": "ok", "pass_frac": 0.5,
-                                                                            "diff_err": 0.01}],
-            "spectrum": [{"status": "ok", "pass_frac": 0.2, "rel_err_max": 1e-4},
-                         {"status": "skipped", "pass_frac": 0.1}]}
+    fake = {
+        "logvol": [
+            {"status": "ok", "pass_frac": 0.2, "diff_err": 0.05},
+            {"status": "ok", "pass_frac": 0.5, "diff_err": 0.01},
+        ],
+        "spectrum": [{"status": "ok", "pass_frac": 0.2, "rel_err_max": 1e-4}, {"status": "skipped", "pass_frac": 0.1}],
+    }
     ft = rp.targets(fake)
     assert ft["logvol"]["met"] and ft["logvol"]["min_frac_reaching_tol"] == 0.2
     assert not ft["spectrum"]["met"] and ft["spectrum"]["min_frac_reaching_tol"] == 0.2
@@ -110,8 +123,9 @@ def test_targets_and_report(curve, tmp_path):
 def test_time_budget_and_empty_grid(one_torch_thread):
     model = cifar_resnet("resnet18", activation="gelu", num_classes=None, width=2).eval()
     xs = rp.path_points((3, 8, 8), 2, seed=0)
-    res = rp.run_curve(model, xs, k=4, logvol_grid=[(1, 1)], spectrum_grid=[(4, 1)], groups=1, max_seconds=0.0,
-                       progress=False)
+    res = rp.run_curve(
+        model, xs, k=4, logvol_grid=[(1, 1)], spectrum_grid=[(4, 1)], groups=1, max_seconds=0.0, progress=False
+    )
     assert len(res["exact"]["logvol"]) == 2  # the exact reference always runs
     assert res["exact"]["spectrum_status"].startswith("skipped")
     assert [r["status"].startswith("skipped") for r in res["logvol"] + res["spectrum"]] == [True, True]
@@ -130,9 +144,17 @@ def test_time_budget_and_empty_grid(one_torch_thread):
 
 def test_render_from_saved_json(curve, tmp_path, capsys):
     import json
+
     _, _, res = curve
-    meta = {"arch": "resnet18", "size": 8, "dtype": "float64", "device": "test device", "label": "t",
-            "argv": ["--label", "t"], "finished": False}
+    meta = {
+        "arch": "resnet18",
+        "size": 8,
+        "dtype": "float64",
+        "device": "test device",
+        "label": "t",
+        "argv": ["--label", "t"],
+        "finished": False,
+    }
     path = tmp_path / "r.json"
     path.write_text(json.dumps(dict(res, meta=meta)))
     rp.main(["--render", str(path), "--no-write", "--fig", str(tmp_path / "r.png")])

@@ -1,6 +1,7 @@
 """Resumable runs: a run killed with SIGKILL keeps every row it wrote, and a rerun with the same
 --out completes it to exactly the file of one uninterrupted run; torn and duplicated rows; one
 writer per --out (a second process is refused)."""
+
 from __future__ import annotations
 
 import os
@@ -11,11 +12,10 @@ import time
 
 import pytest
 import torch
+from _cli_helpers import PY, env, read_rows, write_net
 
 from fastgeom import cli
 from fastgeom.runio import ResultsCSV
-
-from _cli_helpers import PY, env, read_rows, write_net
 
 N = 20
 
@@ -29,8 +29,22 @@ def setup(tmp_path_factory):
 
 
 def _argv(d, net, out, factory="slow_mlp", delay=0.1):
-    return ["logvol", "--model", f"{net}:{factory}", "--model-args", f'{{"delay": {delay}}}', "--points",
-            str(d / "x.pt"), "--out", str(out), "--batch-size", "2", "--layer", "inner.2", "--quiet"]
+    return [
+        "logvol",
+        "--model",
+        f"{net}:{factory}",
+        "--model-args",
+        f'{{"delay": {delay}}}',
+        "--points",
+        str(d / "x.pt"),
+        "--out",
+        str(out),
+        "--batch-size",
+        "2",
+        "--layer",
+        "inner.2",
+        "--quiet",
+    ]
 
 
 @pytest.mark.slow
@@ -39,8 +53,9 @@ def test_sigkill_then_resume_equals_uninterrupted(setup, tmp_path, capsys):
     ref = tmp_path / "ref.csv"
     assert cli.main(_argv(d, net, ref, delay=0.0)) == 0
     killed = tmp_path / "killed.csv"
-    p = subprocess.Popen([PY, "-m", "fastgeom", *_argv(d, net, killed)], env=env(),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        [PY, "-m", "fastgeom", *_argv(d, net, killed)], env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         deadline = time.time() + 240
         while time.time() < deadline and p.poll() is None:
@@ -60,7 +75,7 @@ def test_sigkill_then_resume_equals_uninterrupted(setup, tmp_path, capsys):
     assert lines[-1] == ""  # every written row is complete
     body = lines[1:-1]
     assert 4 <= len(body) < N and len(set(body)) == len(body)
-    assert body == ref_lines[1:1 + len(body)]  # the rows written are exactly the uninterrupted run's
+    assert body == ref_lines[1 : 1 + len(body)]  # the rows written are exactly the uninterrupted run's
     # a different model argument (another run) is refused; the same one resumes
     capsys.readouterr()
     assert cli.main(_argv(d, net, killed, delay=0.0)) == 2
@@ -112,15 +127,25 @@ def test_two_processes_on_one_out(setup, tmp_path):
     ref = tmp_path / "ref.csv"
     assert cli.main(_argv(d, net, ref, delay=0.0)) == 0
     out = tmp_path / "shared.csv"
-    first = subprocess.Popen([PY, "-m", "fastgeom", *_argv(d, net, out, delay=0.15)], env=env(),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [PY, "-m", "fastgeom", *_argv(d, net, out, delay=0.15)],
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 240
         while time.time() < deadline and first.poll() is None and not os.path.exists(str(out) + ".lock"):
             time.sleep(0.02)
         assert first.poll() is None, first.stderr.read()
-        second = subprocess.run([PY, "-m", "fastgeom", *_argv(d, net, out, delay=0.15)], env=env(),
-                                capture_output=True, text=True, timeout=300)
+        second = subprocess.run(
+            [PY, "-m", "fastgeom", *_argv(d, net, out, delay=0.15)],
+            env=env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert first.poll() is None, "the first run ended before the second could start; make it slower"
         assert second.returncode == 2, second.stderr
         err = second.stderr.strip()

@@ -1,4 +1,5 @@
 """fastgeom.shallow (torch backend) and fastgeom.activations: API, shapes, errors, derivative table."""
+
 import math
 
 import pytest
@@ -12,8 +13,11 @@ D64 = torch.float64
 
 def _net(n, d, seed=0, scale=1.0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, d, generator=g, dtype=D64) * scale, torch.randn(n, generator=g, dtype=D64),
-            torch.randn(7, d, generator=g, dtype=D64))
+    return (
+        torch.randn(n, d, generator=g, dtype=D64) * scale,
+        torch.randn(n, generator=g, dtype=D64),
+        torch.randn(7, d, generator=g, dtype=D64),
+    )
 
 
 @pytest.mark.parametrize("name", ["sigmoid", "tanh", "erf", "gelu", "softplus", "sin", "z^1", "z^2", "z^3", "z**4"])
@@ -84,6 +88,7 @@ def test_bad_inputs_raise_clear_errors():
 
 def test_explicit_unusable_backend_raises_runtime_error(monkeypatch):
     import fastgeom._ext as E
+
     monkeypatch.setattr(E.ext, "module", None)
     monkeypatch.setattr(E.ext, "error", "not built (test)")
     W, b, x = _net(5, 2)
@@ -93,9 +98,12 @@ def test_explicit_unusable_backend_raises_runtime_error(monkeypatch):
 
 def test_saturated_derivatives_keep_relative_accuracy():
     z = torch.tensor([-40.0, 40.0], dtype=D64)
-    torch.testing.assert_close(A.get("sigmoid").d1(z), torch.exp(-z.abs()) / (1 + torch.exp(-z.abs())) ** 2, rtol=1e-14, atol=0)
-    torch.testing.assert_close(A.get("tanh").d1(z), 4 * torch.exp(-2 * z.abs()) / (1 + torch.exp(-2 * z.abs())) ** 2,
-                               rtol=1e-14, atol=0)
+    torch.testing.assert_close(
+        A.get("sigmoid").d1(z), torch.exp(-z.abs()) / (1 + torch.exp(-z.abs())) ** 2, rtol=1e-14, atol=0
+    )
+    torch.testing.assert_close(
+        A.get("tanh").d1(z), 4 * torch.exp(-2 * z.abs()) / (1 + torch.exp(-2 * z.abs())) ** 2, rtol=1e-14, atol=0
+    )
 
 
 def test_complex_inputs_and_integer_dtype_raise():

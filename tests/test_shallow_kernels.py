@@ -1,5 +1,6 @@
 """Fused shallow-geometry kernels (Triton under TRITON_INTERPRET=1, fastgeom._C on CPU; CUDA and
 Triton on GPU when present) against the float64 torch reference, at odd sizes; dispatch rules."""
+
 import math
 
 import pytest
@@ -43,10 +44,12 @@ def _compare(out, W, b, x, act, rtol_R=1e-9):
     assert ((R - Rr).abs() <= rtol_R * (1 + Rr.abs()) + 1e-15 * mag * (1 + condJ)).all()
 
 
-@pytest.mark.parametrize("name,n,d", [("sigmoid", 13, 2), ("tanh", 37, 3), ("gelu", 70, 4), ("z^3", 5, 1),
-                                      ("erf", 3, 3)])
+@pytest.mark.parametrize(
+    "name,n,d", [("sigmoid", 13, 2), ("tanh", 37, 3), ("gelu", 70, 4), ("z^3", 5, 1), ("erf", 3, 3)]
+)
 def test_triton_matches_reference(name, n, d):
     from fastgeom.ops.shallow import triton as tr
+
     act = A.get(name)
     W, b, x = _net(n, d, 19, seed=n + d)
     _compare(tr.geometry(W, b, x, act.code, act.power, True), W, b, x, act)
@@ -67,8 +70,9 @@ def test_cpp_matches_reference(name, n, d):
 def test_cpp_public_api_and_no_ricci_flag():
     W, b, x = _net(250, 2, 41, seed=1)
     for fn in (sh.metric, sh.log_volume_element, sh.volume_element, sh.ricci_scalar):
-        torch.testing.assert_close(fn(W, b, x, "sigmoid", backend="cpp"), fn(W, b, x, "sigmoid", backend="torch"),
-                                   rtol=1e-10, atol=1e-13)
+        torch.testing.assert_close(
+            fn(W, b, x, "sigmoid", backend="cpp"), fn(W, b, x, "sigmoid", backend="torch"), rtol=1e-10, atol=1e-13
+        )
     g, lv, R = torch.ops.fastgeom.shallow_geometry(W, b, x, 0, 0, False)
     assert torch.isnan(R).all() and torch.isfinite(lv).all()
     assert op.pick("auto", A.get("sigmoid"), 2, x.device, 250) == "cpp"
@@ -77,7 +81,7 @@ def test_cpp_public_api_and_no_ricci_flag():
 
 
 def test_dispatch_falls_back_to_reference():
-    custom = A.Activation("cube", lambda z: z ** 3, lambda z: 3 * z ** 2, lambda z: 6 * z)
+    custom = A.Activation("cube", lambda z: z**3, lambda z: 3 * z**2, lambda z: 6 * z)
     assert op.pick("auto", custom, 2, torch.device("cpu")) == "torch"
     assert op.pick("auto", A.get("tanh"), 9, torch.device("cpu")) == "torch"
     assert op.pick("auto", A.get("tanh"), 3, torch.device("cpu"), n=2) == "torch"
@@ -116,8 +120,17 @@ def test_gpu_backends_match_reference(backend):
 # pre-activation scale per activation: sigma' ~ 1e-300 (sigmoid, tanh, erf, gelu's left tail, softplus),
 # a large argument (sin: cos(z) is conditioned ~ |z| eps, so 1e3 keeps the comparison meaningful), or huge
 # polynomial values (z^k)
-SATURATION = {"sigmoid": 700.0, "tanh": 350.0, "erf": 26.0, "gelu": 37.0, "softplus": 700.0, "sin": 1e3,
-              "z^1": 1e100, "z^2": 1e100, "z^3": 1e60}
+SATURATION = {
+    "sigmoid": 700.0,
+    "tanh": 350.0,
+    "erf": 26.0,
+    "gelu": 37.0,
+    "softplus": 700.0,
+    "sin": 1e3,
+    "z^1": 1e100,
+    "z^2": 1e100,
+    "z^3": 1e60,
+}
 
 
 def _saturated_net(name, d, mixed):
@@ -160,6 +173,7 @@ def test_saturated_preactivations_match_reference(backend, name, mixed):
     W, b, x = _saturated_net(name, 2, mixed)
     if backend == "triton":
         from fastgeom.ops.shallow import triton as tr
+
         out = tr.geometry(W, b, x, act.code, act.power, True)
     else:
         out = torch.ops.fastgeom.shallow_geometry(W, b, x, act.code, act.power, True)
@@ -171,7 +185,9 @@ def test_issue_example_erf_saturated_unit_is_finite(backend):
     """W = I, b = (20, 0), x = 0, erf: the C++ kernel gave NaN (sqrt(a^2 + b^2) underflowed) against -400.45."""
     W, b, x = torch.eye(2, dtype=D64), torch.tensor([20.0, 0.0], dtype=D64), torch.zeros(1, 2, dtype=D64)
     out = sh.geometry(W, b, x, "erf", backend=backend)
-    expect = float(torch.log(A.get("erf").d1(torch.tensor(20.0, dtype=D64)) * A.get("erf").d1(torch.tensor(0.0, dtype=D64)) / 2))
+    expect = float(
+        torch.log(A.get("erf").d1(torch.tensor(20.0, dtype=D64)) * A.get("erf").d1(torch.tensor(0.0, dtype=D64)) / 2)
+    )
     assert abs(float(out["logvol"][0]) - expect) < 1e-12 * abs(expect)
     assert abs(expect + 400.4516) < 1e-3
 
@@ -181,7 +197,10 @@ def test_triton_gelu_derivative_tail_matches_erfc_reference():
     continued fraction below z = -3) keeps relative accuracy down to z = -12 and past it (z = -37: sigma' ~ 1e-297).
     With n = d = 1 and W = 1 the log volume is log|sigma'(z)| (no squaring, so no underflow)."""
     from fastgeom.ops.shallow import triton as tr
-    z = torch.cat([torch.linspace(-37.0, -3.0, 61, dtype=D64), torch.tensor([-12.0, -8.3, -3.0001, -2.9999, 0.5, 3.0], dtype=D64)])
+
+    z = torch.cat(
+        [torch.linspace(-37.0, -3.0, 61, dtype=D64), torch.tensor([-12.0, -8.3, -3.0001, -2.9999, 0.5, 3.0], dtype=D64)]
+    )
     W, b, x = torch.ones(1, 1, dtype=D64), torch.zeros(1, dtype=D64), z[:, None]
     g, lv, _ = tr.geometry(W, b, x, A.get("gelu").code, 0, False)
     d1 = A.get("gelu").d1(z)

@@ -1,4 +1,5 @@
 """fastgeom.slices against MATH.md 7.3 and 8.1-8.3."""
+
 import math
 
 import pytest

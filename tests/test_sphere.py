@@ -1,4 +1,5 @@
 """logvol(target="sphere") (round-sphere pullback through phi/|phi|) against a brute force."""
+
 import math
 
 import pytest
@@ -7,7 +8,6 @@ import torch
 import fastgeom as fg
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 
 def _mlp(d_in, d_out, seed):
@@ -65,9 +65,11 @@ def test_sphere_scale_invariance_and_difference():
 
 def test_sphere_on_a_resnet_backbone():
     from fastgeom.models import cifar_resnet
+
     m = cifar_resnet(18, "gelu", None, width=4).double().eval()
     x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
 
     def phi(z):
         return m(z).reshape(len(z), -1)
+
     torch.testing.assert_close(fg.logvol(m, x, layer="avgpool", target="sphere"), _brute(phi, x), rtol=1e-9, atol=1e-9)

@@ -1,6 +1,7 @@
 """Gauss-equation curvature (fastgeom.surfaces) against independent references, float64 at odd sizes:
 the brute-force oracle (fastgeom.curvature, metric derivatives by autograd), the shallow closed forms,
 the round sphere; invariances, errors, float32 vs float64."""
+
 import pytest
 import torch
 from torch import nn
@@ -19,13 +20,13 @@ RHO = 1.7
 
 def stereo(p, r=RHO):
     """Inverse stereographic projection R^2 -> sphere of radius r in R^3 (round metric pulled back)."""
-    s = (p ** 2).sum(1, keepdim=True)
+    s = (p**2).sum(1, keepdim=True)
     return r * torch.cat([2 * p, s - 1], 1) / (s + 1)
 
 
 def stereo_m(p, r=RHO):
     """Inverse stereographic projection R^m -> the m-sphere of radius r in R^{m+1}."""
-    s = (p ** 2).sum(1, keepdim=True)
+    s = (p**2).sum(1, keepdim=True)
     return r * torch.cat([2 * p, s - 1], 1) / (s + 1)
 
 
@@ -36,8 +37,15 @@ def mlp(d_in=3):
 
 def small_cnn():
     torch.manual_seed(2)
-    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.Tanh(), nn.Conv2d(3, 2, 3), nn.GELU(),
-                        nn.Flatten(), nn.Linear(2 * 2 * 3, 3)).double()
+    net = nn.Sequential(
+        nn.Conv2d(1, 3, 3),
+        nn.BatchNorm2d(3),
+        nn.Tanh(),
+        nn.Conv2d(3, 2, 3),
+        nn.GELU(),
+        nn.Flatten(),
+        nn.Linear(2 * 2 * 3, 3),
+    ).double()
     bn = net[1]
     bn.running_mean.uniform_(-0.3, 0.3)
     bn.running_var.uniform_(0.5, 2.0)
@@ -46,9 +54,11 @@ def small_cnn():
 
 def oracle_R(fmap, x):
     """Brute-force Ricci scalar of the full pullback metric of fmap at x (B, d)."""
+
     def metric(y):
         J = jacfwd(lambda z: fmap(z[None])[0])(y)
         return J.T @ J
+
     return cv.ricci_scalar(metric, x)
 
 
@@ -56,9 +66,11 @@ def oracle_K(fmap, x, u, v):
     """Brute-force Gaussian curvature (R/2 of the 2-D metric) of (a, b) -> fmap(x + a u + b v), per point."""
     out = []
     for i in range(x.shape[0]):
+
         def metric(ab, i=i):
             J = jacfwd(lambda c: fmap((x[i] + c[0] * u[i] + c[1] * v[i])[None])[0])(ab)
             return J.T @ J
+
         out.append(cv.ricci_scalar(metric, torch.zeros(1, 2, dtype=D64))[0] / 2)
     return torch.stack(out)
 
@@ -67,16 +79,16 @@ def test_round_sphere():
     x = torch.randn(5, 2, dtype=D64) * 1.3
     u, v = torch.tensor([1.0, 0.2], dtype=D64), torch.tensor([-0.4, 0.9], dtype=D64)
     K = fg.gaussian_curvature(None, x, u, v, layer=stereo)
-    torch.testing.assert_close(K, torch.full((5,), 1 / RHO ** 2, dtype=D64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(K, torch.full((5,), 1 / RHO**2, dtype=D64), rtol=1e-12, atol=0)
     R = fg.scalar_curvature(None, x, layer=stereo)
-    torch.testing.assert_close(R, torch.full((5,), 2 / RHO ** 2, dtype=D64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(R, torch.full((5,), 2 / RHO**2, dtype=D64), rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("m", [3, 5])
 def test_round_m_sphere(m):
     x = torch.randn(3, m, dtype=D64)
     R = fg.scalar_curvature(None, x, layer=stereo_m)
-    torch.testing.assert_close(R, torch.full((3,), m * (m - 1) / RHO ** 2, dtype=D64), rtol=1e-11, atol=0)
+    torch.testing.assert_close(R, torch.full((3,), m * (m - 1) / RHO**2, dtype=D64), rtol=1e-11, atol=0)
 
 
 @pytest.mark.parametrize("d,n,act", [(2, 7, "sigmoid"), (3, 11, "tanh"), (5, 9, "erf"), (4, 4, "sigmoid")])
@@ -84,8 +96,9 @@ def test_shallow_closed_forms(d, n, act):
     W, b = torch.randn(n, d, dtype=D64), torch.randn(n, dtype=D64)
     x = torch.randn(5, d, dtype=D64) * 0.7
     from fastgeom import activations
+
     s = activations.get(act)
-    R = fg.scalar_curvature(None, x, layer=lambda z: s(z @ W.T + b) / n ** 0.5)
+    R = fg.scalar_curvature(None, x, layer=lambda z: s(z @ W.T + b) / n**0.5)
     ref = sh.ricci_scalar(W, b, x, act, backend="torch")  # n = d: flat (R = 0)
     torch.testing.assert_close(R, ref, rtol=1e-9, atol=1e-9 * max(float(ref.abs().max()), 1.0))
 
@@ -144,9 +157,11 @@ def test_per_point_directions_and_chunks_and_empty():
     x = torch.randn(5, 3, dtype=D64)
     U, V = torch.randn(5, 3, dtype=D64), torch.randn(5, 3, dtype=D64)
     K = fg.gaussian_curvature(net, x, U, V, "1")
-    Ki = torch.stack([fg.gaussian_curvature(net, x[i:i + 1], U[i], V[i], "1")[0] for i in range(5)])
+    Ki = torch.stack([fg.gaussian_curvature(net, x[i : i + 1], U[i], V[i], "1")[0] for i in range(5)])
     torch.testing.assert_close(K, Ki, rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(fg.gaussian_curvature(net, x, U, V, "1", chunk_size=1, budget=1), K, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(
+        fg.gaussian_curvature(net, x, U, V, "1", chunk_size=1, budget=1), K, rtol=1e-12, atol=1e-14
+    )
     R = fg.scalar_curvature(net, x, "1")
     torch.testing.assert_close(fg.scalar_curvature(net, x, "1", chunk_size=2, budget=1), R, rtol=1e-12, atol=1e-13)
     assert fg.gaussian_curvature(net, x[:0], U[0], V[0]).shape == (0,)
@@ -163,6 +178,7 @@ def test_oom_halves_the_pass(monkeypatch):
         calls.append(stage)
         if len(calls) <= 2:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")
+
     monkeypatch.setattr(surfaces, "fault_injector", fault)
     torch.testing.assert_close(fg.scalar_curvature(net, x, "3"), ref, rtol=1e-12, atol=1e-13)
     assert len(calls) > 2
@@ -173,7 +189,9 @@ def test_rank_deficient_points_are_nan_and_named():
     x = torch.randn(5, 2, dtype=D64)
     x[3, 1] = 0.0
     with pytest.warns(RankDeficiencyWarning, match=r"rank below 2.*: 3"):
-        K = fg.gaussian_curvature(None, x, torch.tensor([1.0, 0.0], dtype=D64), torch.tensor([0.0, 1.0], dtype=D64), layer=f)
+        K = fg.gaussian_curvature(
+            None, x, torch.tensor([1.0, 0.0], dtype=D64), torch.tensor([0.0, 1.0], dtype=D64), layer=f
+        )
     assert torch.isnan(K[3]) and torch.isfinite(K[[0, 1, 2, 4]]).all()
     with pytest.warns(RankDeficiencyWarning, match=r": 3"):
         R = fg.scalar_curvature(None, x, layer=f)
@@ -220,7 +238,9 @@ def test_geometry_handle_methods_equal_the_functional_forms():
     u, v = torch.randn(3, dtype=D64), torch.randn(3, dtype=D64)
     g = fg.Geometry(net, "3")
     torch.testing.assert_close(g.scalar_curvature(x), fg.scalar_curvature(net, x, "3"), rtol=1e-13, atol=1e-13)
-    torch.testing.assert_close(g.gaussian_curvature(x, u, v), fg.gaussian_curvature(net, x, u, v, "3"), rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(
+        g.gaussian_curvature(x, u, v), fg.gaussian_curvature(net, x, u, v, "3"), rtol=1e-13, atol=1e-13
+    )
     torch.testing.assert_close(g.path_length(x), fg.path_length(net, x, "3"), rtol=1e-13, atol=0)
     r = g.geodesic(x[0], x[1], n=5)
     torch.testing.assert_close(r.path, fg.geodesic(net, x[0], x[1], "3", n=5).path, rtol=1e-12, atol=1e-12)

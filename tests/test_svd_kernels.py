@@ -1,6 +1,7 @@
 """Compiled one-sided Jacobi SVD (fastgeom.ops.svd; csrc/ops/jacobi.cpp, CUDA twin on GPU) against the
 torch reference and mpmath: odd sizes, graded columns (1e-30..1), rank-deficient, zero and NaN input;
 dispatch rules."""
+
 import mpmath
 import pytest
 import torch

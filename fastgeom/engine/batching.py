@@ -7,10 +7,12 @@ values (up to the BLAS blocking of a different batch size); it warns once per ``
 An error that the loop raises too is the model's own and propagates unchanged; out-of-memory errors
 are never retried as a loop (the caller halves its batch instead).
 """
+
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
@@ -36,8 +38,10 @@ def _loop(fn: Callable, in_dims, args: tuple, out_dims: int) -> Any:
     outs = [fn(*[a if d is None else a.select(d, i) for a, d in zip(args, dims)]) for i in range(n)]
     flat0, spec = tree_flatten(outs[0])
     cols = [tree_flatten(o)[0] for o in outs]
-    stacked = [torch.stack([c[j] for c in cols], dim=out_dims) if isinstance(flat0[j], torch.Tensor) else flat0[j]
-               for j in range(len(flat0))]
+    stacked = [
+        torch.stack([c[j] for c in cols], dim=out_dims) if isinstance(flat0[j], torch.Tensor) else flat0[j]
+        for j in range(len(flat0))
+    ]
     return tree_unflatten(stacked, spec)
 
 
@@ -54,9 +58,12 @@ def vmap(fn: Callable, in_dims: int | tuple = 0, out_dims: int = 0, *, key: str 
             out = _loop(fn, in_dims, args, out_dims)
             tag = key or getattr(fn, "__qualname__", "fn")
             if tag not in _WARNED:
-                warnings.warn(f"torch.func.vmap failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                              f"running a Python loop over the mapped dimension instead ({tag}; slower, same values)",
-                              BatchingFallbackWarning, stacklevel=2)
+                warnings.warn(
+                    f"torch.func.vmap failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                    f"running a Python loop over the mapped dimension instead ({tag}; slower, same values)",
+                    BatchingFallbackWarning,
+                    stacklevel=2,
+                )
                 _WARNED.add(tag)
             return out
 

@@ -13,6 +13,7 @@ features (P, d_out)) with a ``record`` of what ran, see ``streamed.Record``):
   cannot be linearised) is an expected failure; any other exception warns once, naming it, and falls
   back, or re-raises when ``FASTGEOM_STRICT=1``. The record's ``reason`` says what was decided and why.
 """
+
 from __future__ import annotations
 
 import os
@@ -53,12 +54,15 @@ class DenseEngine:
 
     def run(self, x, chunk_size=None, progress=None):
         if chunk_size is not None:
-            raise ValueError("chunk_size applies to the streamed and linearized methods; method='dense' "
-                             "materialises every row or column of J at once")
+            raise ValueError(
+                "chunk_size applies to the streamed and linearized methods; method='dense' "
+                "materialises every row or column of J at once"
+            )
         return _DenseRun(self, x, progress)
 
     def pass_at(self, xb, mode):
         from .streamed import AutogradPass
+
         return AutogradPass(self.fmap, xb, mode)
 
 
@@ -75,7 +79,7 @@ class _DenseRun:
     def __iter__(self):
         eng, x, B = self.eng, self.x, self.x.shape[0]
         for s in range(0, B, self.points):
-            xb = x[s:s + self.points]
+            xb = x[s : s + self.points]
             J = jacobian_dense(eng.fmap, xb, eng.d_out, forward=eng.mode == "jacfwd").to(torch.float64)
             with torch.no_grad():
                 feat = eng.fmap(xb)
@@ -115,12 +119,15 @@ class AutoEngine(StreamedEngine):
             assert self.per_direction is not None
             if rate <= SWITCH_GAIN * self.per_direction:
                 self.name = run.name = "linearized"
-                self.reason = run.reason = (f"auto: linearized took {rate / self.per_direction:.2f}x the "
-                                            "autograd pass's time per direction")
+                self.reason = run.reason = (
+                    f"auto: linearized took {rate / self.per_direction:.2f}x the autograd pass's time per direction"
+                )
                 self.make_pass = self.linear_pass
                 return lin
-            self.reason = run.reason = (f"auto: linearized took {rate / self.per_direction:.2f}x the autograd "
-                                        "pass's time per direction; kept streamed")
+            self.reason = run.reason = (
+                f"auto: linearized took {rate / self.per_direction:.2f}x the autograd "
+                "pass's time per direction; kept streamed"
+            )
             self.make_pass = self.autograd_pass
             return self.autograd_pass(xb, self.mode)
         remaining = (run.total - run.done) * self.per_direction
@@ -138,16 +145,18 @@ class AutoEngine(StreamedEngine):
             if is_oom(e) or strict():
                 raise
             self.reason = run.reason = f"auto: streamed, the linearised engine failed ({type(e).__name__}: {e})"
-            warnings.warn(f"the linearised engine failed unexpectedly ({type(e).__name__}: {e}); using the "
-                          "streamed engine (exact, slower). Set FASTGEOM_STRICT=1 to raise instead.",
-                          EngineWarning, stacklevel=2)
+            warnings.warn(
+                f"the linearised engine failed unexpectedly ({type(e).__name__}: {e}); using the "
+                "streamed engine (exact, slower). Set FASTGEOM_STRICT=1 to raise instead.",
+                EngineWarning,
+                stacklevel=2,
+            )
         self.linear_pass = None
         self.decided = True
         return lin
 
 
-def select(method: str, fmap, x1: torch.Tensor, d_in: int, d_out: int, *, budget=None, mode=None,
-           act_bytes=None):
+def select(method: str, fmap, x1: torch.Tensor, d_in: int, d_out: int, *, budget=None, mode=None, act_bytes=None):
     """The engine of ``method`` for points shaped like x1 (1, *in); ``act_bytes`` from the probe."""
     kw = dict(budget=budget, mode=mode, act_bytes=act_bytes)
     if method == "dense":
@@ -156,8 +165,9 @@ def select(method: str, fmap, x1: torch.Tensor, d_in: int, d_out: int, *, budget
         return StreamedEngine(fmap, x1, d_in, d_out, reason="method='streamed'", **kw)
     if method == "linearized":
         lin = validated_linearize(fmap, x1, d_out)
-        return StreamedEngine(fmap, x1, d_in, d_out, make_pass=lin, name="linearized",
-                              reason="method='linearized'", **kw)
+        return StreamedEngine(
+            fmap, x1, d_in, d_out, make_pass=lin, name="linearized", reason="method='linearized'", **kw
+        )
     if method == "auto":
         return AutoEngine(fmap, x1, d_in, d_out, **kw)
     raise ValueError(f"unknown exact method {method!r}; choose one of 'auto', {', '.join(map(repr, EXACT_METHODS))}")

@@ -2,6 +2,7 @@
 
 The map over points is ``batching.vmap`` (a loop where a module has no batching rule, e.g. nn.GRU),
 run under ``guards.ad_guards`` (forward AD through attention)."""
+
 from __future__ import annotations
 
 import torch

@@ -7,6 +7,7 @@ forward AD either), restoring both on exit. Values are unchanged up to rounding:
 the unfused MHA compute the same function. Every exact engine (dense, streamed, linearized) enters it
 around its passes, so ViT token layers work in forward mode (d_out > d_in).
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -17,7 +17,8 @@ only what the linear map needs:
 - residual ``add`` / ``sub`` (cotangents summed back over broadcast dims), reshapes (``view``,
   ``flatten``, ``squeeze``, ...) and axis permutations (channel shuffles, patch flattening), average
   pooling: nothing (pooling is applied to, and transposed on, the whole (K*P)-batch of directions at once);
-- any other node that depends on x (concatenation, indexing, max-pool, attention, tuple-returning modules such as ``nn.MultiheadAttention`` / ``nn.LSTM`` /
+- any other node that depends on x (concatenation, indexing, max-pool, attention, tuple-returning modules
+such as ``nn.MultiheadAttention`` / ``nn.LSTM`` /
   ``nn.GRU`` and ``getitem`` on their results, the feature map's pool and ``target="sphere"``
   normalisation, unknown functions): its inputs, and ``torch.func.vjp`` / ``jvp`` at that node (a
   node without a forward-mode formula gets its JVP as the transpose of its VJP). A node whose value is
@@ -53,14 +54,16 @@ Models that ``torch.fx`` cannot trace (data-dependent control flow), or that fai
 ``torch.func.vjp`` / ``jvp`` of the feature map itself (tests/test_linear_net.py,
 tests/test_model_families.py).
 """
+
 from __future__ import annotations
 
 import copy
 import inspect
 import operator
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -80,32 +83,98 @@ class LinearizeError(RuntimeError):
     ``method="auto"`` then uses the autograd engine (``method="streamed"``)."""
 
 
-_ACT_MODULES = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.LeakyReLU, nn.Softplus, nn.Mish,
-                nn.Hardtanh, nn.ReLU6, nn.CELU, nn.SELU, nn.Tanhshrink, nn.Softsign, nn.Hardswish, nn.Hardsigmoid)
-_ACT_FUNCTIONS = {F.relu, torch.relu, F.gelu, F.silu, torch.tanh, torch.sigmoid, F.elu, F.leaky_relu, F.softplus,
-                  F.mish, torch.nn.functional.relu6, F.hardtanh, F.selu, F.celu, F.tanh, F.sigmoid,
-                  F.hardswish, F.hardsigmoid, F.softsign}
+_ACT_MODULES = (
+    nn.ReLU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.ELU,
+    nn.LeakyReLU,
+    nn.Softplus,
+    nn.Mish,
+    nn.Hardtanh,
+    nn.ReLU6,
+    nn.CELU,
+    nn.SELU,
+    nn.Tanhshrink,
+    nn.Softsign,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+)
+_ACT_FUNCTIONS = {
+    F.relu,
+    torch.relu,
+    F.gelu,
+    F.silu,
+    torch.tanh,
+    torch.sigmoid,
+    F.elu,
+    F.leaky_relu,
+    F.softplus,
+    F.mish,
+    torch.nn.functional.relu6,
+    F.hardtanh,
+    F.selu,
+    F.celu,
+    F.tanh,
+    F.sigmoid,
+    F.hardswish,
+    F.hardsigmoid,
+    F.softsign,
+}
 _ACT_METHODS = {"relu", "tanh", "sigmoid"}
-_CONV = {nn.Conv1d: torch.nn.grad.conv1d_input, nn.Conv2d: torch.nn.grad.conv2d_input,
-         nn.Conv3d: torch.nn.grad.conv3d_input}
+_CONV = {
+    nn.Conv1d: torch.nn.grad.conv1d_input,  # type: ignore[attr-defined]
+    nn.Conv2d: torch.nn.grad.conv2d_input,  # type: ignore[attr-defined]
+    nn.Conv3d: torch.nn.grad.conv3d_input,  # type: ignore[attr-defined]
+}
 _CONV_FWD = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 # per-sample linear maps that act on any batch size: applied to the (K*P)-batch of tangents directly,
 # transposed by torch.func.vjp at zeros (their transpose does not depend on the primal)
-_POOL_MODULES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AvgPool1d, nn.AvgPool2d,
-                 nn.AvgPool3d)
-_POOL_FUNCTIONS = {F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.avg_pool1d, F.avg_pool2d,
-                   F.avg_pool3d}
+_POOL_MODULES = (
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+)
+_POOL_FUNCTIONS = {
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+}
 _ADD = {operator.add, torch.add}
 _SUB = {operator.sub, torch.sub}
 _MUL = {operator.mul, torch.mul}
 # in-place Python operators and their out-of-place forms
-_INPLACE_OPERATORS = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
-                      operator.itruediv: operator.truediv, operator.ifloordiv: operator.floordiv,
-                      operator.ipow: operator.pow, operator.imatmul: operator.matmul, operator.imod: operator.mod}
+_INPLACE_OPERATORS = {
+    operator.iadd: operator.add,
+    operator.isub: operator.sub,
+    operator.imul: operator.mul,
+    operator.itruediv: operator.truediv,
+    operator.ifloordiv: operator.floordiv,
+    operator.ipow: operator.pow,
+    operator.imatmul: operator.matmul,
+    operator.imod: operator.mod,
+}
 # pure reshapes (row-major order kept) and axis permutations: no primal data, transposed by reshape / inverse perm
-_RESHAPE_METHODS = {"view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "contiguous", "view_as",
-                    "reshape_as"}
+_RESHAPE_METHODS = {
+    "view",
+    "reshape",
+    "flatten",
+    "unflatten",
+    "squeeze",
+    "unsqueeze",
+    "contiguous",
+    "view_as",
+    "reshape_as",
+}
 _RESHAPE_FUNCTIONS = {torch.reshape, torch.flatten, torch.squeeze, torch.unsqueeze, torch.unflatten}
 _PERMUTE = {"permute", "transpose", "swapaxes", torch.permute, torch.transpose, torch.swapaxes}
 _INPLACE_META = "fastgeom_inplace"  # node.meta key: an in-place op with no out-of-place rewrite
@@ -115,6 +184,7 @@ _INPLACE_META = "fastgeom_inplace"  # node.meta key: an in-place op with no out-
 class _Step:
     """One tangent-carrying node: rule in {"conv", "linear", "scale", "act", "mul", "layernorm", "add", "sub",
     "identity", "reshape", "permute", "batchlinear", "func"}."""
+
     name: str
     rule: str
     inputs: list  # names of the tangent-carrying input nodes (in argument order)
@@ -168,7 +238,7 @@ def _drop_inplace_flag(node: fx.Node) -> bool:
         node.kwargs = {**node.kwargs, "inplace": False}
         return True
     try:
-        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)  # type: ignore[arg-type]
     except (TypeError, ValueError):  # builtins without a signature, or args that do not bind
         return False
     if bound.arguments.get("inplace") is not True:
@@ -222,8 +292,10 @@ def _out_of_place(gm: fx.GraphModule) -> None:
 def _trace(fmap) -> fx.GraphModule:
     model, layer = fmap.model, fmap.layer
     if model is None or (layer is not None and not isinstance(layer, str)):
-        raise LinearizeError("method='linearized' needs an nn.Module and a layer name (or None); a callable feature "
-                             "map cannot be traced: use method='streamed'")
+        raise LinearizeError(
+            "method='linearized' needs an nn.Module and a layer name (or None); a callable feature "
+            "map cannot be traced: use method='streamed'"
+        )
     src = copy.deepcopy(model).eval()
     if fmap.dtype is not None:  # before folding: fold in the compute dtype, not in the model's
         src = src.to(fmap.dtype)
@@ -234,16 +306,20 @@ def _trace(fmap) -> fx.GraphModule:
                 gm = fx.symbolic_trace(src)
             else:
                 from torchvision.models.feature_extraction import create_feature_extractor
+
                 gm = create_feature_extractor(src, return_nodes={layer: "feature"})
         except Exception as e:  # noqa: BLE001 - fx raises many types for untraceable code
-            raise LinearizeError(f"torch.fx could not trace {type(model).__name__}"
-                                 f"{'' if layer is None else f' up to layer {layer!r}'} ({type(e).__name__}: {e}); "
-                                 "use method='streamed'") from e
+            raise LinearizeError(
+                f"torch.fx could not trace {type(model).__name__}"
+                f"{'' if layer is None else f' up to layer {layer!r}'} ({type(e).__name__}: {e}); "
+                "use method='streamed'"
+            ) from e
         gm.eval()
         _out_of_place(gm)
         try:
             from torch.fx.experimental.optimization import fuse
-            gm = fuse(gm, inplace=True, no_trace=True)
+
+            gm = fuse(gm, inplace=True, no_trace=True)  # type: ignore[assignment]
         except Exception:  # noqa: BLE001 - folding is an optimisation; unfolded BN is handled as a scale
             pass
     for p in gm.parameters():
@@ -254,7 +330,7 @@ def _trace(fmap) -> fx.GraphModule:
 def _elementwise_derivative(fn: Callable, x: torch.Tensor) -> torch.Tensor:
     """act'(x) for an elementwise fn: one reverse-mode product with a cotangent of ones."""
     with torch.enable_grad():
-        y, pull = _vjp(fn, x)
+        y, pull = _vjp(fn, x)  # type: ignore[misc]
         return pull(torch.ones_like(y))[0]
 
 
@@ -266,8 +342,9 @@ def _run(node: fx.Node, fn: Callable, args, kwargs):
     except Exception as e:  # noqa: BLE001 - the model's own op, replayed by the trace
         if is_oom(e) or isinstance(e, LinearizeError):
             raise
-        raise LinearizeError(f"the traced graph fails at {_describe(node)} ({type(e).__name__}: {e}); "
-                             "use method='streamed'") from e
+        raise LinearizeError(
+            f"the traced graph fails at {_describe(node)} ({type(e).__name__}: {e}); use method='streamed'"
+        ) from e
 
 
 def _is_relu(node: fx.Node, fn, args, kwargs) -> bool:
@@ -314,7 +391,8 @@ class LinearGraph:
         self.gm = _trace(fmap)
         has_conv2d = any(type(m) is nn.Conv2d for m in self.gm.modules())
         dev = next((p.device for p in self.gm.parameters()), torch.device("cpu"))
-        # NHWC: oneDNN's transposed convolutions are 10-30% faster on CPU (bench/logvol.py (historical section logvol_cpu)). On CUDA the
+        # NHWC: oneDNN's transposed convolutions are 10-30% faster on CPU (bench/logvol.py (historical
+        # section logvol_cpu)). On CUDA the
         # fused kernels take contiguous NCHW tensors, so the default there is NCHW.
         self.channels_last = (has_conv2d and dev.type == "cpu") if channels_last is None else bool(channels_last)
         if self.channels_last:
@@ -359,15 +437,20 @@ class LinearGraph:
                 return "reshape", None
         elif node.op == "call_function":
             extra = list(args[1:]) + list(kwargs.values())
-            if node.target in _POOL_FUNCTIONS and carried == [0] and not any(isinstance(a, torch.Tensor) for a in extra):
+            if (
+                node.target in _POOL_FUNCTIONS
+                and carried == [0]
+                and not any(isinstance(a, torch.Tensor) for a in extra)
+            ):
                 return "batchlinear", (lambda t, _f=node.target, _a=args, _k=kwargs: _f(t, *_a[1:], **_k))
             if node.target in _ACT_FUNCTIONS and carried == [0] and not any(isinstance(a, torch.Tensor) for a in extra):
                 return "act", None
             if node.target is F.layer_norm and carried == [0]:
                 ln = inspect.signature(F.layer_norm).bind(*args, **kwargs).arguments
                 if ln.get("bias") is None or isinstance(ln.get("bias"), torch.Tensor):
-                    return "layernorm", _layer_norm_data(args[0], len(ln["normalized_shape"]), ln.get("weight"),
-                                                         ln.get("eps", 1e-5))
+                    return "layernorm", _layer_norm_data(
+                        args[0], len(ln["normalized_shape"]), ln.get("weight"), ln.get("eps", 1e-5)
+                    )
             if node.target in _ADD | _SUB and len(args) == 2 and not kwargs:
                 rule = "add" if node.target in _ADD else "sub"
                 # broadcasting (e.g. (P, 6) - (P, 1)): the full shapes, so that cotangents are summed back
@@ -378,8 +461,12 @@ class LinearGraph:
                     return rule, bcast
                 if carried == [0] or (carried == [1] and rule == "add"):
                     return "identity", bcast
-            if node.target in _MUL and len(args) == 2 and not kwargs and all(
-                    isinstance(a, (torch.Tensor, int, float)) and not isinstance(a, bool) for a in args):
+            if (
+                node.target in _MUL
+                and len(args) == 2
+                and not kwargs
+                and all(isinstance(a, (torch.Tensor, int, float)) and not isinstance(a, bool) for a in args)
+            ):
                 shapes = {i: tuple(args[i].shape) for i in carried}
                 return "mul", (tuple(args), carried, shapes)
         elif node.op == "call_method":
@@ -387,7 +474,7 @@ class LinearGraph:
                 return "act", None
         return "func", None
 
-    def linearize(self, x: torch.Tensor) -> "Linearization":
+    def linearize(self, x: torch.Tensor) -> Linearization:
         """One forward pass at x (P, *input_shape): the linear map's stored data and phi(x) (P, d_out)."""
         x = self.fmap.own_input(x)  # a copy: in-place ops of the model never reach the caller's x
         with ad_guards():
@@ -404,7 +491,7 @@ class LinearGraph:
                 self.modules = dict(self.gm.named_modules())
                 return self._linearize(x.contiguous())
 
-    def _linearize(self, x: torch.Tensor) -> "Linearization":
+    def _linearize(self, x: torch.Tensor) -> Linearization:
         env: dict[str, Any] = {}
         carries: set[str] = set()  # nodes whose value depends on x (tensors, and composites below)
         composites: dict[str, tuple] = {}  # name -> (g, leaf names, leaf primals): a non-tensor value built from x
@@ -434,9 +521,11 @@ class LinearGraph:
                     env[node.name] = _run(node, fn, args, kwargs)  # constant w.r.t. x: no input depends on it
                     continue
                 if _INPLACE_META in node.meta:
-                    raise LinearizeError(f"{_describe(node)} writes in place ({node.meta[_INPLACE_META]}) into or from "
-                                         "a tensor that depends on the input; it has no out-of-place form the "
-                                         "linearised engine can differentiate: use method='streamed'")
+                    raise LinearizeError(
+                        f"{_describe(node)} writes in place ({node.meta[_INPLACE_META]}) into or from "
+                        "a tensor that depends on the input; it has no out-of-place form the "
+                        "linearised engine can differentiate: use method='streamed'"
+                    )
                 carried = [i for i, a in enumerate(node.args) if isinstance(a, fx.Node) and a.name in carries]
                 top = {node.args[i].name for i in carried}
                 rule, data = "func", None
@@ -444,9 +533,12 @@ class LinearGraph:
                     rule, data = self._classify(node, args, kwargs, carried)
                 in_names = [node.args[i].name for i in carried]
                 if rule == "act":
-                    act = (lambda t, _f=fn, _a=args, _k=kwargs: _f(t, *_a[1:], **_k))
-                    data = (_relu_derivative(args[0]) if _is_relu(node, fn, args, kwargs)
-                            else _elementwise_derivative(act, args[0]))
+                    act = lambda t, _f=fn, _a=args, _k=kwargs: _f(t, *_a[1:], **_k)
+                    data = (
+                        _relu_derivative(args[0])
+                        if _is_relu(node, fn, args, kwargs)
+                        else _elementwise_derivative(act, args[0])
+                    )
                     val = _run(node, fn, args, kwargs)
                 elif rule == "func":
                     kind, val, data, in_names = self._func_node(node, fn, carries, composites, env)
@@ -466,26 +558,29 @@ class LinearGraph:
                     users[a.name] -= 1
                     if users[a.name] == 0 and a.name != self.input:
                         env.pop(a.name, None)
+        assert out_node is not None  # every traced graph ends in an output node
         res = out_node.args[0]
         if isinstance(res, dict):
             if len(res) != 1:
                 raise LinearizeError(f"the traced model returns {len(res)} outputs; expected one feature tensor")
             res = next(iter(res.values()))
         if not isinstance(res, fx.Node) or res.name not in carries or res.name in composites:
-            raise LinearizeError("the traced model must return one feature tensor that depends on the input; "
-                                 "use method='streamed'")
+            raise LinearizeError(
+                "the traced model must return one feature tensor that depends on the input; use method='streamed'"
+            )
         y = env[res.name]
         with torch.enable_grad():
-            feat, post_vjp = _vjp(self.fmap.post, y)
-        post_jvp = (lambda t, _y=y: _jvp(self.fmap.post, (_y,), (t,))[1])
-        return Linearization(self.input, tuple(x.shape[1:]), steps, res.name, feat.detach(), post_vjp, post_jvp,
-                             self.channels_last)
+            feat, post_vjp = _vjp(self.fmap.post, y)  # type: ignore[misc]
+        post_jvp = lambda t, _y=y: _jvp(self.fmap.post, (_y,), (t,))[1]
+        return Linearization(
+            self.input, tuple(x.shape[1:]), steps, res.name, feat.detach(), post_vjp, post_jvp, self.channels_last
+        )
 
     def _callable(self, node: fx.Node) -> Callable:
         if node.op == "call_module":
             return self.modules[node.target]
         if node.op == "call_function":
-            return node.target
+            return node.target  # type: ignore[return-value]
         if node.op == "call_method":
             return lambda obj, *a, _m=node.target, **k: getattr(obj, _m)(*a, **k)
         raise LinearizeError(f"unsupported fx node {node.op!r}")
@@ -565,21 +660,26 @@ def _check_first_point(graph: LinearGraph, fmap, x1: torch.Tensor, d_out: int, t
     C = torch.randn(n_dirs, 1, d_out, generator=gen, dtype=torch.float64).to(device=x1.device, dtype=dt)
     T = torch.randn(n_dirs, *x1.shape, generator=gen, dtype=torch.float64).to(device=x1.device, dtype=dt)
     with torch.enable_grad(), ad_guards():
-        want, pull = torch.func.vjp(fmap, x1.to(dt))
+        want, pull = torch.func.vjp(fmap, x1.to(dt))  # type: ignore[misc]
         want_g = torch.stack([pull(c)[0] for c in C])  # a loop: the model may have no batching rule
     got_g = lin.vjp(C)
     got_t = lin.jvp(T)  # (n, 1, d_out)
     lhs = torch.einsum("iz,jz->ij", C.reshape(n_dirs, -1).double(), got_t.reshape(n_dirs, -1).double())
     rhs = torch.einsum("iz,jz->ij", want_g.reshape(n_dirs, -1).double(), T.reshape(n_dirs, -1).double())
     scale = C.reshape(n_dirs, -1).double().norm(dim=1)[:, None] * got_t.reshape(n_dirs, -1).double().norm(dim=1)[None]
-    errs = {"feature": _rel(lin.feature, want.detach()), "VJP": _rel(got_g, want_g),
-            "JVP": float(((lhs - rhs).abs() / scale.clamp_min(torch.finfo(torch.float64).tiny)).max())}
+    errs = {
+        "feature": _rel(lin.feature, want.detach()),
+        "VJP": _rel(got_g, want_g),
+        "JVP": float(((lhs - rhs).abs() / scale.clamp_min(torch.finfo(torch.float64).tiny)).max()),
+    }
     bad = {k: v for k, v in errs.items() if not v <= tol}
     if bad:
         what = ", ".join(f"{k} {v:.1e}" for k, v in bad.items())
-        raise LinearizeError(f"the traced, linearised model differs from the model at the first point in {dt} "
-                             f"(relative error {what} > {tol:g}): torch.fx did not capture what the model computes "
-                             "(e.g. control flow on values, hooks, in-place writes into views); use method='streamed'")
+        raise LinearizeError(
+            f"the traced, linearised model differs from the model at the first point in {dt} "
+            f"(relative error {what} > {tol:g}): torch.fx did not capture what the model computes "
+            "(e.g. control flow on values, hooks, in-place writes into views); use method='streamed'"
+        )
 
 
 def validated_linearize(fmap, x: torch.Tensor, d_out: int):
@@ -597,6 +697,7 @@ def validated_linearize(fmap, x: torch.Tensor, d_out: int):
     _check_first_point(graph, fmap, x1, d_out, tol)
     if dt != torch.float64 and x.device.type != "mps":
         from ..features import FeatureMap
+
         fmap64 = FeatureMap(fmap.model, fmap.layer, fmap.pool, torch.float64, fmap.target)
         try:
             g64 = LinearGraph(fmap64, channels_last=graph.channels_last)
@@ -604,10 +705,11 @@ def validated_linearize(fmap, x: torch.Tensor, d_out: int):
         except (RuntimeError, NotImplementedError) as e:
             if isinstance(e, LinearizeError):
                 raise
-            raise LinearizeError(f"the float64 check of the traced graph could not run ({type(e).__name__}: {e}); "
-                                 "use method='streamed'") from e
+            raise LinearizeError(
+                f"the float64 check of the traced graph could not run ({type(e).__name__}: {e}); use method='streamed'"
+            ) from e
 
-    def linearize(xb: torch.Tensor, mode: str) -> "Linearization":
+    def linearize(xb: torch.Tensor, mode: str) -> Linearization:
         if mode not in ("reverse", "forward"):
             raise ValueError(f"mode must be 'reverse' or 'forward', got {mode!r}")
         return graph.linearize(xb)  # one Linearization serves both modes
@@ -646,8 +748,15 @@ class Linearization:
             if st.rule == "conv":
                 m = st.data
                 shp = (K * P,) + self._shape_of(st.inputs[0])
-                g = _CONV[type(m)](shp, m.weight, self._layout(c.reshape(K * P, *c.shape[2:])), m.stride, m.padding,
-                                   m.dilation, m.groups)
+                g = _CONV[type(m)](
+                    shp,
+                    m.weight,
+                    self._layout(c.reshape(K * P, *c.shape[2:])),
+                    m.stride,
+                    m.padding,
+                    m.dilation,
+                    m.groups,
+                )
                 self._send(pending, st.inputs[0], g.reshape(K, P, *g.shape[1:]))
             elif st.rule == "linear":
                 self._send(pending, st.inputs[0], c @ st.data.weight)
@@ -717,8 +826,9 @@ class Linearization:
         if st.rule == "conv":
             m = st.data
             t = ins[0]
-            y = _CONV_FWD[type(m)](self._layout(t.reshape(K * P, *t.shape[2:])), m.weight, None, m.stride, m.padding,
-                                   m.dilation, m.groups)
+            y = _CONV_FWD[type(m)](
+                self._layout(t.reshape(K * P, *t.shape[2:])), m.weight, None, m.stride, m.padding, m.dilation, m.groups
+            )
             return y.reshape(K, P, *y.shape[1:])
         if st.rule == "linear":
             return ins[0] @ st.data.weight.mT

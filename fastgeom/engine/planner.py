@@ -3,6 +3,7 @@
 The per-(point x cotangent) cost is measured, not guessed: one forward pass of a single point under
 ``saved_tensors_hooks`` counts the bytes autograd saves (the activations a VJP/JVP keeps alive).
 """
+
 from __future__ import annotations
 
 import os
@@ -33,7 +34,8 @@ def is_oom(e: BaseException) -> bool:
         return True
     msg = str(e)
     return isinstance(e, (RuntimeError, MemoryError)) and (
-        "out of memory" in msg.lower() or "can't allocate memory" in msg.lower() or isinstance(e, MemoryError))
+        "out of memory" in msg.lower() or "can't allocate memory" in msg.lower() or isinstance(e, MemoryError)
+    )
 
 
 def default_budget(device: torch.device) -> int:
@@ -87,13 +89,22 @@ def saved_bytes_one_point(fmap, x1: torch.Tensor) -> tuple[int, int]:
 
 def check_budget(budget) -> None:
     """budget: None or a positive number of bytes."""
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
-                               or not budget > 0 or budget == float("inf")):
+    if budget is not None and (
+        isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0 or budget == float("inf")
+    ):
         raise ValueError(f"budget must be a positive number of bytes (or None for the default), got {budget!r}")
 
 
-def plan(fmap, x: torch.Tensor, d_in: int, d_out: int, chunk_size: int | None = None,
-         budget: int | None = None, mode: str | None = None, act_bytes: tuple[int, int] | None = None) -> Plan:
+def plan(
+    fmap,
+    x: torch.Tensor,
+    d_in: int,
+    d_out: int,
+    chunk_size: int | None = None,
+    budget: int | None = None,
+    mode: str | None = None,
+    act_bytes: tuple[int, int] | None = None,
+) -> Plan:
     """Choose mode (reverse when d_out <= d_in), chunk and point batch within `budget` bytes.
 
     ``act_bytes``: (total, largest) saved-activation bytes of one point if already measured."""
@@ -113,7 +124,8 @@ def plan(fmap, x: torch.Tensor, d_in: int, d_out: int, chunk_size: int | None = 
     if chunk_size is None:
         chunk = max(1, min(passes, (budget - act) // unit))
         if x.device.type == "cpu":
-            # CPU throughput peaks at moderate chunks and then falls (cache): bench/logvol.py (historical section logvol_cpu) on
+            # CPU throughput peaks at moderate chunks and then falls (cache): bench/logvol.py (historical
+            # section logvol_cpu) on
             # ResNet-34, 2 cores: chunk 64 took 14.0 s, 128 took 18.0 s, 268 took 19.7 s. Small models
             # (a chunk's working set far below that) take every direction at once, like jacrev.
             chunk = min(chunk, max(CPU_MAX_CHUNK, CPU_CHUNK_BYTES // unit))
@@ -123,5 +135,13 @@ def plan(fmap, x: torch.Tensor, d_in: int, d_out: int, chunk_size: int | None = 
         chunk = min(chunk_size, passes)
     point_bytes = max(unit * chunk + act + jac_bytes, 1)
     points = max(1, min(x.shape[0], budget // point_bytes))
-    return Plan(mode=mode, chunk=chunk, points=points, budget=budget, act_bytes=act, point_bytes=point_bytes,
-                unit=unit, fixed=act + jac_bytes)
+    return Plan(
+        mode=mode,
+        chunk=chunk,
+        points=points,
+        budget=budget,
+        act_bytes=act,
+        point_bytes=point_bytes,
+        unit=unit,
+        fixed=act + jac_bytes,
+    )

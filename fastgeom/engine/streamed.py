@@ -12,11 +12,13 @@ so results equal those of an uninterrupted run up to rounding (only the vmap bat
 which may change the BLAS blocking, about 1e-16 relative). Each halving is an event of the run's
 ``Record``; the engine starts its next run from the halved sizes.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 import torch
 from torch.func import jvp, vjp
@@ -117,9 +119,20 @@ class StreamedEngine:
     ``make_pass(xb, mode)`` builds the pass of a point batch (default ``AutogradPass``); ``name`` is
     what ``Record.engine`` reports."""
 
-    def __init__(self, fmap, x1: torch.Tensor, d_in: int, d_out: int, *, budget: int | None = None,
-                 mode: str | None = None, make_pass: PassFactory | None = None, name: str = "streamed",
-                 reason: str = "", act_bytes: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        fmap,
+        x1: torch.Tensor,
+        d_in: int,
+        d_out: int,
+        *,
+        budget: int | None = None,
+        mode: str | None = None,
+        make_pass: PassFactory | None = None,
+        name: str = "streamed",
+        reason: str = "",
+        act_bytes: tuple[int, int] | None = None,
+    ):
         self.fmap, self.d_in, self.d_out = fmap, d_in, d_out
         self.name, self.reason = name, reason
         self.make_pass = make_pass or (lambda xb, m: AutogradPass(fmap, xb, m))
@@ -135,8 +148,7 @@ class StreamedEngine:
         points = self.points or max(1, self.plan.budget // max(self.plan.unit * chunk + self.plan.fixed, 1))
         return chunk, max(1, min(B, points))
 
-    def run(self, x: torch.Tensor, chunk_size: int | None = None,
-            progress: Callable[[int], None] | None = None) -> "Run":
+    def run(self, x: torch.Tensor, chunk_size: int | None = None, progress: Callable[[int], None] | None = None) -> Run:
         return Run(self, x, chunk_size, progress)
 
     def pass_at(self, xb: torch.Tensor, mode: str):
@@ -144,7 +156,7 @@ class StreamedEngine:
         return self.make_pass(xb, mode)
 
     # hook for AutoEngine: called after each chunk with its wall time; may return a new pass for the batch
-    def after_chunk(self, run: "Run", xb: torch.Tensor, lin: Pass, seconds: float, k: int) -> Pass:
+    def after_chunk(self, run: Run, xb: torch.Tensor, lin: Pass, seconds: float, k: int) -> Pass:
         return lin
 
 
@@ -161,8 +173,14 @@ class Run:
 
     @property
     def record(self) -> Record:
-        return Record(engine=self.name, mode=self.engine.mode, chunk=self.chunk, points=self.points,
-                      events=tuple(self.events), reason=self.reason)
+        return Record(
+            engine=self.name,
+            mode=self.engine.mode,
+            chunk=self.chunk,
+            points=self.points,
+            events=tuple(self.events),
+            reason=self.reason,
+        )
 
     def __iter__(self) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
         x, eng = self.x, self.engine
@@ -181,7 +199,8 @@ class Run:
                     raise MemoryError(
                         f"out of memory even at 1 point and chunk 1 (budget {eng.plan.budget / 2**20:.0f} MiB); "
                         "the model's single forward/backward pass does not fit: use a smaller dtype or device "
-                        "with more memory") from err
+                        "with more memory"
+                    ) from err
                 raise
             yield slice(s, e), J, feat
             if self.progress is not None:
@@ -206,10 +225,10 @@ class Run:
                 _inject("chunk")
                 if mode == "reverse":
                     g = lin.vjp(_one_hot(k, start, P, d_out, lin.out_dtype, xb.device))
-                    J[:, start:start + k, :] = g.reshape(k, P, d_in).permute(1, 0, 2)
+                    J[:, start : start + k, :] = g.reshape(k, P, d_in).permute(1, 0, 2)
                 else:
                     cols = lin.jvp(_one_hot(k, start, P, d_in, xb.dtype, xb.device).reshape(k, P, *in_shape))
-                    J[:, :, start:start + k] = cols.reshape(k, P, d_out).permute(1, 2, 0)
+                    J[:, :, start : start + k] = cols.reshape(k, P, d_out).permute(1, 2, 0)
             except Exception as e:  # noqa: BLE001
                 if not is_oom(e) or self.chunk == 1:
                     raise

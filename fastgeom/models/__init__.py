@@ -2,6 +2,7 @@
 
 Research utility for the experiments (experiments/), not part of fastgeom's API: no stability promise.
 """
+
 from .resnet import ACTIVATIONS, cifar_resnet
 
 __all__ = ["cifar_resnet", "ACTIVATIONS"]

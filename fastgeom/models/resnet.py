@@ -5,6 +5,7 @@ Research utility for the experiments (experiments/), not part of fastgeom's API:
 The original code passed the activation only to the stem, so its "ReLU" ResNets were GELU inside
 the residual blocks; here every nn.ReLU of the torchvision model is replaced.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -22,8 +23,9 @@ def _replace_relu(module: nn.Module, make) -> None:
             _replace_relu(child, make)
 
 
-def cifar_resnet(arch: str | int = "resnet34", activation: str = "gelu", num_classes: int | None = 10,
-                 width: int = 64) -> nn.Module:
+def cifar_resnet(
+    arch: str | int = "resnet34", activation: str = "gelu", num_classes: int | None = 10, width: int = 64
+) -> nn.Module:
     """ResNet-18/34/50/101 for 32x32 inputs; features are 512 (18/34) or 2048 (50/101) after ``avgpool``.
 
     Layer names follow torchvision (``conv1``, ``layer1``..``layer4``, ``avgpool``, ``fc``), so

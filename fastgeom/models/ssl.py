@@ -15,6 +15,7 @@ Geometry is measured on the **backbone** (``model.backbone``, layer ``"avgpool"`
   with temperature 0.07 (the paper's value). Augmentations: SimCLR's CIFAR recipe (random resized
   crop, flip, colour jitter (0.4, 0.4, 0.4, 0.1) p 0.8, grayscale p 0.2, no blur), ImageNet normalisation.
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,7 +41,9 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.005, 
     """Barlow Twins loss of two views' embeddings z1, z2 (N, D), N >= 2: each dimension is standardised
     over the batch, C = z1n^T z2n / N (D, D), loss = sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2."""
     if z1.shape != z2.shape or z1.dim() != 2 or z1.shape[0] < 2:
-        raise ValueError(f"barlow_twins_loss needs two (N, D) embeddings with N >= 2, got {tuple(z1.shape)}, {tuple(z2.shape)}")
+        raise ValueError(
+            f"barlow_twins_loss needs two (N, D) embeddings with N >= 2, got {tuple(z1.shape)}, {tuple(z2.shape)}"
+        )
     n = z1.shape[0]
     z1n = (z1 - z1.mean(0)) / (z1.std(0, unbiased=False) + eps)
     z2n = (z2 - z2.mean(0)) / (z2.std(0, unbiased=False) + eps)
@@ -54,7 +57,9 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.07) 
     """SimCLR's NT-Xent of two views' head outputs z1, z2 (N, D): cosine similarities / temperature over
     the 2N embeddings, each one's positive is its other view, the other 2N - 2 are negatives; mean over 2N."""
     if z1.shape != z2.shape or z1.dim() != 2 or z1.shape[0] < 2:
-        raise ValueError(f"nt_xent_loss needs two (N, D) embeddings with N >= 2, got {tuple(z1.shape)}, {tuple(z2.shape)}")
+        raise ValueError(
+            f"nt_xent_loss needs two (N, D) embeddings with N >= 2, got {tuple(z1.shape)}, {tuple(z2.shape)}"
+        )
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     n = z1.shape[0]
@@ -108,19 +113,32 @@ def _blur(res: int, p: float):
 
 def barlow_twins_augmentations(res: int = 32, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """The two asymmetric view transforms (float [0, 1] image (3, H, W) -> normalised tensor)."""
+
     def view(blur_p: float, sol_p: float):
-        return v2.Compose([
-            v2.RandomResizedCrop(res, scale=(0.2, 1.0), antialias=True), v2.RandomHorizontalFlip(),
-            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8), v2.RandomGrayscale(p=0.2),
-            _blur(res, blur_p), v2.RandomSolarize(0.5, p=sol_p) if sol_p > 0 else v2.Identity(),
-            v2.Normalize(mean, std)])
+        return v2.Compose(
+            [
+                v2.RandomResizedCrop(res, scale=(0.2, 1.0), antialias=True),
+                v2.RandomHorizontalFlip(),
+                v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+                v2.RandomGrayscale(p=0.2),
+                _blur(res, blur_p),
+                v2.RandomSolarize(0.5, p=sol_p) if sol_p > 0 else v2.Identity(),
+                v2.Normalize(mean, std),
+            ]
+        )
+
     return view(1.0, 0.0), view(0.1, 0.2)
 
 
 def simclr_augmentations(res: int = 32, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """SimCLR's CIFAR view transform, used for both views."""
-    t = v2.Compose([
-        v2.RandomResizedCrop(res, scale=(0.2, 1.0), antialias=True), v2.RandomHorizontalFlip(),
-        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(p=0.2),
-        v2.Normalize(mean, std)])
+    t = v2.Compose(
+        [
+            v2.RandomResizedCrop(res, scale=(0.2, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            v2.RandomGrayscale(p=0.2),
+            v2.Normalize(mean, std),
+        ]
+    )
     return t, t

@@ -11,6 +11,7 @@ most about ``TILE_ELEMS`` float64 numbers are materialised at once.
            P = sigma' sigma'', with g^-1 applied through the QR factor R of diag(s) W / sqrt n (MATH 3.5)
 * ricci_2d: explicit 2-D closed form (MATH 3.6), ricci_3units: n = 3, d = 2 (MATH 3.7).
 """
+
 from __future__ import annotations
 
 import math
@@ -93,7 +94,7 @@ def ricci_scalar_moments(W, b, x, act):
     R = (|T|^2 - |v|^2) / n^2 (expanding the Gram form). This is the algorithm of the fused kernels."""
     n, d = W.shape
     out = torch.empty(x.shape[0], dtype=W.dtype, device=W.device)
-    for sl in _tiles(x.shape[0], 3 * n * d + d ** 3):
+    for sl in _tiles(x.shape[0], 3 * n * d + d**3):
         U, P = _whitened(W, b, x[sl], act)
         PU = P[:, :, None] * U
         UU = (U[:, :, :, None] * U[:, :, None, :]).reshape(U.shape[0], n, d * d)
@@ -135,7 +136,7 @@ def ricci_2d(W, b, x, act):
         V = P[:, None, :] * M[None]  # V[t, i, j] = P_j m_ij
         T = torch.einsum("tij,jk,tik->ti", V, Q, V)
         det = torch.einsum("tj,jk,tk->t", a, Q, a) / (2 * n * n)
-        out[sl] = -(a * T).sum(-1) / (n ** 3 * det * det)
+        out[sl] = -(a * T).sum(-1) / (n**3 * det * det)
     return out
 
 
@@ -149,5 +150,5 @@ def ricci_3units(W, b, x, act):
     a1, a2, a3 = a.unbind(-1)
     P1, P2, P3 = P.unbind(-1)
     num = m23 * a1 * P2 * P3 - m13 * a2 * P1 * P3 + m12 * a3 * P1 * P2
-    den = a1 * a2 * m12 ** 2 + a1 * a3 * m13 ** 2 + a2 * a3 * m23 ** 2
+    den = a1 * a2 * m12**2 + a1 * a3 * m13**2 + a2 * a3 * m23**2
     return -6 * m12 * m13 * m23 * num / (den * den)

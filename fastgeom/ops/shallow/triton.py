@@ -13,12 +13,12 @@ multiplicities 1/3/6) are written out because Triton cannot index lists of tenso
 sequential over hidden units (a Givens update per unit, vectorised over the BLOCK_N points); pass 2
 processes BLOCK_H units at a time.
 """
+
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
-
 
 GELU_TAIL = tl.constexpr(3.0)  # below z = -3, 1 + erf(z / sqrt 2) loses > 1e-13 relative: use the Mills ratio
 MILLS_TERMS = tl.constexpr(50)  # continued-fraction terms: < 2e-16 relative for x >= 3
@@ -54,8 +54,7 @@ def _act(z, CODE: tl.constexpr, power):
         d2 = -2.0 * z * d1
     elif CODE == 3:  # gelu: d1 = Phi(z) + z phi(z)
         phi = 0.3989422804014327 * tl.exp(-0.5 * z * z)
-        d1 = tl.where(z < -GELU_TAIL, phi * (_mills(-z) + z),
-                      0.5 * (1.0 + tl.erf(z * 0.7071067811865476)) + z * phi)
+        d1 = tl.where(z < -GELU_TAIL, phi * (_mills(-z) + z), 0.5 * (1.0 + tl.erf(z * 0.7071067811865476)) + z * phi)
         d2 = (2.0 - z * z) * phi
     elif CODE == 4:  # softplus
         sp = tl.sigmoid(z)
@@ -97,8 +96,24 @@ def _col(ptr, idx, c, d, mask):
 
 
 @triton.jit
-def _shallow_kernel(W, B, X, G, LV, R, N, n, d, power, inv_n, inv_sqrt_n,
-                    CODE: tl.constexpr, WANT_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr):
+def _shallow_kernel(
+    W,
+    B,
+    X,
+    G,
+    LV,
+    R,
+    N,
+    n,
+    d,
+    power,
+    inv_n,
+    inv_sqrt_n,
+    CODE: tl.constexpr,
+    WANT_R: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     rm = rows < N
@@ -228,8 +243,13 @@ def _shallow_kernel(W, B, X, G, LV, R, N, n, d, power, inv_n, inv_sqrt_n,
             w2 = _col(W, hs, 2, d, hm)
             w3 = _col(W, hs, 3, d, hm)
             bb = tl.load(B + hs, mask=hm, other=0.0)
-            z = (x0[:, None] * w0[None, :] + x1[:, None] * w1[None, :] + x2[:, None] * w2[None, :]
-                 + x3[:, None] * w3[None, :] + bb[None, :])
+            z = (
+                x0[:, None] * w0[None, :]
+                + x1[:, None] * w1[None, :]
+                + x2[:, None] * w2[None, :]
+                + x3[:, None] * w3[None, :]
+                + bb[None, :]
+            )
             d1, d2 = _act(z, CODE, power)
             P = tl.where(hm[None, :], d1 * d2, 0.0)
             # sigma' sigma'' underflowed while neither is 0: that unit's term is lost, R untrusted (NaN)
@@ -238,8 +258,12 @@ def _shallow_kernel(W, B, X, G, LV, R, N, n, d, power, inv_n, inv_sqrt_n,
             u0 = m00[:, None] * w0[None, :]
             u1 = m10[:, None] * w0[None, :] + m11[:, None] * w1[None, :]
             u2 = m20[:, None] * w0[None, :] + m21[:, None] * w1[None, :] + m22[:, None] * w2[None, :]
-            u3 = (m30[:, None] * w0[None, :] + m31[:, None] * w1[None, :] + m32[:, None] * w2[None, :]
-                  + m33[:, None] * w3[None, :])
+            u3 = (
+                m30[:, None] * w0[None, :]
+                + m31[:, None] * w1[None, :]
+                + m32[:, None] * w2[None, :]
+                + m33[:, None] * w3[None, :]
+            )
             Puu = P * (u0 * u0 + u1 * u1 + u2 * u2 + u3 * u3)
             v0 += tl.sum(Puu * u0, axis=1)
             v1 += tl.sum(Puu * u1, axis=1)
@@ -269,18 +293,43 @@ def _shallow_kernel(W, B, X, G, LV, R, N, n, d, power, inv_n, inv_sqrt_n,
             t223 += tl.sum(Pu2 * u2 * u3, axis=1)
             t233 += tl.sum(Pu2 * u3 * u3, axis=1)
             t333 += tl.sum(Pu3 * u3 * u3, axis=1)
-        t2 = (1.0 * t000 * t000 + 3.0 * t001 * t001 + 3.0 * t002 * t002 + 3.0 * t003 * t003
-              + 3.0 * t011 * t011 + 6.0 * t012 * t012 + 6.0 * t013 * t013 + 3.0 * t022 * t022
-              + 6.0 * t023 * t023 + 3.0 * t033 * t033 + 1.0 * t111 * t111 + 3.0 * t112 * t112
-              + 3.0 * t113 * t113 + 3.0 * t122 * t122 + 6.0 * t123 * t123 + 3.0 * t133 * t133
-              + 1.0 * t222 * t222 + 3.0 * t223 * t223 + 3.0 * t233 * t233 + 1.0 * t333 * t333)
+        t2 = (
+            1.0 * t000 * t000
+            + 3.0 * t001 * t001
+            + 3.0 * t002 * t002
+            + 3.0 * t003 * t003
+            + 3.0 * t011 * t011
+            + 6.0 * t012 * t012
+            + 6.0 * t013 * t013
+            + 3.0 * t022 * t022
+            + 6.0 * t023 * t023
+            + 3.0 * t033 * t033
+            + 1.0 * t111 * t111
+            + 3.0 * t112 * t112
+            + 3.0 * t113 * t113
+            + 3.0 * t122 * t122
+            + 6.0 * t123 * t123
+            + 3.0 * t133 * t133
+            + 1.0 * t222 * t222
+            + 3.0 * t223 * t223
+            + 3.0 * t233 * t233
+            + 1.0 * t333 * t333
+        )
         v2n = v0 * v0 + v1 * v1 + v2 * v2 + v3 * v3
         r = (t2 - v2n) * inv_n * inv_n
         tl.store(R + rows, tl.where(pd & (lost == 0), r, float("nan")), mask=rm)
 
 
-def geometry(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor, code: int, power: int, want_ricci: bool,
-             block_n: int | None = None, block_h: int | None = None):
+def geometry(
+    W: torch.Tensor,
+    b: torch.Tensor,
+    x: torch.Tensor,
+    code: int,
+    power: int,
+    want_ricci: bool,
+    block_n: int | None = None,
+    block_h: int | None = None,
+):
     """(g (N, d, d), logvol (N,), ricci (N,)) float64 for d <= 4 (ricci NaN when not wanted)."""
     n, d = W.shape
     if not 1 <= d <= 4:
@@ -296,6 +345,22 @@ def geometry(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor, code: int, power
     bn = block_n or (64 if interp else 32)
     bh = block_h or (64 if interp else 32)
     grid = (triton.cdiv(N, bn),)
-    _shallow_kernel[grid](W, b, x, g, lv, R, N, n, d, int(power), 1.0 / n, 1.0 / n ** 0.5, CODE=int(code),
-                          WANT_R=bool(want_ricci), BLOCK_N=bn, BLOCK_H=bh)
+    _shallow_kernel[grid](
+        W,
+        b,
+        x,
+        g,
+        lv,
+        R,
+        N,
+        n,
+        d,
+        int(power),
+        1.0 / n,
+        1.0 / n**0.5,
+        CODE=int(code),
+        WANT_R=bool(want_ricci),
+        BLOCK_N=bn,
+        BLOCK_H=bh,
+    )
     return g, lv, R

@@ -5,6 +5,7 @@ Candidates, in ``auto`` order (``fastgeom.ops.dispatch``): ``cuda`` (csrc/cuda/j
 the reference's rotations and convergence test; the CPU one orders the pairs cyclically with de Rijk
 pivoting, the CUDA one round-robin (as the reference).
 """
+
 from __future__ import annotations
 
 import torch

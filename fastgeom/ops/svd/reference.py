@@ -1,4 +1,5 @@
 """Torch reference (the spec) for the compiled one-sided Jacobi SVD (csrc/ops/jacobi.cpp, csrc/cuda/jacobi.cu)."""
+
 from __future__ import annotations
 
 import torch
@@ -11,7 +12,7 @@ def round_robin(q: int) -> list[tuple[list[int], list[int]]]:
     players = list(range(q))
     rounds = []
     for _ in range(q - 1):
-        top, bot = players[: q // 2], players[q // 2:][::-1]
+        top, bot = players[: q // 2], players[q // 2 :][::-1]
         rounds.append((top, bot))
         players = [players[0]] + [players[-1]] + players[1:-1]
     return rounds
