@@ -349,12 +349,31 @@ def _batch_error(e: Exception, b: range) -> tuple[int, str]:
     return EXIT_USAGE, one_line(f"{where}: the model failed ({type(e).__name__}: {e})")
 
 
+def model_meta(args, margs) -> dict:
+    """The settings of a run's sidecar that name the feature map (model, weights, layer, dtype)."""
+    from .runio import file_digest
+
+    return {
+        "model": args.model,
+        "model_args": margs,
+        "num_classes": args.num_classes,
+        "cifar_stem": args.cifar_stem,
+        "activation": args.activation,
+        "checkpoint_sha1": file_digest(args.checkpoint) if args.checkpoint else None,
+        "seed": args.seed,
+        "layer": args.layer,
+        "pool": args.pool,
+        "target": args.target,
+        "dtype": args.dtype,
+    }
+
+
 def _run(cmd: str, args) -> int:
     import torch
     from tqdm.auto import tqdm
 
     from . import distributed as D
-    from .runio import ResultsCSV, build_model, file_digest, load_checkpoint, tensor_digest
+    from .runio import ResultsCSV, build_model, load_checkpoint, tensor_digest
 
     margs, pool, dtype = validate(args)
     try:
@@ -399,19 +418,9 @@ def _run(cmd: str, args) -> int:
         meta = {
             "command": cmd,
             "columns": columns,
-            "model": args.model,
-            "model_args": margs,
-            "num_classes": args.num_classes,
-            "cifar_stem": args.cifar_stem,
-            "activation": args.activation,
-            "checkpoint_sha1": file_digest(args.checkpoint) if args.checkpoint else None,
-            "seed": args.seed,
-            "layer": args.layer,
-            "pool": args.pool,
-            "target": args.target,
+            **model_meta(args, margs),
             "normalize": args.normalize,
             "method": args.method,
-            "dtype": args.dtype,
             "rank_tol": args.rank_tol,
             "n_points": N,
             "points_sha1": tensor_digest(x),

@@ -72,8 +72,8 @@ def _cmd_curvature(args) -> int:
 
     from . import surfaces
     from .api import PrecisionWarning, RankDeficiencyWarning
-    from .cli import _load_inputs
-    from .runio import ResultsCSV, file_digest, load_points, parse_ints, tensor_digest
+    from .cli import _load_inputs, model_meta
+    from .runio import ResultsCSV, load_points, parse_ints, tensor_digest
 
     if not args.scalar and not args.plane:
         raise InputError(
@@ -106,17 +106,7 @@ def _cmd_curvature(args) -> int:
         "command": "curvature",
         "columns": columns,
         "scalar": args.scalar,
-        "model": args.model,
-        "model_args": margs,
-        "num_classes": args.num_classes,
-        "cifar_stem": args.cifar_stem,
-        "activation": args.activation,
-        "checkpoint_sha1": file_digest(args.checkpoint) if args.checkpoint else None,
-        "seed": args.seed,
-        "layer": args.layer,
-        "pool": args.pool,
-        "target": args.target,
-        "dtype": args.dtype,
+        **model_meta(args, margs),
         "n_points": N,
         "points_sha1": tensor_digest(x),
         "source": src,
