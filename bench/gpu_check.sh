@@ -6,7 +6,8 @@
 #   test    pytest -m gpu: fused kernels on CUDA vs their references, Triton on CUDA, the linearised
 #           and streamed engines on CUDA vs CPU                                                (<= 150 s)
 #   bench   logvol --full (ResNet-34/50 through the public API: time, peak memory, roofline),
-#           vjp_chunk on CUDA, shallow on CUDA, randomized_path --full (cost/accuracy curve)  (<= 470 s)
+#           vjp_chunk, shallow and curvature --full on CUDA, randomized_path --full
+#           (cost/accuracy curve)                                                             (<= 530 s)
 # Every result goes to $OUT (default bench/out) and to bench/RESULTS.md as the step finishes, so a step
 # cut by its timeout keeps what it measured.
 # Usage:  bash bench/gpu_check.sh build test      (device call 1, timeout_s 420)
@@ -80,13 +81,13 @@ if want bench; then
   timeout 50 $PY bench/shallow.py --device cuda --repeat 3 --hd-points 200
   echo "shallow rc=$?"
 
-  stamp "bench/curvature.py --full"; timeout 120 $PY bench/curvature.py --full --repeat 2 --points 16 --json "$OUT/curvature_gpu.json"; echo "curvature rc=$?"
+  stamp "bench/curvature.py --full"; timeout 90 $PY bench/curvature.py --full --repeat 2 --points 16 --json "$OUT/curvature_gpu.json"; echo "curvature rc=$?"
 
   stamp "bench/randomized_path.py --full"
   # ResNet-50 32x32, 64-point path: exact reference + randomized budgets, cheapest first; budgets not started
   # within --max-seconds are skipped (marked in the table); JSON, figure and the randomized_path_full section
   # of RESULTS.md are rewritten after every budget, so a run cut by the timeout keeps what it measured.
-  timeout 130 $PY bench/randomized_path.py --full --max-seconds 95 --json "$OUT/randomized_path_full.json"
+  timeout 100 $PY bench/randomized_path.py --full --max-seconds 70 --json "$OUT/randomized_path_full.json"
   echo "randomized_path rc=$?"
   cp bench/img/randomized_path_full.png "$OUT/" 2>/dev/null || true
 fi
