@@ -169,3 +169,18 @@ def supervised_transform(res: int, mean=CIFAR_MEAN, std=CIFAR_STD):
     return v2.Compose(
         [v2.RandomCrop(res, padding=max(1, res // 8)), v2.RandomHorizontalFlip(), v2.Normalize(mean, std)]
     )
+
+
+def load_for(args, sz: dict) -> ImageData:
+    """``load_data`` with a driver's command-line options (data root, download, --full, --standin, seed)
+    and its size table entry (n_train, n_test, res)."""
+    return load_data(
+        args.data_root,
+        args.download,
+        quick=not args.full,
+        standin=args.standin,
+        n_train=sz["n_train"],
+        n_test=sz["n_test"],
+        res=sz["res"],
+        seed=args.seed,
+    )

@@ -76,16 +76,7 @@ def _run(method, spec, args) -> Run:
     }
     seed_everything(args.seed)
     run = Run(method, args, config)
-    data = D.load_data(
-        args.data_root,
-        args.download,
-        quick=not args.full,
-        standin=args.standin,
-        n_train=sz["n_train"],
-        n_test=sz["n_test"],
-        res=sz["res"],
-        seed=args.seed,
-    )
+    data = D.load_for(args, sz)
     run.summary(data=data.name)
     title = f"{method} ({sz['arch']}, width {sz['width']}, {args.activation}) on {data.name}"
     dev = torch.device(args.device)

@@ -60,11 +60,6 @@ class DenseEngine:
             )
         return _DenseRun(self, x, progress)
 
-    def pass_at(self, xb, mode):
-        from .streamed import AutogradPass
-
-        return AutogradPass(self.fmap, xb, mode)
-
 
 class _DenseRun:
     def __init__(self, eng: DenseEngine, x, progress):

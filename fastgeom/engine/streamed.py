@@ -151,10 +151,6 @@ class StreamedEngine:
     def run(self, x: torch.Tensor, chunk_size: int | None = None, progress: Callable[[int], None] | None = None) -> Run:
         return Run(self, x, chunk_size, progress)
 
-    def pass_at(self, xb: torch.Tensor, mode: str):
-        """The pass object of a point batch (for ``fastgeom.randomized``)."""
-        return self.make_pass(xb, mode)
-
     # hook for AutoEngine: called after each chunk with its wall time; may return a new pass for the batch
     def after_chunk(self, run: Run, xb: torch.Tensor, lin: Pass, seconds: float, k: int) -> Pass:
         return lin
