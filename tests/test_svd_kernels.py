@@ -105,3 +105,32 @@ def test_cuda_matches_reference():
         X = _graded(*shape, lo, seed=shape[2])
         s = svd.jacobi_svdvals(X.cuda(), backend="cuda").cpu()
         torch.testing.assert_close(s, ref.jacobi_svdvals(X), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("q, lo", [(7, 0), (19, -8), (23, -14), (13, -30), (31, -30)])
+def test_warm_start_certified_or_cold_both_match_mpmath(q, lo):
+    """spectrum_from_factor's warm start (sweeps from X V0, V0 LAPACK's right singular vectors) is taken
+    only where its a-posteriori bound certifies it; either way every value, the tiniest included, agrees
+    with a 60-digit SVD to relative accuracy, and the warm and cold sweeps agree with each other."""
+    X = torch.linalg.qr(_graded(3, q + 4, q, lo, seed=q), mode="r").R.mT  # what spectrum_from_factor sweeps
+    Y, ok = linalg.warm_start(X)
+    if lo == 0:
+        assert ok.all()  # well-conditioned: always warm
+    s_warm, s_cold = linalg.jacobi_svdvals(Y), linalg.jacobi_svdvals(X)
+    for b in range(3):
+        mp = _mp_svdvals(X[b])
+        torch.testing.assert_close(s_cold[b], mp, rtol=1e-12, atol=0)
+        if ok[b]:
+            torch.testing.assert_close(s_warm[b], mp, rtol=1e-12, atol=0)
+
+
+def test_warm_start_refuses_what_it_cannot_certify():
+    X = _graded(2, 9, 6, 0, seed=3)
+    X[1, 2, 4] = float("nan")
+    _, ok = linalg.warm_start(X)
+    assert ok.tolist() == [True, False]  # non-finite input starts cold (and comes out NaN there)
+    assert not linalg.warm_start(X[:1], rtol=1e-30)[1].any()  # a bound no rounding can meet: cold
+    assert not linalg.warm_start(X[:1, :5, :])[1].any()  # wide (p < q): cold
+    Xz = X[:1].clone()
+    Xz[0, :, 3] = 0.0  # a zero column: Y has a zero column, no column-relative bound
+    assert not linalg.warm_start(Xz)[1].any()
