@@ -187,8 +187,8 @@ def main() -> None:
             "prebuilt linearisation, the streamed autograd pass, `jacobian_dense`); linearized setup: "
             "`validated_linearize` (trace, fold, float64 copy, first-point checks), paid once per "
             '`fg.logvol` call. Error: max over points of |logvol - logvol of `method="dense"` on the float64 '
-            "model| (nats). spectrum/logvol: `fg.spectrum` against `fg.logvol`, both `auto`, "
-            "measured before the spectrum speed-up work.\n\n" + body,
+            "model| (nats). spectrum/logvol: `fg.spectrum` against `fg.logvol`, both `auto` (spectrum with the "
+            "certified warm-started Jacobi sweeps).\n\n" + body,
         )
 
 
