@@ -8,21 +8,25 @@ curvature routes differentiate twice) cancel for SiLU, logsigmoid, softplus and 
 sigmoid, 1 - tanh^2 of the softplus), and GELU's first derivative loses its Phi(z) term (relative
 1/z^2) where 1 + erf rounds to 0; the tanh approximation of GELU cancels in value and derivative.
 
-``stable_activations()`` is a ``TorchFunctionMode`` that routes these calls to compositions of
-plain torch ops (``exp`` of a non-positive argument, ``reciprocal``, ``log1p``, ``erfc``, products,
-sums of like-signed terms, ``where``) whose autograd formulas keep relative accuracy to every
-order: sigmoid(z) = 1 / (1 + t) for z >= 0 and t / (1 + t) for z < 0 with t = exp(-|z|), whose
-derivative autograd computes as t / (1 + t)^2 (never y (1 - y)); tanh(z) = (1 - t) / (1 + t) with t
-= exp(-2|z|) for |z| >= 1/2 (torch's own tanh below, where 1 - y^2 >= 0.78 does not cancel);
-softplus(w) = max(w, 0) + log1p(exp(-|w|)); and SiLU, logsigmoid, Mish, GELU from these. Being plain
-ops, they work under every torch.func transform and their compositions (vjp, jvp, nested jvp, vmap,
-jacrev, jacfwd), with no custom autograd.Function (torch's nested forward-mode through an
-autograd.Function's jvp rule silently returns zero second derivatives, pytorch/pytorch#197867).
+``stable_activations()`` is a ``TorchFunctionMode`` that routes these calls (``apply``) two ways:
+
+- first order (one torch.func level, or plain autograd, double backward included): ``_Act``, an
+  ``autograd.Function`` whose value is torch's kernel and whose backward / jvp multiply by the
+  derivative written in stable plain ops (sigmoid' = t / (1 + t)^2 with t = exp(-|z|), never y (1 - y);
+  tanh' = 4 t / (1 + t)^2 with t = exp(-2|z|)). It saves z only, as torch saves one tensor, and costs
+  a few elementwise ops on the point batch per backward;
+- nested differentiation (two or more torch.func jvp / grad levels, as in the curvature routes):
+  compositions of plain torch ops (``exp`` of a non-positive argument, ``reciprocal``, ``log1p``,
+  ``erfc``, products, sums of like-signed terms, ``where``) whose own autograd formulas keep relative
+  accuracy at every order: sigmoid(z) = 1 / (1 + t) (z >= 0) or t / (1 + t) (z < 0); tanh(z) = (1 - t) /
+  (1 + t) for |z| >= 1/2 (torch's tanh below, where 1 - y^2 >= 0.78 does not cancel); softplus(w) =
+  max(w, 0) + log1p(exp(-|w|)); SiLU, logsigmoid, Mish, GELU from these. An autograd.Function cannot
+  serve here: torch's forward mode over its jvp rule silently returns zero higher derivatives
+  (pytorch/pytorch#197867). These save 2-3 tensors per activation instead of one.
 
 Values equal torch's to rounding (a few ulp), except where torch's own formula cancels in value:
 GELU at z < -6 (1 + erf(z / sqrt 2) -> 0; here z erfc(-z / sqrt 2) / 2, its true value) and the
-tanh-approximate GELU at large negative z. The routed functions' saved activations are 2-3 tensors
-instead of torch's one; ``planner.saved_bytes_one_point`` measures them under this mode.
+tanh-approximate GELU at large negative z.
 
 Routed: ``torch.sigmoid`` / ``torch.special.expit`` / ``Tensor.sigmoid`` / ``F.sigmoid`` /
 ``nn.Sigmoid``, ``torch.tanh`` / ``Tensor.tanh`` / ``F.tanh`` / ``nn.Tanh``, ``F.silu``,
