@@ -8,6 +8,9 @@ instead of silently giving a wrong number.
 - ``layer_calls(fmap, x1)``: how many times ``forward`` calls the chosen layer (the first call is used);
   ``warn_layer_calls`` also warns when it is more than one.
 - ``batch_coupled(fmap, x)``: whether a point's feature depends on the other points of its batch.
+- ``batch_feature_coupled(fmap, xb, feat)``: the same check on every point batch an exact engine runs
+  (one point alone against the batch's own features), so coupling that the first points do not show
+  (only at larger batches, only at later points) is caught where it happens.
 - ``mutates_input(fmap, x1)``: whether the network works in place on its input.
 - ``probe(fmap, x)``: all of the three network probes at once, warning where the user must know.
 
@@ -189,11 +192,51 @@ def batch_coupled(fmap: FeatureMap, x: torch.Tensor, n: int = 3) -> bool:
     with torch.no_grad(), eval_mode(fmap.model):
         together = fmap(xs)
         alone = torch.cat([fmap(xs[i : i + 1]) for i in range(xs.shape[0])])
-    scale = together.abs().max().clamp_min(torch.finfo(together.dtype).tiny)
-    diff = (together - alone).abs().max()
+    return features_differ(together, alone, together)
+
+
+def features_differ(a: torch.Tensor, b: torch.Tensor, batch: torch.Tensor) -> bool:
+    """Whether features a and b (same shape) of the same points differ by more than rounding: 1e3 eps
+    (16 eps for half types) of ``batch``'s largest feature, or in which entries are finite."""
+    scale = batch.abs().max().clamp_min(torch.finfo(batch.dtype).tiny) if batch.numel() else batch.new_ones(())
+    diff = (a - b).abs().max() if a.numel() else a.new_zeros(())
     if not bool(torch.isfinite(diff)):
-        return bool((torch.isfinite(together) != torch.isfinite(alone)).any())
-    return bool(diff > _tol(together.dtype) * scale)
+        return bool((torch.isfinite(a) != torch.isfinite(b)).any())
+    if not bool(torch.isfinite(scale)):  # a non-finite feature elsewhere in the batch: compare to the finite ones
+        fin = batch[torch.isfinite(batch)]
+        scale = fin.abs().max().clamp_min(torch.finfo(batch.dtype).tiny) if fin.numel() else batch.new_ones(())
+    return bool(diff > _tol(batch.dtype) * scale)
+
+
+def batch_feature_coupled(fmap: FeatureMap, xb: torch.Tensor, feat: torch.Tensor) -> int | None:
+    """For an engine's point batch xb (P > 1, compute dtype) whose pass gave the features ``feat`` (P, d_out):
+    the index of a point whose feature computed alone differs from its feature inside the batch, else None.
+
+    One single-point forward (under no_grad; the caller's guards and eval mode hold): the batch's last
+    point, which batch-size- or position-dependent coupling (statistics over dim 0 only for large
+    batches, a forward that treats later rows differently) reaches when the first points, which
+    ``batch_coupled`` probes, do not show it."""
+    P = xb.shape[0]
+    if P < 2:
+        return None
+    j = P - 1
+    with torch.no_grad():
+        alone = fmap(xb[j : j + 1]).reshape(1, -1)
+    row = feat[j : j + 1].reshape(1, -1).to(alone.dtype)
+    return j if features_differ(row, alone, feat.reshape(P, -1).to(alone.dtype)) else None
+
+
+def warn_coupled_batch(start: int, stop: int, j: int, stacklevel: int = 2) -> None:
+    """``BatchCouplingWarning`` for an engine run that found point ``start + j`` coupled to its batch
+    [start, stop) and recomputes from ``start`` point by point."""
+    warnings.warn(
+        f"the feature of point {start + j} computed alone differs from its feature inside the batch of points "
+        f"{start}..{stop - 1} (batch statistics, or other coupling across dim 0 that the first points did not "
+        f"show): fastgeom recomputes points {start} onwards one at a time, each alone, and computes this model "
+        "point by point from now on.",
+        BatchCouplingWarning,
+        stacklevel=stacklevel + 1,
+    )
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,7 @@ def _cmd_curvature(args) -> int:
     from . import surfaces
     from .api import PrecisionWarning, RankDeficiencyWarning
     from .cli import _load_inputs, model_meta
+    from .engine.guards import ad_guards
     from .runio import ResultsCSV, load_points, parse_ints, tensor_digest
 
     if not args.scalar and not args.plane:
@@ -119,7 +120,7 @@ def _cmd_curvature(args) -> int:
         for s in range(0, len(pending), args.batch_size):
             b = pending[s : s + args.batch_size]
             xb = x[b].to(dev)
-            with warnings.catch_warnings(record=True) as w:
+            with warnings.catch_warnings(record=True) as w, ad_guards():  # stable activation derivatives
                 warnings.simplefilter("always")
                 try:
                     if args.scalar:
@@ -163,6 +164,7 @@ def _cmd_geodesic(args) -> int:
     import torch
 
     from . import paths
+    from .engine.guards import ad_guards
     from .runio import load_points, parse_ints
 
     model, dev, pool, dtype, budget, _ = _setup(args, "geodesic")
@@ -175,10 +177,11 @@ def _cmd_geodesic(args) -> int:
     if not str(args.out).endswith(".pt"):
         raise InputError(f"--out {args.out}: geodesic writes a .pt file (path, length, ...)")
     try:
-        r = paths.geodesic_fmap(
-            fmap, data[i].to(dev), data[j].to(dev), n=args.grid or 32, max_iter=args.max_iter, budget=budget
-        )
-        seg = paths.path_length_fmap(fmap, r.path, per_segment=True, budget=budget)
+        with ad_guards():  # saturation-stable activation derivatives (engine.stable)
+            r = paths.geodesic_fmap(
+                fmap, data[i].to(dev), data[j].to(dev), n=args.grid or 32, max_iter=args.max_iter, budget=budget
+            )
+            seg = paths.path_length_fmap(fmap, r.path, per_segment=True, budget=budget)
     except ValueError as e:
         raise InputError(one_line(f"--path {args.path}: {e}")) from None
     out = {

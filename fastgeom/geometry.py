@@ -16,6 +16,7 @@ and named in a ``NonFiniteWarning``. Results are detached (not differentiable).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import sys
 import warnings
@@ -224,6 +225,13 @@ class Geometry:
             self._engines[key] = eng
         return self._engines[key]
 
+    def _note_coupling(self, x: torch.Tensor, run) -> None:
+        """A run that found a coupled point batch (and went point by point) marks the key's probe coupled, so
+        the curvature routes (which batch points by the probe) compute point by point too."""
+        key = self._key(x)
+        if getattr(run, "coupled", False) and key in self._probes and not self._probes[key].coupled:
+            self._probes[key] = dataclasses.replace(self._probes[key], coupled=True)
+
     def _warn_train(self) -> None:
         if self.model is None or self.model in _WARNED_TRAIN:
             return
@@ -319,6 +327,7 @@ class Geometry:
                     del f, J
         finally:
             bar.close()
+        self._note_coupling(x, run)
         if B and not any_dep and not bool(out["nonfinite"].all()):
             layer = self.fmap.layer
             raise ValueError(
@@ -442,12 +451,15 @@ class Geometry:
         xc, over = self._points(x)
         eng = self.engine(x)
         bar = tqdm(total=B, desc=desc, unit="pt", disable=not _want_progress(progress, B), leave=False)
+        run = None
         try:
             with self._guards():
-                for sl, J, _ in eng.run(xc, chunk_size=chunk_size, progress=bar.update):
+                run = eng.run(xc, chunk_size=chunk_size, progress=bar.update)
+                for sl, J, _ in run:
                     res[sl] = reduce(J)
         finally:
             bar.close()
+        self._note_coupling(x, run)
         bad = over | ~torch.isfinite(res.flatten(1)).all(1)
         if bool(bad.any()):
             res[bad] = float("nan")
@@ -498,17 +510,18 @@ class Geometry:
 
         p = self.probe(x)
         self._warn_train()
-        return surfaces.gaussian_curvature_fmap(
-            self.fmap,
-            x,
-            u,
-            v,
-            return_metric=return_metric,
-            chunk_size=chunk_size,
-            budget=self.budget,
-            progress=progress,
-            max_points=1 if p.coupled else None,
-        )
+        with ad_guards():  # saturation-stable activation derivatives (engine.stable)
+            return surfaces.gaussian_curvature_fmap(
+                self.fmap,
+                x,
+                u,
+                v,
+                return_metric=return_metric,
+                chunk_size=chunk_size,
+                budget=self.budget,
+                progress=progress,
+                max_points=1 if p.coupled else None,
+            )
 
     def scalar_curvature(self, x: torch.Tensor, *, chunk_size: int | None = None, progress: bool | None = None):
         """Ricci scalar (B,) of the full pullback metric of an immersion (``fastgeom.surfaces.scalar_curvature``)."""
@@ -516,15 +529,16 @@ class Geometry:
 
         p = self.probe(x)
         self._warn_train()
-        return surfaces.scalar_curvature_fmap(
-            self.fmap,
-            x,
-            p.d_out,
-            chunk_size=chunk_size,
-            budget=self.budget,
-            progress=progress,
-            max_points=1 if p.coupled else None,
-        )
+        with ad_guards():  # saturation-stable activation derivatives (engine.stable)
+            return surfaces.scalar_curvature_fmap(
+                self.fmap,
+                x,
+                p.d_out,
+                chunk_size=chunk_size,
+                budget=self.budget,
+                progress=progress,
+                max_points=1 if p.coupled else None,
+            )
 
     def path_length(self, path: torch.Tensor, *, per_segment: bool = False, rtol: float = 1e-8, pieces: int = 4):
         """Feature-space length of the polyline `path` (T, *in) (see ``fastgeom.paths.path_length``)."""
@@ -533,9 +547,10 @@ class Geometry:
         paths.check_path(path)
         self.probe(path)
         self._warn_train()
-        return paths.path_length_fmap(
-            self.fmap, path, per_segment=per_segment, rtol=rtol, pieces=pieces, budget=self.budget
-        )
+        with ad_guards():  # saturation-stable activation derivatives (engine.stable)
+            return paths.path_length_fmap(
+                self.fmap, path, per_segment=per_segment, rtol=rtol, pieces=pieces, budget=self.budget
+            )
 
     def geodesic(
         self,
@@ -554,4 +569,7 @@ class Geometry:
             raise TypeError(f"x0 must be a torch.Tensor of shape input_shape, got {type(x0).__name__}")
         self.probe(x0[None])
         self._warn_train()
-        return paths.geodesic_fmap(self.fmap, x0, x1, n=n, max_iter=max_iter, tol=tol, rtol=rtol, budget=self.budget)
+        with ad_guards():  # saturation-stable activation derivatives (engine.stable)
+            return paths.geodesic_fmap(
+                self.fmap, x0, x1, n=n, max_iter=max_iter, tol=tol, rtol=rtol, budget=self.budget
+            )

@@ -2,6 +2,7 @@
 against references: the general engine / fastgeom.shallow, sklearn's AUROC, and brute force."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -33,16 +34,20 @@ def test_logvol_route_matches_general_engine(n, d):
 
 @pytest.mark.parametrize("n", [41, 53])
 def test_factorised_route_at_saturated_units(n):
-    # |z| up to a few hundred: sigma' ~ e^-|z|; fastgeom.shallow's QR of diag(sigma(z) sigma(-z)) W is
-    # the float64 reference (autograd's sigmoid backward y (1 - y) loses these units)
+    # |z| up to a few hundred: sigma' ~ e^-|z|; the general engine (saturation-stable derivatives,
+    # engine/stable.py) and fastgeom.shallow's QR of diag(sigma(z) sigma(-z)) W are both references
     d = 53
     net = _net(n, d, scale=300.0, seed=1)
     x = torch.rand(6, d, dtype=torch.float64)
     z = x @ net.lin1.weight.detach().T + net.lin1.bias.detach()
     assert float(z.abs().max()) > 200
-    ref = fg.shallow.log_volume_element(net.lin1.weight.detach(), net.lin1.bias.detach(), x, "sigmoid")
     got = geo.logvol(net, x)
     assert torch.isfinite(got).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fg.PrecisionWarning)  # the saturated units' rounding-level values, kept
+        ref = fg.logvol(net, x, layer="act", normalize=True, method="dense", progress=False)
+    assert torch.allclose(got, ref, rtol=1e-12, atol=1e-9)
+    ref = fg.shallow.log_volume_element(net.lin1.weight.detach(), net.lin1.bias.detach(), x, "sigmoid")
     assert torch.allclose(got, ref, rtol=1e-12, atol=1e-9)
 
 

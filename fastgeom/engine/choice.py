@@ -22,6 +22,7 @@ import warnings
 
 import torch
 
+from .. import checks
 from .dense import jacobian_dense
 from .linear_net import LinearizeError, validated_linearize
 from .planner import is_oom, plan
@@ -66,21 +67,35 @@ class _DenseRun:
         self.eng, self.x, self.progress = eng, x, progress
         per_batch = eng.points or eng.plan.budget // max(eng.plan.point_bytes, 1)
         self.points = max(1, min(x.shape[0], per_batch))
+        self.events: list[str] = []
+        self.coupled = False  # as streamed.Run: a coupled batch sends the rest point by point
 
     @property
     def record(self) -> Record:
-        return Record(engine="dense", mode=self.eng.mode, chunk=None, points=self.points)
+        return Record(engine="dense", mode=self.eng.mode, chunk=None, points=self.points, events=tuple(self.events))
 
     def __iter__(self):
-        eng, x, B = self.eng, self.x, self.x.shape[0]
-        for s in range(0, B, self.points):
+        eng, x, B, s = self.eng, self.x, self.x.shape[0], 0
+        while s < B:
             xb = x[s : s + self.points]
+            P = xb.shape[0]
             J = jacobian_dense(eng.fmap, xb, eng.d_out, forward=eng.mode == "jacfwd").to(torch.float64)
             with torch.no_grad():
-                feat = eng.fmap(xb)
-            yield slice(s, s + xb.shape[0]), J, feat.reshape(xb.shape[0], -1)
+                feat = eng.fmap(xb).reshape(P, -1)
+            j = checks.batch_feature_coupled(eng.fmap, xb, feat) if P > 1 else None
+            if j is not None:
+                self.coupled = True
+                self.events.append(
+                    f"batch coupling: point {s + j} alone differs from inside points {s}..{s + P - 1}; "
+                    f"points per batch {self.points} -> 1"
+                )
+                checks.warn_coupled_batch(s, s + P, j, stacklevel=3)
+                self.points = eng.points = 1
+                continue
+            yield slice(s, s + P), J, feat
             if self.progress is not None:
-                self.progress(xb.shape[0])
+                self.progress(P)
+            s += P
 
 
 class AutoEngine(StreamedEngine):

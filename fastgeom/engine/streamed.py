@@ -11,6 +11,12 @@ An out-of-memory error halves the chunk (then the point batch) and retries the s
 so results equal those of an uninterrupted run up to rounding (only the vmap batch size changes,
 which may change the BLAS blocking, about 1e-16 relative). Each halving is an event of the run's
 ``Record``; the engine starts its next run from the halved sizes.
+
+Batch coupling: each point batch of more than one point checks one of its points (the last) computed
+alone against its feature inside the batch (``checks.batch_feature_coupled``: one single-point forward
+per batch, under no_grad). On a mismatch the batch is not yielded: it and every later point are
+recomputed one at a time, the run's ``coupled`` is set, its record gets the event and a
+``BatchCouplingWarning`` names the points; the engine stays point by point for later runs.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Protocol
 import torch
 from torch.func import jvp, vjp
 
+from .. import checks
 from .batching import vmap
 from .planner import Plan, is_oom, plan
 
@@ -166,6 +173,7 @@ class Run:
         self.events: list[str] = []
         self.name = engine.name
         self.reason = engine.reason
+        self.coupled = False  # a point batch was found coupled (then everything after it ran point by point)
 
     @property
     def record(self) -> Record:
@@ -198,6 +206,16 @@ class Run:
                         "with more memory"
                     ) from err
                 raise
+            j = checks.batch_feature_coupled(eng.fmap, x[s:e], feat) if e - s > 1 else None
+            if j is not None:  # coupled across the batch: this batch and the rest point by point
+                self.coupled = True
+                self.events.append(
+                    f"batch coupling: point {s + j} alone differs from inside points {s}..{e - 1}; "
+                    f"points per batch {self.points} -> 1"
+                )
+                checks.warn_coupled_batch(s, e, j, stacklevel=3)
+                self.points = eng.points = 1
+                continue
             yield slice(s, e), J, feat
             if self.progress is not None:
                 self.progress(e - s)
