@@ -5,7 +5,9 @@ Part 1, small models, float64: ``scalar_curvature`` of deep tanh MLP immersions 
 (``fastgeom.curvature``: metric by autograd, its first and second derivatives by jacfwd, Christoffels,
 Riemann) and a naive per-point Gauss equation (Hessian of phi by nested jacfwd, one point at a time).
 Error = max relative difference to the oracle (the oracle agrees with the closed forms to ~1e-10 in
-tests/test_surfaces.py, so equal accuracy means a difference at that level).
+tests/test_surfaces.py, so equal accuracy means a difference at that level). The fast route is timed three
+ways: the nested-JVP route (``jet=False``), the functional API (jet route; probe, trace and first-point
+check in every call) and a ``Geometry`` handle (jet validated once).
 
 Part 2, a CIFAR ResNet (GELU, float32 as trained): ``gaussian_curvature`` over a plane grid of the
 paper's kind (x0 + a u + b v) against ``logvol`` per point at the same points (the model output; logvol
@@ -39,6 +41,7 @@ from torch.func import jacfwd  # noqa: E402
 
 import fastgeom as fg  # noqa: E402
 from fastgeom import curvature as cv  # noqa: E402
+from fastgeom import surfaces  # noqa: E402
 from fastgeom.features import FeatureMap  # noqa: E402
 
 D64 = torch.float64
@@ -144,54 +147,57 @@ def rel(a, b):
     return float(((a - b).abs() / b.abs().clamp_min(1e-300)).max())
 
 
+def _row(case, points, times, outs, ref_index=0):
+    """times/outs of (brute, naive, nested, fast, handle), seconds per point and errors against brute force."""
+    names = ("brute", "naive", "nested", "fast", "handle")
+    row = {"case": case, "points": points}
+    row.update({f"{n}_s": t / points for n, t in zip(names, times)})
+    row.update({f"err_{n}": rel(o, outs[ref_index]) for n, o in zip(names[1:], outs[1:])})
+    print(row, flush=True)
+    return row
+
+
 def part_small(dev, points, repeat):
+    """brute force, naive Gauss, the nested-JVP route (``jet=False``, fmap level), ``fg.scalar_curvature``
+    (functional: probe, trace and first-point check every call) and a ``Geometry`` handle (jet validated once,
+    at the warm-up call), interleaved."""
     rows = []
     for d, width in ((2, 32), (4, 32), (8, 32), (8, 256)):
         net = mlp(d, dev, width)
         x = torch.randn(points, d, dtype=D64, device=dev)
         fmap = FeatureMap(net)
-        (tb, Rb), (tn, Rn), (tf, Rf) = timed(
-            [lambda: brute_R(fmap, x), lambda: naive_R(fmap, x), lambda: fg.scalar_curvature(net, x, progress=False)],
+        g = fg.Geometry(net)
+        res = timed(
+            [
+                lambda: brute_R(fmap, x),
+                lambda: naive_R(fmap, x),
+                lambda: surfaces.scalar_curvature_fmap(fmap, x, jet=False),
+                lambda: fg.scalar_curvature(net, x, progress=False),
+                lambda: g.scalar_curvature(x, progress=False),
+            ],
             dev,
             repeat,
         )
-        rows.append(
-            {
-                "case": f"scalar_curvature, tanh MLP {d}-{width}-{width}-{2 * d + 3}",
-                "points": points,
-                "brute_s": tb / points,
-                "naive_s": tn / points,
-                "fast_s": tf / points,
-                "err_fast": rel(Rf, Rb),
-                "err_naive": rel(Rn, Rb),
-            }
-        )
-        print(rows[-1], flush=True)
+        case = f"scalar_curvature, tanh MLP {d}-{width}-{width}-{2 * d + 3}"
+        rows.append(_row(case, points, [t for t, _ in res], [o for _, o in res]))
     net = small_cnn(dev)
     x = torch.randn(points, 3, 13, 13, dtype=D64, device=dev)
     u, v = torch.randn(3, 13, 13, dtype=D64, device=dev), torch.randn(3, 13, 13, dtype=D64, device=dev)
     fmap = FeatureMap(net)
-    (tb, Kb), (tn, Kn), (tf, Kf) = timed(
+    g = fg.Geometry(net)
+    res = timed(
         [
             lambda: brute_K(fmap, x, u, v),
             lambda: naive_K(fmap, x, u, v),
+            lambda: surfaces.gaussian_curvature_fmap(fmap, x, u, v, jet=False),
             lambda: fg.gaussian_curvature(net, x, u, v, progress=False),
+            lambda: g.gaussian_curvature(x, u, v, progress=False),
         ],
         dev,
         repeat,
     )
-    rows.append(
-        {
-            "case": "gaussian_curvature, GELU CNN 3x13x13 -> 24, plane",
-            "points": points,
-            "brute_s": tb / points,
-            "naive_s": tn / points,
-            "fast_s": tf / points,
-            "err_fast": rel(Kf, Kb),
-            "err_naive": rel(Kn, Kb),
-        }
-    )
-    print(rows[-1], flush=True)
+    case = "gaussian_curvature, GELU CNN 3x13x13 -> 24, plane"
+    rows.append(_row(case, points, [t for t, _ in res], [o for _, o in res]))
     return rows
 
 
@@ -209,8 +215,13 @@ def part_resnet(dev, arch, width, size, grid, lv_points, repeat):
     X = x0 + A.reshape(-1, 1, 1, 1) * u + Bm.reshape(-1, 1, 1, 1) * v
     n = X.shape[0]
     sub = X[torch.linspace(0, n - 1, min(lv_points, n)).long()]
-    (tk, K), (tl, _) = timed(
-        [lambda: fg.gaussian_curvature(model, X, u, v, progress=False), lambda: fg.logvol(model, sub, progress=False)],
+    fmap = FeatureMap(model)
+    (tk, K), (tl, _), (tn, Kn) = timed(
+        [
+            lambda: fg.gaussian_curvature(model, X, u, v, progress=False),
+            lambda: fg.logvol(model, sub, progress=False),
+            lambda: surfaces.gaussian_curvature_fmap(fmap, X, u, v, jet=False),
+        ],
         dev,
         repeat,
     )
@@ -221,6 +232,8 @@ def part_resnet(dev, arch, width, size, grid, lv_points, repeat):
         "case": f"{arch} width {width}, {size}x{size}, {grid}x{grid} plane (output, d_out {8 * width})",
         "points": n,
         "curv_s": tk / n,
+        "nested_s": tn / n,
+        "jet_vs_nested": rel(K, Kn),
         "logvol_s": tl / sub.shape[0],
         "logvol_points": sub.shape[0],
         "ratio": (tk / n) / (tl / sub.shape[0]),
@@ -234,41 +247,51 @@ def part_resnet(dev, arch, width, size, grid, lv_points, repeat):
 def render(res) -> str:
     from _results import device_line
 
+    pts = res.get("points_arg")
     lines = [
-        f"`python bench/curvature.py {res['mode']}` — {device_line()}; load average {res.get('load', 0):.1f} "
+        f"`python bench/curvature.py {res['mode']}{f' --points {pts}' if pts else ''}` — {device_line()}; "
+        f"load average {res.get('load', 0):.1f} "
         "(a shared machine: ratios are measured interleaved, absolute times are not representative)",
         "",
         "Seconds per point (median of interleaved repeats; on CPU the process's CPU seconds); error = max "
-        "relative difference to the brute-force oracle "
-        "(float64). *naive*: Hessian of phi by nested jacfwd, one point at a time; *fast*: fastgeom.surfaces "
-        "(nested JVPs vmapped over direction pairs, batched over points).",
+        "relative difference to the brute-force oracle (float64). *naive*: Hessian of phi by nested jacfwd, "
+        "one point at a time; *nested*: the nested-JVP route of fastgeom.surfaces (``jet=False``: JVPs of "
+        "JVPs vmapped over directions, batched over points; fmap level, no probe); *fast*: "
+        "``fg.scalar_curvature`` / ``fg.gaussian_curvature``, the jet route (second-order forward pass "
+        "through the traced graph) with the probe, trace and first-point check in every call; *handle*: "
+        "the same on a ``fg.Geometry`` handle, which probes, traces and checks once (at the warm-up call).",
         "",
-        "| case | points | brute s/pt | naive s/pt | fast s/pt | brute / fast | err fast | err naive |",
-        "|---|---|---|---|---|---|---|---|",
+        "| case | points | brute s/pt | naive s/pt | nested s/pt | fast s/pt | handle s/pt | brute / fast | "
+        "brute / handle | err fast | err handle | err nested | err naive |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["small"]:
         lines.append(
-            f"| {r['case']} | {r['points']} | {r['brute_s']:.2e} | {r['naive_s']:.2e} | {r['fast_s']:.2e} | "
-            f"{r['brute_s'] / r['fast_s']:.1f}x | {r['err_fast']:.1e} | {r['err_naive']:.1e} |"
+            f"| {r['case']} | {r['points']} | {r['brute_s']:.2e} | {r['naive_s']:.2e} | {r['nested_s']:.2e} | "
+            f"{r['fast_s']:.2e} | {r['handle_s']:.2e} | {r['brute_s'] / r['fast_s']:.1f}x | "
+            f"{r['brute_s'] / r['handle_s']:.1f}x | {r['err_fast']:.1e} | {r['err_handle']:.1e} | "
+            f"{r['err_nested']:.1e} | {r['err_naive']:.1e} |"
         )
     for r in res["small"]:
         if r["case"].startswith("scalar_curvature, tanh MLP 8-"):
-            sp = r["brute_s"] / r["fast_s"]
+            sf, sh = r["brute_s"] / r["fast_s"], r["brute_s"] / r["handle_s"]
             lines += [
                 "",
-                f"Target scalar_curvature d_in = 8 >= 20x faster than brute force, {r['case'][18:]}: "
-                f"{sp:.1f}x ({'met' if sp >= 20 else 'NOT met'}; error {r['err_fast']:.1e}, brute force's own "
-                f"difference to the naive Gauss route {r['err_naive']:.1e}).",
+                f"Target scalar_curvature d_in = 8 >= 20x faster than brute force, {r['case'][18:]}, "
+                f"{r['points']} points: functional {sf:.1f}x ({'met' if sf >= 20 else 'NOT met'}), handle "
+                f"{sh:.1f}x ({'met' if sh >= 20 else 'NOT met'}); error {r['err_fast']:.1e}, brute force's own "
+                f"difference to the naive Gauss route {r['err_naive']:.1e}.",
             ]
     r = res.get("resnet")
     if r:
         lines += [
             "",
-            "| ResNet case | plane points | gaussian_curvature s/pt | logvol s/pt (points) | ratio | "
-            "float32 vs float64 K | NaN |",
-            "|---|---|---|---|---|---|---|",
-            f"| {r['case']} | {r['points']} | {r['curv_s']:.2e} | {r['logvol_s']:.2e} ({r['logvol_points']}) | "
-            f"{r['ratio']:.3f} | {r['f32_vs_f64']:.1e} | {r['nan']} |",
+            "| ResNet case | plane points | gaussian_curvature s/pt | nested s/pt | logvol s/pt (points) | ratio | "
+            "float32 vs float64 K | jet vs nested K | NaN |",
+            "|---|---|---|---|---|---|---|---|---|",
+            f"| {r['case']} | {r['points']} | {r['curv_s']:.2e} | {r['nested_s']:.2e} | {r['logvol_s']:.2e} "
+            f"({r['logvol_points']}) | {r['ratio']:.3f} | {r['f32_vs_f64']:.1e} | {r['jet_vs_nested']:.1e} | "
+            f"{r['nan']} |",
         ]
         if res["mode"] == "--full":
             lines += [
@@ -297,7 +320,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     full = a.full
     dev = torch.device(a.device or ("cuda" if full else "cpu"))
-    res = {"mode": "--full" if full else "--quick"}
+    res = {"mode": "--full" if full else "--quick", "points_arg": a.points}
     res["small"] = [] if a.skip_small else part_small(dev, a.points or 32, a.repeat)
     if full:
         res["resnet"] = part_resnet(dev, "resnet34", 64, 32, a.grid or 64, a.logvol_points or 64, a.repeat)

@@ -22,6 +22,7 @@ import sys
 import warnings
 import weakref
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -115,6 +116,7 @@ class Geometry:
         self._probes: dict[tuple, Probe] = {}
         self._engines: dict[tuple, object] = {}
         self._random_passes: dict[tuple, object] = {}  # randomized: (xb, mode) -> pass, per key
+        self._jets: dict[tuple, Any] = {}  # curvature: the validated JetGraph per key (False: none)
 
     # ------------------------------------------------------------------ what the handle holds
     def __repr__(self) -> str:
@@ -131,11 +133,13 @@ class Geometry:
         BatchNorm-folded copy); the feature map's parameters are views of the model's own unless ``dtype``
         casts them."""
         total = 0
+        gms = [getattr(j.graph, "gm", None) for j in self._jets.values() if j]
         for e in self._engines.values():
             for lp in (getattr(e, "make_pass", None), getattr(e, "linear_pass", None)):
-                gm = getattr(getattr(lp, "graph", None), "gm", None)
-                if gm is not None:
-                    total += sum(p.numel() * p.element_size() for p in gm.parameters())
+                gms.append(getattr(getattr(lp, "graph", None), "gm", None))
+        for gm in gms:
+            if gm is not None:
+                total += sum(p.numel() * p.element_size() for p in gm.parameters())
         return total
 
     def free(self) -> None:
@@ -143,6 +147,7 @@ class Geometry:
         self._engines.clear()
         self._random_passes.clear()
         self._probes.clear()
+        self._jets.clear()
 
     # ------------------------------------------------------------------ probe and engine
     def compute_dtype(self, x: torch.Tensor) -> torch.dtype:
@@ -495,6 +500,19 @@ class Geometry:
             return randomized.spectrum(self.fmap, xc, p.d_in, p.d_out, make_pass=make_pass, **kw, **opts)
 
     # ------------------------------------------------------------------ curvature and paths (fastgeom.surfaces/paths)
+    def _jet(self, x: torch.Tensor, d_out: int):
+        """The curvature functions' jet pass for points shaped like x: built and validated at the first call for
+        its key (``surfaces.jet_graph``), then reused; False where the model has none (nested JVPs)."""
+        from . import surfaces
+
+        if not x.shape[0]:
+            return False
+        key = self._key(x)
+        if key not in self._jets:
+            with eval_mode(self.model), no_tf32():
+                self._jets[key] = surfaces.jet_graph(self.fmap, x, d_out) or False
+        return self._jets[key]
+
     def gaussian_curvature(
         self,
         x: torch.Tensor,
@@ -521,6 +539,7 @@ class Geometry:
                 budget=self.budget,
                 progress=progress,
                 max_points=1 if p.coupled else None,
+                jet=lambda: self._jet(x, p.d_out),
             )
 
     def scalar_curvature(self, x: torch.Tensor, *, chunk_size: int | None = None, progress: bool | None = None):
@@ -538,6 +557,7 @@ class Geometry:
                 budget=self.budget,
                 progress=progress,
                 max_points=1 if p.coupled else None,
+                jet=lambda: self._jet(x, p.d_out),
             )
 
     def path_length(self, path: torch.Tensor, *, per_segment: bool = False, rtol: float = 1e-8, pieces: int = 4):

@@ -27,6 +27,9 @@ from tqdm.auto import tqdm
 
 from .diagnostics import RankDeficiencyWarning
 from .diagnostics import fmt_points as _fmt_points
+from .engine.choice import EngineWarning, strict
+from .engine.jet_net import JetGraph, validated_jet
+from .engine.linear_net import LinearizeError
 from .engine.planner import default_budget, is_oom, saved_bytes_one_point
 from .features import FeatureMap, eval_mode, no_tf32
 from .geometry import _want_progress, check_points
@@ -56,15 +59,27 @@ def _nested(fmap, xb: torch.Tensor, a: torch.Tensor, b: torch.Tensor):
     return phi_a, phi_ab
 
 
-def _plan_rows(fmap, x: torch.Tensor, n_pairs: int, d_out: int, chunk_size, budget) -> tuple[int, int]:
+def _plan_rows(
+    fmap,
+    x: torch.Tensor,
+    n_pairs: int,
+    d_out: int,
+    chunk_size,
+    budget,
+    streams: int = 3,
+    extra: int = 0,
+    saved: tuple[int, int] | None = None,
+) -> tuple[int, int]:
     """(pairs per pass, points per batch) within `budget` bytes.
 
-    A (pair, point) row keeps three tangent streams of the network alive; counted, like the exact
-    planner, as a quarter of the bytes autograd saves for one point (at least four of its largest
-    activations) per stream, plus its two float64 outputs."""
+    A (pair, point) row keeps `streams` tangent streams of the network alive (three for a nested JVP, one
+    for a jet row); each is counted, like the exact planner, as a quarter of the bytes autograd saves for
+    one point (at least four of its largest activations), plus the row's two float64 outputs. ``extra``:
+    rows per point besides the pairs (the jet's first-order rows); ``saved``: (bytes, largest) of
+    ``saved_bytes_one_point`` when known."""
     budget = int(budget or default_budget(x.device))
-    act, biggest = saved_bytes_one_point(fmap, x[:1])
-    row = 3 * max(act // 4, 4 * biggest, 1) + 2 * d_out * 8
+    act, biggest = saved_bytes_one_point(fmap, x[:1]) if saved is None else saved
+    row = streams * max(act // 4, 4 * biggest, 1) + 2 * d_out * 8
     rows = max(1, (budget - act) // row)
     if x.device.type == "cpu":
         rows = min(rows, CPU_MAX_ROWS)
@@ -73,8 +88,8 @@ def _plan_rows(fmap, x: torch.Tensor, n_pairs: int, d_out: int, chunk_size, budg
             raise ValueError(f"chunk_size must be a positive int (direction pairs per pass), got {chunk_size!r}")
         pairs = min(chunk_size, n_pairs)
     else:
-        pairs = min(n_pairs, rows)
-    points = max(1, min(x.shape[0], rows // pairs))
+        pairs = max(1, min(n_pairs, rows - extra))
+    points = max(1, min(x.shape[0], rows // (pairs + extra)))
     return pairs, points
 
 
@@ -91,17 +106,28 @@ def _full_basis(fmap, xb: torch.Tensor, E: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def second_derivatives(
-    fmap, xb: torch.Tensor, A: torch.Tensor, Bt: torch.Tensor, pairs: int, state: dict | None = None, basis=None
+    fmap,
+    xb: torch.Tensor,
+    A: torch.Tensor,
+    Bt: torch.Tensor,
+    pairs: int,
+    state: dict | None = None,
+    basis=None,
+    jet: JetGraph | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """float64 (d_a phi, d_a d_b phi), each (P, Pb, d_out), at xb (Pb, *in) for direction pairs
     A, Bt (P, Pb, *in), `pairs` pairs per vmapped pass; an out-of-memory error halves the pass
     (``state["pairs"]`` keeps the reduced size) and retries. ``basis=(E, ia, ib)``: the pairs are
-    (E[ia], E[ib]) of a basis E (d, Pb, *in); when all of them fit in one pass they are computed in the
-    shared-first-order layout (``_full_basis``), on OOM in the pair layout."""
+    (E[ia], E[ib]) of directions E (k, Pb, *in); with a validated ``jet`` (``engine.jet_net``) they come
+    from its second-order forward pass (`pairs` pairs and all k first-order rows per pass), else, when
+    all of them fit in one pass, from the shared-first-order layout (``_full_basis``), on OOM from the
+    pair layout."""
     P = A.shape[0]
     state = state if state is not None else {}
     state.setdefault("pairs", pairs)
     xb = xb.to(fmap.dtype) if fmap.dtype is not None else xb
+    if basis is not None and jet is not None:
+        return _jet_pairs(jet, xb, basis, state)
     A, Bt = A.to(xb.dtype), Bt.to(xb.dtype)
     if basis is not None and state["pairs"] >= P:
         E, ia, ib = basis
@@ -139,10 +165,78 @@ def second_derivatives(
     return torch.cat(first), torch.cat(second)
 
 
-def _batches(fmap, x, pair_fn, n_pairs, d_out, chunk_size, budget, progress, desc, max_points=None, basis_fn=None):
+def _jet_pairs(jet: JetGraph, xb: torch.Tensor, basis, state: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """second_derivatives by the jet pass, ``state["pairs"]`` pairs per pass, halved on out-of-memory."""
+    E, ia, ib = basis
+    E = E.to(xb.dtype)
+    P, n = ia.numel(), xb.shape[0]
+    first, second = [], []
+    s = 0
+    while s < P:
+        e = min(P, s + state["pairs"])
+        try:
+            if fault_injector is not None:
+                fault_injector("pass")
+            _, J, H = jet.jet(xb, E, ia[s:e], ib[s:e])
+        except Exception as err:  # noqa: BLE001
+            if not is_oom(err) or state["pairs"] == 1:
+                raise
+            state["pairs"] = max(1, state["pairs"] // 2)
+            if xb.device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        first.append(J[ia[s:e]].reshape(e - s, n, -1).to(torch.float64))
+        second.append(H.reshape(e - s, n, -1).to(torch.float64))
+        s = e
+    return torch.cat(first), torch.cat(second)
+
+
+def jet_graph(fmap, x: torch.Tensor, d_out: int) -> JetGraph | None:
+    """A ``JetGraph`` of fmap validated at x's first point (``engine.jet_net.validated_jet``), or None: for a
+    callable feature map, a model torch.fx cannot trace or whose trace fails the check (``LinearizeError``,
+    quiet), or, with a warning (an error under ``FASTGEOM_STRICT=1``), any other failure of the jet pass.
+    Call it inside ``eval_mode(fmap.model)``."""
+    if fmap.model is None or not (fmap.layer is None or isinstance(fmap.layer, str)) or x.shape[0] == 0:
+        return None
+    try:
+        return validated_jet(fmap, x, d_out)
+    except LinearizeError:
+        return None
+    except Exception as e:  # noqa: BLE001 - a bug in the fast path: loud, then the nested-JVP route
+        if is_oom(e) or strict():
+            raise
+        warnings.warn(
+            f"the jet (second-order forward) pass failed unexpectedly ({type(e).__name__}: {e}); using "
+            "nested JVPs (exact, slower). Set FASTGEOM_STRICT=1 to raise instead.",
+            EngineWarning,
+            stacklevel=3,
+        )
+        return None
+
+
+def _resolve_jet(jet, fmap, x, d_out) -> JetGraph | None:
+    """The jet argument of the curvature functions: None -> build one (``jet_graph``), False -> none, a
+    callable (the ``Geometry`` handle's cache) -> what it returns, a ``JetGraph`` -> itself."""
+    if jet is None:
+        return jet_graph(fmap, x, d_out)
+    if callable(jet) and not isinstance(jet, JetGraph):
+        jet = jet()
+    return jet or None
+
+
+def _batches(
+    fmap, x, pair_fn, n_pairs, d_out, chunk_size, budget, progress, desc, max_points=None, basis_fn=None, jet=None
+):
     """Yield (slice, first (P, Pb, n), second (P, Pb, n)) over point batches; OOM halves pairs, then points."""
     B = x.shape[0]
-    pairs, points = _plan_rows(fmap, x, n_pairs, d_out, chunk_size, budget)
+    if jet is not None:
+        k = basis_fn(slice(0, 1))[0].shape[0]
+        key = (tuple(x.shape[1:]), x.dtype, x.device)
+        if key not in jet.saved:  # the planner's forward pass at one point, once per input shape
+            jet.saved[key] = saved_bytes_one_point(fmap, x[:1])
+        pairs, points = _plan_rows(fmap, x, n_pairs, d_out, chunk_size, budget, 1, k, jet.saved[key])
+    else:
+        pairs, points = _plan_rows(fmap, x, n_pairs, d_out, chunk_size, budget)
     points = min(points, max_points or points)
     state = {"pairs": pairs}
     bar = tqdm(total=B, desc=desc, unit="pt", disable=not _want_progress(progress, B), leave=False)
@@ -153,7 +247,14 @@ def _batches(fmap, x, pair_fn, n_pairs, d_out, chunk_size, budget, progress, des
             A, Bt = pair_fn(slice(s, e))
             try:
                 out = second_derivatives(
-                    fmap, x[s:e], A, Bt, state["pairs"], state, None if basis_fn is None else basis_fn(slice(s, e))
+                    fmap,
+                    x[s:e],
+                    A,
+                    Bt,
+                    state["pairs"],
+                    state,
+                    None if basis_fn is None else basis_fn(slice(s, e)),
+                    jet,
                 )
             except Exception as err:  # noqa: BLE001
                 if is_oom(err) and points > 1:
@@ -250,10 +351,13 @@ def gaussian_curvature_fmap(
     budget: int | None = None,
     progress: bool | None = None,
     max_points: int | None = None,
+    jet: JetGraph | bool | Callable[[], JetGraph | bool] | None = None,
 ):
     """K (B,) float64 of the plane surfaces (a, b) -> fmap(x + a u + b v) at x (B, *in); u, v (*in) or
     (B, *in). With ``return_metric`` also g (B, 2, 2). ``chunk_size``: direction pairs per pass (<= 3);
-    ``max_points``: points per batch at most (1 for a model that couples the points of a batch)."""
+    ``max_points``: points per batch at most (1 for a model that couples the points of a batch).
+    ``jet``: None builds the validated jet pass where the model traces (``jet_graph``), False uses
+    nested JVPs, a ``JetGraph`` (validated) is used as it is."""
     check_points(x)
     u, v = _directions(u, x, "u"), _directions(v, x, "v")
     _check_plane(u, v)
@@ -271,9 +375,23 @@ def gaussian_curvature_fmap(
                 "so its Gaussian curvature is undefined; choose a layer with at least 2 features"
             )
         pair_fn = lambda sl: (torch.stack([u[sl], v[sl], u[sl]]), torch.stack([u[sl], v[sl], v[sl]]))  # noqa: E731
+        ia, ib = torch.tensor([0, 1, 0]), torch.tensor([0, 1, 1])
+        basis_fn = lambda sl: (torch.stack([u[sl], v[sl]]), ia, ib)  # noqa: E731 - the same pairs for the jet
         with eval_mode(fmap.model), no_tf32():
+            jet = _resolve_jet(jet, fmap, x, d_out)
             for sl, first, second in _batches(
-                fmap, x, pair_fn, 3, d_out, chunk_size, budget, progress, "curvature", max_points
+                fmap,
+                x,
+                pair_fn,
+                3,
+                d_out,
+                chunk_size,
+                budget,
+                progress,
+                "curvature",
+                max_points,
+                None if jet is None else basis_fn,
+                jet,
             ):
                 T = torch.stack([first[0], first[1]], dim=-1)  # (Pb, n, 2): psi_u, psi_v
                 Q, R = torch.linalg.qr(T)
@@ -317,9 +435,11 @@ def scalar_curvature_fmap(
     budget: int | None = None,
     progress: bool | None = None,
     max_points: int | None = None,
+    jet: JetGraph | bool | Callable[[], JetGraph | bool] | None = None,
 ) -> torch.Tensor:
     """R (B,) float64, the Ricci scalar of fmap's full pullback metric at x (B, *in), for an immersion
-    (d_out >= d_in). ``chunk_size``: direction pairs per pass (of d_in (d_in + 1) / 2)."""
+    (d_out >= d_in). ``chunk_size``: direction pairs per pass (of d_in (d_in + 1) / 2); ``jet`` as in
+    ``gaussian_curvature_fmap``."""
     check_points(x)
     B, in_shape = x.shape[0], tuple(x.shape[1:])
     d = x[0].numel() if B else int(torch.tensor(in_shape).prod())
@@ -346,8 +466,9 @@ def scalar_curvature_fmap(
         )
         with eval_mode(fmap.model), no_tf32():
             basis_fn = lambda sl: (eye[:, None].expand(d, sl.stop - sl.start, *in_shape), ia, ib)  # noqa: E731
+            jet = _resolve_jet(jet, fmap, x, d_out)
             for sl, first, second in _batches(
-                fmap, x, pair_fn, P, d_out, chunk_size, budget, progress, "scalar curvature", max_points, basis_fn
+                fmap, x, pair_fn, P, d_out, chunk_size, budget, progress, "scalar curvature", max_points, basis_fn, jet
             ):
                 Pb = sl.stop - sl.start
                 J = first[:d].permute(1, 2, 0)  # (Pb, n, d): diagonal pairs (a, a) give columns d_a phi

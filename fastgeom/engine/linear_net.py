@@ -594,6 +594,36 @@ class LinearGraph:
         node is differentiated through it. kind: "tensor" (data = (vjp_fn, jvp_fn)), "composite"
         (data = (function of the leaves, leaf names, leaf primals)) or "constant" (no floating-point
         tensor in the value)."""
+        f, names, primals = self.leaf_function(node, fn, carries, composites, env)
+        val = _run(node, f, primals, {})
+        if not isinstance(val, torch.Tensor):
+            if any(_is_float_tensor(t) for t in tree_flatten(val)[0]):
+                return "composite", val, (f, names, primals), names
+            return "constant", val, None, names
+        if not val.is_floating_point():
+            return "constant", val, None, names
+        try:
+            with torch.enable_grad():
+                val, vjp_fn = _vjp(f, *primals)
+        except (RuntimeError, NotImplementedError) as e:
+            raise LinearizeError(f"torch.func.vjp failed at {_describe(node)}: {type(e).__name__}: {e}") from e
+        val = val.detach()
+        forward_ad = [True]
+
+        def jvp_fn(*ts):
+            if forward_ad[0]:
+                try:
+                    return _jvp(f, primals, ts)[1]
+                except NotImplementedError:  # no forward-mode formula at this node: the transpose of its VJP
+                    forward_ad[0] = False
+            return _vjp(vjp_fn, torch.zeros_like(val))[1](ts)[0]
+
+        return "tensor", val, (vjp_fn, jvp_fn), names
+
+    def leaf_function(self, node, fn, carries, composites, env) -> tuple[Callable, list, tuple]:
+        """(f, leaf names, leaf primals): the node's value as a function f of the primal values of the
+        tensor-carrying nodes it depends on (a composite argument recomputed from its own leaves inside f).
+        Shared by the first-order ``_func_node`` and the second-order generic node of ``engine.jet_net``."""
         flat, spec = tree_flatten((node.args, node.kwargs))
         vals = [env[a.name] if isinstance(a, fx.Node) else a for a in flat]
         leaves: dict[str, torch.Tensor] = {}  # tensor-carrying nodes this one depends on -> their primal values
@@ -620,31 +650,7 @@ class LinearGraph:
             a, k = tree_unflatten(v, spec)
             return fn(*a, **k)
 
-        primals = tuple(leaves.values())
-        val = _run(node, f, primals, {})
-        if not isinstance(val, torch.Tensor):
-            if any(_is_float_tensor(t) for t in tree_flatten(val)[0]):
-                return "composite", val, (f, names, primals), names
-            return "constant", val, None, names
-        if not val.is_floating_point():
-            return "constant", val, None, names
-        try:
-            with torch.enable_grad():
-                val, vjp_fn = _vjp(f, *primals)
-        except (RuntimeError, NotImplementedError) as e:
-            raise LinearizeError(f"torch.func.vjp failed at {_describe(node)}: {type(e).__name__}: {e}") from e
-        val = val.detach()
-        forward_ad = [True]
-
-        def jvp_fn(*ts):
-            if forward_ad[0]:
-                try:
-                    return _jvp(f, primals, ts)[1]
-                except NotImplementedError:  # no forward-mode formula at this node: the transpose of its VJP
-                    forward_ad[0] = False
-            return _vjp(vjp_fn, torch.zeros_like(val))[1](ts)[0]
-
-        return "tensor", val, (vjp_fn, jvp_fn), names
+        return f, names, tuple(leaves.values())
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
