@@ -81,7 +81,7 @@ if want bench; then
   timeout 50 $PY bench/shallow.py --device cuda --repeat 3 --hd-points 200
   echo "shallow rc=$?"
 
-  stamp "bench/curvature.py --full"; timeout 90 $PY bench/curvature.py --full --repeat 2 --points 16 --json "$OUT/curvature_gpu.json"; echo "curvature rc=$?"
+  stamp "bench/curvature.py --full"; timeout 90 $PY bench/curvature.py --full --repeat 2 --points 16 --json "$OUT/curvature_full_cuda.json"; echo "curvature rc=$?"
 
   stamp "bench/randomized_path.py --full"
   # ResNet-50 32x32, 64-point path: exact reference + randomized budgets, cheapest first; budgets not started

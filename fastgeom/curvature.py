@@ -18,6 +18,8 @@ from collections.abc import Callable
 import torch
 from torch.func import jacfwd, vmap
 
+from .engine.guards import ad_guards
+
 MetricFn = Callable[[torch.Tensor], torch.Tensor]
 
 __all__ = ["metric_derivatives", "christoffel", "riemann_tensor", "ricci_tensor", "ricci_scalar"]
@@ -34,9 +36,10 @@ def metric_derivatives(metric_fn: MetricFn, x: torch.Tensor):
     """g (N, d, d), dg (N, d, d, d) with dg[..., a, b, c] = d_c g_ab, ddg (N, d, d, d, d) with
     ddg[..., a, b, c, e] = d_e d_c g_ab."""
     x = _check(x)
-    g = vmap(metric_fn)(x)
-    dg = vmap(jacfwd(metric_fn))(x)
-    ddg = vmap(jacfwd(jacfwd(metric_fn)))(x)
+    with ad_guards():  # saturation-stable activations; layer_norm & co. whose nested forward mode torch gets wrong
+        g = vmap(metric_fn)(x)
+        dg = vmap(jacfwd(metric_fn))(x)
+        ddg = vmap(jacfwd(jacfwd(metric_fn)))(x)
     return g, dg, ddg
 
 

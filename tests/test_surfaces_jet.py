@@ -11,6 +11,7 @@ from torch.func import jacfwd, jacrev, jvp
 
 import fastgeom as fg
 from fastgeom import curvature as cv
+from fastgeom import geometry
 from fastgeom import surfaces
 from fastgeom.engine import jet_net
 from fastgeom.engine.choice import EngineWarning
@@ -18,6 +19,14 @@ from fastgeom.engine.linear_net import LinearizeError
 from fastgeom.features import FeatureMap
 
 D64 = torch.float64
+
+
+
+@pytest.fixture(autouse=True)
+def _jet_from_the_first_point(monkeypatch):
+    """Handles (and so the functional API) build the jet from their first call here, so that every
+    comparison below runs the jet route (in use, a handle builds it after JET_MIN_POINTS points)."""
+    monkeypatch.setattr(geometry, "JET_MIN_POINTS", 1)
 
 
 def oracle_R(fmap, x):
@@ -352,3 +361,27 @@ def test_float32_jet_close_to_float64():
     R32 = fg.scalar_curvature(net, x)
     R64 = fg.scalar_curvature(net, x, dtype=D64)
     torch.testing.assert_close(R32, R64, rtol=1e-3, atol=1e-4 * float(R64.abs().max()))
+
+
+def test_handle_builds_the_jet_after_min_points(monkeypatch):
+    """Small one-off calls skip the jet's trace and check; a handle builds it once it has been asked for
+    JET_MIN_POINTS points of one input shape, and both routes give the same values."""
+    monkeypatch.setattr(geometry, "JET_MIN_POINTS", 40)
+    net = mlp(4, [nn.Tanh(), nn.Softplus()], [11, 13])
+    x = torch.randn(16, 4, dtype=D64, generator=torch.Generator().manual_seed(3))
+    g = fg.Geometry(net)
+    key = g._key(x)
+    R1 = g.scalar_curvature(x)
+    R2 = g.scalar_curvature(x)
+    assert key not in g._jets  # 32 points so far: nested JVPs
+    R3 = g.scalar_curvature(x)  # 48 >= 40: the jet is built and kept
+    assert g._jets[key] and g.scalar_curvature(x) is not None and len(g._jets) == 1
+    torch.testing.assert_close(R3, R1, rtol=1e-11, atol=1e-11 * float(R1.abs().max()))
+    torch.testing.assert_close(R2, R1, rtol=0, atol=0)
+    g.free()
+    assert not g._jets and not g._curv_points
+    big = torch.randn(41, 4, dtype=D64, generator=torch.Generator().manual_seed(4))
+    fg.Geometry(net).scalar_curvature(big)  # one call over the threshold builds it at once
+    h = fg.Geometry(net)
+    h.scalar_curvature(big)
+    assert h._jets[h._key(big)]

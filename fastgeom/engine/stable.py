@@ -231,7 +231,9 @@ def apply(name: str, z: torch.Tensor, beta: float = 1.0, threshold: float = 20.0
     under nested differentiation."""
     if _nested():
         return softplus(z, beta, threshold) if name == "softplus" else _ACTS[name][2](z)
-    return _Act.apply(z, name, beta, threshold)
+    # the Function saves its input (torch's sigmoid/tanh save their output): a private copy, so that a model
+    # that later writes z in place (b.tanh() then b.sigmoid_()) does not invalidate what backward needs
+    return _Act.apply(z.clone(), name, beta, threshold)
 
 
 def _real_float(t) -> bool:
@@ -291,6 +293,72 @@ _INPLACE = {torch.sigmoid_, torch.Tensor.sigmoid_, torch.tanh_, torch.Tensor.tan
 ROUTED = frozenset(_PLAIN) | {F.silu, F.mish, F.softplus, F.gelu}
 
 
+# Normalisations whose nested forward mode torch 2.14 gets wrong (an O(1) error in the second derivative
+# under jvp-of-jvp / jacfwd-of-jacfwd; reverse-over-reverse and first order are right): layer_norm,
+# instance_norm and batch_norm with batch statistics. group_norm and rms_norm are right. Under nested
+# differentiation they are routed to these compositions of plain ops (same values up to rounding).
+
+
+def _normalize(x: torch.Tensor, dims: tuple, eps: float) -> torch.Tensor:
+    """(x - mean) / sqrt(var + eps) over dims (biased variance, as torch's normalisations)."""
+    c = x - x.mean(dims, keepdim=True)
+    return c * torch.rsqrt((c * c).mean(dims, keepdim=True) + eps)
+
+
+def _affine(y: torch.Tensor, weight, bias, shape) -> torch.Tensor:
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    if bias is not None:
+        y = y + bias.reshape(shape)
+    return y
+
+
+def _channel_shape(x: torch.Tensor) -> tuple:
+    return (1, -1) + (1,) * (x.dim() - 2)
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    k = len(normalized_shape) if isinstance(normalized_shape, (tuple, list, torch.Size)) else 1
+    return _affine(_normalize(x, tuple(range(-k, 0)), eps), weight, bias, tuple(x.shape[-k:]))
+
+
+def _norm_call(func, args, kwargs):
+    """The plain-op normalisation for func(*args, **kwargs) under nested differentiation, or None."""
+    names = {
+        F.layer_norm: ("input", "normalized_shape", "weight", "bias", "eps"),
+        F.instance_norm: (
+            "input",
+            "running_mean",
+            "running_var",
+            "weight",
+            "bias",
+            "use_input_stats",
+            "momentum",
+            "eps",
+        ),
+        F.batch_norm: ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"),
+    }[func]
+    if len(args) > len(names) or not _nested():
+        return None
+    a = dict(zip(names, args))
+    a.update(kwargs)
+    x = a["input"]
+    if not _real_float(x):
+        return None
+    if func is F.layer_norm:
+        return layer_norm(x, a["normalized_shape"], a.get("weight"), a.get("bias"), a.get("eps", 1e-5))
+    if x.dim() < 2:
+        return None
+    batch_stats = a.get("use_input_stats", True) if func is F.instance_norm else a.get("training", False)
+    if not batch_stats or a.get("running_mean") is not None or a.get("running_var") is not None:
+        return None  # running statistics: an affine map of x (torch is right), or a stats update (leave to torch)
+    dims = tuple(range(2, x.dim())) if func is F.instance_norm else (0,) + tuple(range(2, x.dim()))
+    return _affine(_normalize(x, dims, a.get("eps", 1e-5)), a.get("weight"), a.get("bias"), _channel_shape(x))
+
+
+NORMS = frozenset({F.layer_norm, F.instance_norm, F.batch_norm})
+
+
 def stable_active() -> bool:
     """Whether a ``stable_activations`` mode is on this thread's torch-function mode stack (and not
     suspended, as it is inside its own handler)."""
@@ -309,8 +377,8 @@ class stable_activations(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in ROUTED:
-            out = _call(func, args, kwargs)
-            if out is not None:
+        if func in ROUTED or func in NORMS:
+            out = _call(func, args, kwargs) if func in ROUTED else _norm_call(func, args, kwargs)
+            if out is not None and _real_float(out):
                 return out
         return func(*args, **kwargs)
