@@ -44,8 +44,10 @@ from torch.func import jacfwd  # noqa: E402
 
 import fastgeom as fg  # noqa: E402
 from fastgeom import curvature as cv  # noqa: E402
-from fastgeom import geometry  # noqa: E402
-from fastgeom import surfaces  # noqa: E402
+from fastgeom import (
+    geometry,  # noqa: E402
+    surfaces,  # noqa: E402
+)
 from fastgeom.features import FeatureMap  # noqa: E402
 
 D64 = torch.float64
@@ -260,9 +262,8 @@ def part_resnet(dev, arch, width, size, grid, lv_points, repeat):
 def render(res) -> str:
     from _results import device_line
 
-    pts = res.get("points_arg")
     lines = [
-        f"`python bench/curvature.py {res['mode']}{f' --points {pts}' if pts else ''}` — {device_line()}; "
+        f"`python bench/curvature.py {res['argv']}` — {device_line()}; "
         f"load average {res.get('load', 0):.1f} "
         "(a shared machine: ratios are measured interleaved, absolute times are not representative)",
         "",
@@ -279,6 +280,8 @@ def render(res) -> str:
         "brute / handle | err fast | err handle | err nested | err naive |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    if not res["small"]:
+        lines = lines[:2]  # --skip-small: the ResNet part only
     for r in res["small"]:
         lines.append(
             f"| {r['case']} | {r['points']} | {r['brute_s']:.2e} | {r['naive_s']:.2e} | {r['nested_s']:.2e} | "
@@ -315,7 +318,10 @@ def render(res) -> str:
                 f"({'met' if r['ratio'] <= 0.1 else 'NOT met'}).",
             ]
         else:
-            lines += ["", "CPU stand-in; the ResNet-34 target is measured by `--full` on a GPU."]
+            lines += [
+                "",
+                "CPU stand-in; the ResNet-34 target is measured by `--full` (section curvature_full_<device>).",
+            ]
     return "\n".join(lines)
 
 
@@ -335,7 +341,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     full = a.full
     dev = torch.device(a.device or ("cuda" if full else "cpu"))
-    res = {"mode": "--full" if full else "--quick", "points_arg": a.points}
+    res = {"mode": "--full" if full else "--quick", "argv": " ".join(argv if argv is not None else sys.argv[1:])}
     counts = [int(c) for c in str(a.points).split(",") if c]
     res["small"] = [] if a.skip_small else [r for c in counts for r in part_small(dev, c, a.repeat)]
     if full:

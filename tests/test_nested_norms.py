@@ -27,7 +27,7 @@ def _reverse_second(f, x, u, v):
     out = f(x)
     rows = []
     for i in range(out.numel()):
-        H = torch.autograd.functional.hessian(lambda y: f(y).reshape(-1)[i], x)
+        H = torch.autograd.functional.hessian(lambda y, i=i: f(y).reshape(-1)[i], x)
         rows.append(torch.einsum("a,ab,b->", u.reshape(-1), H.reshape(x.numel(), x.numel()), v.reshape(-1)))
     return torch.stack(rows).reshape(out.shape)
 

@@ -11,15 +11,13 @@ from torch.func import jacfwd, jacrev, jvp
 
 import fastgeom as fg
 from fastgeom import curvature as cv
-from fastgeom import geometry
-from fastgeom import surfaces
+from fastgeom import geometry, surfaces
 from fastgeom.engine import jet_net
 from fastgeom.engine.choice import EngineWarning
 from fastgeom.engine.linear_net import LinearizeError
 from fastgeom.features import FeatureMap
 
 D64 = torch.float64
-
 
 
 @pytest.fixture(autouse=True)
