@@ -44,13 +44,13 @@ from .batching import vmap
 from .guards import ad_guards
 from .linear_net import (
     _CONV_FWD,
-    _INPLACE_META,
     LinearGraph,
     LinearizeError,
     _describe,
     _is_float_tensor,
     _is_relu,
     _run,
+    feature_node,
 )
 from .planner import is_oom
 
@@ -179,37 +179,13 @@ class JetGraph:
         keep: set[str] = set()  # leaves of composites: their jets outlive their direct users
         users = {n.name: len(n.users) for n in g.nodes}
         out_node = None
-        for node in g.nodes:
-            if node.op == "placeholder":
-                env[node.name], jets[node.name] = x, _Jet(E, False)
-                carries.add(node.name)
-                continue
+        jets[g.input] = _Jet(E, False)  # the input's jet: the directions
+        for node, fn, args, kwargs, carried, rule, data in g.walk(
+            x, env, carries, composites, "the jet pass can differentiate"
+        ):
             if node.op == "output":
                 out_node = node
                 break
-            args = fx.node.map_arg(node.args, lambda n: env[n.name])
-            kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n.name])
-            if node.op == "get_attr":
-                obj = g.gm
-                for part in node.target.split("."):
-                    obj = getattr(obj, part)
-                env[node.name] = obj
-                continue
-            fn = g._callable(node)
-            ins = [a for a in node.all_input_nodes if a.name in carries]
-            if not ins:
-                env[node.name] = _run(node, fn, args, kwargs)  # constant w.r.t. x: no input depends on it
-                continue
-            if _INPLACE_META in node.meta:
-                raise LinearizeError(
-                    f"{_describe(node)} writes in place ({node.meta[_INPLACE_META]}) into or from a tensor "
-                    "that depends on the input; the jet pass cannot differentiate it"
-                )
-            carried = [i for i, a in enumerate(node.args) if isinstance(a, fx.Node) and a.name in carries]
-            top = {node.args[i].name for i in carried}
-            rule, data = "func", None
-            if top == {a.name for a in ins} and not any(a.name in composites for a in ins):
-                rule, data = g._classify(node, args, kwargs, carried)
             if rule not in _RULES:  # pragma: no cover - a first-order rule without a jet rule: torch.func
                 rule, data = "func", None
             if rule == "func":
@@ -233,14 +209,7 @@ class JetGraph:
                 carries.add(node.name)
                 jets[node.name] = jet
             self._free(node, users, env, jets, keep)
-        assert out_node is not None  # every traced graph ends in an output node
-        res = out_node.args[0]
-        if isinstance(res, dict):
-            if len(res) != 1:
-                raise LinearizeError(f"the traced model returns {len(res)} outputs; expected one feature tensor")
-            res = next(iter(res.values()))
-        if not isinstance(res, fx.Node) or res.name not in jets:
-            raise LinearizeError("the traced model must return one feature tensor that depends on the input")
+        res = feature_node(out_node, lambda n: n in jets)
         y, jet = env[res.name], jets[res.name]
         P = y.shape[0]
         if self.post_is_reshape:

@@ -499,38 +499,11 @@ class LinearGraph:
         users = {n.name: len(n.users) for n in self.nodes}
         out_node = None
         with torch.no_grad():
-            for node in self.nodes:
-                if node.op == "placeholder":
-                    env[node.name] = x
-                    carries.add(node.name)
-                    continue
+            why = "the linearised engine can differentiate: use method='streamed'"
+            for node, fn, args, kwargs, carried, rule, data in self.walk(x, env, carries, composites, why):
                 if node.op == "output":
                     out_node = node
                     break
-                args = fx.node.map_arg(node.args, lambda n: env[n.name])
-                kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n.name])
-                if node.op == "get_attr":
-                    obj = self.gm
-                    for part in node.target.split("."):
-                        obj = getattr(obj, part)
-                    env[node.name] = obj
-                    continue
-                fn = self._callable(node)
-                ins = [a for a in node.all_input_nodes if a.name in carries]
-                if not ins:
-                    env[node.name] = _run(node, fn, args, kwargs)  # constant w.r.t. x: no input depends on it
-                    continue
-                if _INPLACE_META in node.meta:
-                    raise LinearizeError(
-                        f"{_describe(node)} writes in place ({node.meta[_INPLACE_META]}) into or from "
-                        "a tensor that depends on the input; it has no out-of-place form the "
-                        "linearised engine can differentiate: use method='streamed'"
-                    )
-                carried = [i for i, a in enumerate(node.args) if isinstance(a, fx.Node) and a.name in carries]
-                top = {node.args[i].name for i in carried}
-                rule, data = "func", None
-                if top == {a.name for a in ins} and not any(a.name in composites for a in ins):
-                    rule, data = self._classify(node, args, kwargs, carried)
                 in_names = [node.args[i].name for i in carried]
                 if rule == "act":
                     act = lambda t, _f=fn, _a=args, _k=kwargs: _f(t, *_a[1:], **_k)
@@ -558,16 +531,7 @@ class LinearGraph:
                     users[a.name] -= 1
                     if users[a.name] == 0 and a.name != self.input:
                         env.pop(a.name, None)
-        assert out_node is not None  # every traced graph ends in an output node
-        res = out_node.args[0]
-        if isinstance(res, dict):
-            if len(res) != 1:
-                raise LinearizeError(f"the traced model returns {len(res)} outputs; expected one feature tensor")
-            res = next(iter(res.values()))
-        if not isinstance(res, fx.Node) or res.name not in carries or res.name in composites:
-            raise LinearizeError(
-                "the traced model must return one feature tensor that depends on the input; use method='streamed'"
-            )
+        res = feature_node(out_node, lambda n: n in carries and n not in composites, "; use method='streamed'")
         y = env[res.name]
         with torch.enable_grad():
             feat, post_vjp = _vjp(self.fmap.post, y)  # type: ignore[misc]
@@ -575,6 +539,45 @@ class LinearGraph:
         return Linearization(
             self.input, tuple(x.shape[1:]), steps, res.name, feat.detach(), post_vjp, post_jvp, self.channels_last
         )
+
+    def walk(self, x: torch.Tensor, env: dict, carries: set, composites: dict, what_can: str):
+        """The traced nodes in order, on input x: placeholders, attributes and nodes that do not depend on x
+        are evaluated into env here; every other node is yielded as (node, fn, args, kwargs, carried, rule,
+        data) for the caller to evaluate (carried: indices of its args that depend on x; rule, data: its
+        first-order rule from ``_classify``, or "func"), and finally the output node (with Nones). An in-place
+        write into or from an x-dependent tensor is a LinearizeError ("... no out-of-place form" + what_can)."""
+        for node in self.nodes:
+            if node.op == "placeholder":
+                env[node.name] = x
+                carries.add(node.name)
+                continue
+            if node.op == "output":
+                yield node, None, None, None, None, None, None
+                return
+            args = fx.node.map_arg(node.args, lambda n: env[n.name])
+            kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n.name])
+            if node.op == "get_attr":
+                obj = self.gm
+                for part in node.target.split("."):
+                    obj = getattr(obj, part)
+                env[node.name] = obj
+                continue
+            fn = self._callable(node)
+            ins = [a for a in node.all_input_nodes if a.name in carries]
+            if not ins:
+                env[node.name] = _run(node, fn, args, kwargs)  # constant w.r.t. x: no input depends on it
+                continue
+            if _INPLACE_META in node.meta:
+                raise LinearizeError(
+                    f"{_describe(node)} writes in place ({node.meta[_INPLACE_META]}) into or from a tensor "
+                    f"that depends on the input; it has no out-of-place form {what_can}"
+                )
+            carried = [i for i, a in enumerate(node.args) if isinstance(a, fx.Node) and a.name in carries]
+            top = {node.args[i].name for i in carried}
+            rule, data = "func", None
+            if top == {a.name for a in ins} and not any(a.name in composites for a in ins):
+                rule, data = self._classify(node, args, kwargs, carried)
+            yield node, fn, args, kwargs, carried, rule, data
 
     def _callable(self, node: fx.Node) -> Callable:
         if node.op == "call_module":
@@ -651,6 +654,20 @@ class LinearGraph:
             return fn(*a, **k)
 
         return f, names, tuple(leaves.values())
+
+
+def feature_node(out_node: fx.Node | None, depends: Callable[[str], bool], hint: str = "") -> fx.Node:
+    """The node of the one feature tensor a traced graph returns (out_node: its output node); LinearizeError
+    unless there is exactly one and ``depends(name)`` (it depends on the input)."""
+    assert out_node is not None  # every traced graph ends in an output node
+    res = out_node.args[0]
+    if isinstance(res, dict):
+        if len(res) != 1:
+            raise LinearizeError(f"the traced model returns {len(res)} outputs; expected one feature tensor")
+        res = next(iter(res.values()))
+    if not isinstance(res, fx.Node) or not depends(res.name):
+        raise LinearizeError(f"the traced model must return one feature tensor that depends on the input{hint}")
+    return res
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
