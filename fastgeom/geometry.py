@@ -236,9 +236,18 @@ class Geometry:
     def _note_coupling(self, x: torch.Tensor, run) -> None:
         """A run that found a coupled point batch (and went point by point) marks the key's probe coupled, so
         the curvature routes (which batch points by the probe) compute point by point too."""
+        if getattr(run, "coupled", False):
+            self._mark_coupled(x)
+
+    def _mark_coupled(self, x: torch.Tensor) -> None:
+        """Mark the probe of x's key coupled (a run found a coupled point batch): later calls of every route
+        (exact engines built after this, randomized, curvature) compute point by point."""
         key = self._key(x)
-        if getattr(run, "coupled", False) and key in self._probes and not self._probes[key].coupled:
+        if key in self._probes and not self._probes[key].coupled:
             self._probes[key] = dataclasses.replace(self._probes[key], coupled=True)
+        for ekey, eng in self._engines.items():  # engines built before: each point alone too
+            if ekey[: len(key)] == key:
+                eng.points = 1  # type: ignore[attr-defined]
 
     def _warn_train(self) -> None:
         if self.model is None or self.model in _WARNED_TRAIN:
@@ -497,10 +506,13 @@ class Geometry:
             self._random_passes[key] = randomized.pass_factory(self.fmap, p.d_out)
         make_pass = self._random_passes[key]
         opts = dict(kw.pop("options") or {})
+        if p.coupled:
+            opts["points_per_batch"] = 1  # each point alone
+        kw.update(make_pass=make_pass, on_coupled=lambda: self._mark_coupled(x))
         with self._guards():
             if what == "logvol":
-                return randomized.logvol(self.fmap, xc, p.d_in, p.d_out, make_pass=make_pass, **kw, **opts)
-            return randomized.spectrum(self.fmap, xc, p.d_in, p.d_out, make_pass=make_pass, **kw, **opts)
+                return randomized.logvol(self.fmap, xc, p.d_in, p.d_out, **kw, **opts)
+            return randomized.spectrum(self.fmap, xc, p.d_in, p.d_out, **kw, **opts)
 
     # ------------------------------------------------------------------ curvature and paths (fastgeom.surfaces/paths)
     def _jet(self, x: torch.Tensor, d_out: int):
@@ -548,6 +560,7 @@ class Geometry:
                 progress=progress,
                 max_points=1 if p.coupled else None,
                 jet=lambda: self._jet(x, p.d_out),
+                on_coupled=lambda: self._mark_coupled(x),
             )
 
     def scalar_curvature(self, x: torch.Tensor, *, chunk_size: int | None = None, progress: bool | None = None):
@@ -566,6 +579,7 @@ class Geometry:
                 progress=progress,
                 max_points=1 if p.coupled else None,
                 jet=lambda: self._jet(x, p.d_out),
+                on_coupled=lambda: self._mark_coupled(x),
             )
 
     def path_length(self, path: torch.Tensor, *, per_segment: bool = False, rtol: float = 1e-8, pieces: int = 4):

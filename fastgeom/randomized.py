@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from . import checks
 from .engine.planner import default_budget, is_oom, saved_bytes_one_point
 
 __all__ = ["logvol", "spectrum", "logvol_probes", "LinearOperator", "passes_logvol", "passes_spectrum"]
@@ -306,8 +307,13 @@ def _points_per_batch(fmap, x, per_point_vectors: int, points_per_batch, budget)
     return points_per_batch
 
 
-def _over_batches(B: int, points: int, work, desc: str, progress) -> None:
-    """work(s, e) over point batches of x; an out-of-memory error halves the batch and retries."""
+def _over_batches(fmap, x: torch.Tensor, points: int, make_pass, work, desc: str, progress, on_coupled=None) -> None:
+    """work(s, e, lin) over point batches of x, lin = make_pass(x[s:e], "reverse"); an out-of-memory error
+    halves the batch and retries. Each batch of more than one point first checks its last point alone
+    against its feature inside the batch (``checks.batch_feature_coupled``, before work draws any random
+    numbers): on a mismatch that batch and the rest run one point at a time, a ``BatchCouplingWarning``
+    names the points and ``on_coupled()`` is called (the ``Geometry`` handle marks its probe coupled)."""
+    B = x.shape[0]
     show = (B > 1 and sys.stderr.isatty()) if progress is None else bool(progress)
     bar = tqdm(total=B, desc=desc, unit="pt", disable=not show, leave=False)
     s = 0
@@ -315,13 +321,22 @@ def _over_batches(B: int, points: int, work, desc: str, progress) -> None:
         while s < B:
             e = min(B, s + points)
             try:
-                work(s, e)
+                lin = make_pass(x[s:e], "reverse")
+                j = checks.batch_feature_coupled(fmap, x[s:e], lin.feature.reshape(e - s, -1)) if e - s > 1 else None
+                if j is None:
+                    work(s, e, lin)
             except Exception as err:  # noqa: BLE001
                 if not is_oom(err) or points == 1:
                     raise
                 points = max(1, points // 2)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
+                continue
+            if j is not None:  # coupled across the batch: this batch and the rest point by point
+                checks.warn_coupled_batch(s, e, j, stacklevel=5)  # at the caller of Geometry.logvol / spectrum
+                if on_coupled is not None:
+                    on_coupled()
+                points = 1
                 continue
             bar.update(e - s)
             s = e
@@ -373,6 +388,7 @@ def logvol(
     points_per_batch: int | None = None,
     budget: int | None = None,
     make_pass=None,
+    on_coupled=None,
     **extra,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SLQ estimate of the log volume element at each point of x (B, *input_shape).
@@ -380,7 +396,8 @@ def logvol(
     Options: ``probes`` (Hutchinson probes, >= 2 for an error bar), ``steps`` (Golub-Kahan steps per
     probe, capped at n = min(d_in, d_out)), ``common_random_numbers`` (same probes at every point),
     ``points_per_batch`` / ``budget`` (memory). Returns float64 (value (B,), stderr (B,)); see the
-    module docstring for the error bar. Needs J of full rank n at every point.
+    module docstring for the error bar. Needs J of full rank n at every point. ``on_coupled``: called
+    when a point batch turns out coupled (``_over_batches``; that batch and the rest run point by point).
     """
     _check_opts(probes, steps, extra)
     B = x.shape[0]
@@ -395,15 +412,13 @@ def logvol(
     err = torch.empty(B, dtype=torch.float64, device=dev)
     make_pass = make_pass or pass_factory(fmap, d_out)
 
-    def work(s, e):
-        lin = make_pass(x[s:e], "reverse")
+    def work(s, e, lin):
         op = LinearOperator(lin, x[s:e], d_out, _null(fmap, lin, d_in, d_out))
         est = logvol_probes(op, op.project(z[s:e]), steps)
         val[s:e], err[s:e] = combine(est)
 
-    _over_batches(
-        B, _points_per_batch(fmap, x, probes, points_per_batch, budget), work, "logvol (randomized)", progress
-    )
+    points = _points_per_batch(fmap, x, probes, points_per_batch, budget)
+    _over_batches(fmap, x, points, make_pass, work, "logvol (randomized)", progress, on_coupled)
     return val, err
 
 
@@ -421,10 +436,12 @@ def spectrum(
     points_per_batch: int | None = None,
     budget: int | None = None,
     make_pass=None,
+    on_coupled=None,
     **extra,
 ) -> torch.Tensor:
     """Top-k singular values (B, k), descending, by randomized block Krylov with q = ``iters`` iterations
-    on a block of b = k + ``oversample`` Gaussian vectors (float64, fully reorthogonalised)."""
+    on a block of b = k + ``oversample`` Gaussian vectors (float64, fully reorthogonalised); ``on_coupled`` as
+    in ``logvol``."""
     if extra:
         raise TypeError(
             f"unknown randomized spectrum option(s) {sorted(extra)}; valid: oversample, iters, points_per_batch, budget"
@@ -444,8 +461,7 @@ def spectrum(
     out = torch.empty(B, k, dtype=torch.float64, device=dev)
     make_pass = make_pass or pass_factory(fmap, d_out)
 
-    def work(s, e):
-        lin = make_pass(x[s:e], "reverse")
+    def work(s, e, lin):
         op = LinearOperator(lin, x[s:e], d_out, _null(fmap, lin, d_in, d_out))
         Bb = e - s
         S = op.project(torch.randn(Bb, b, n, generator=gen, dtype=torch.float64).to(dev))
@@ -468,5 +484,6 @@ def spectrum(
         KV = torch.cat(Zall, 1)  # (Bb, r, m) = (K V)^T, V orthonormal
         out[s:e] = torch.linalg.svdvals(KV)[:, :k]
 
-    _over_batches(B, _points_per_batch(fmap, x, b, points_per_batch, budget), work, "spectrum (randomized)", progress)
+    points = _points_per_batch(fmap, x, b, points_per_batch, budget)
+    _over_batches(fmap, x, points, make_pass, work, "spectrum (randomized)", progress, on_coupled)
     return out

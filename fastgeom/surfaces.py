@@ -25,6 +25,7 @@ import torch
 from torch.func import jvp, vmap
 from tqdm.auto import tqdm
 
+from . import checks
 from .diagnostics import RankDeficiencyWarning
 from .diagnostics import fmt_points as _fmt_points
 from .engine.choice import EngineWarning, strict
@@ -50,13 +51,13 @@ CPU_MAX_ROWS = 2048
 
 
 def _nested(fmap, xb: torch.Tensor, a: torch.Tensor, b: torch.Tensor):
-    """(d_a phi, d_b d_a phi) at xb (P, *in) along a, b (P, *in): a JVP of a JVP."""
+    """(phi, d_a phi, d_b d_a phi) at xb (P, *in) along a, b (P, *in): a JVP of a JVP."""
 
     def inner(y):
         return jvp(fmap, (y,), (a,))
 
-    (_, phi_a), (_, phi_ab) = jvp(inner, (xb,), (b,))  # type: ignore[misc]
-    return phi_a, phi_ab
+    (phi, phi_a), (_, phi_ab) = jvp(inner, (xb,), (b,))  # type: ignore[misc]
+    return phi, phi_a, phi_ab
 
 
 def _plan_rows(
@@ -93,16 +94,18 @@ def _plan_rows(
     return pairs, points
 
 
-def _full_basis(fmap, xb: torch.Tensor, E: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(J (d, Pb, n), H (d, d, Pb, n)) along the basis E (d, Pb, *in): a JVP (vmapped over the basis) of the
-    vmapped JVPs, so the d first-order streams are shared by all d^2 second-order ones ((1 + d)^2 work units
-    against 1 + 3 d (d + 1) / 2 for the pair layout; 26 vs 35 ms for an 8-256-256-19 tanh MLP at 16 points)."""
+def _full_basis(fmap, xb: torch.Tensor, E: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(phi (Pb, n), J (d, Pb, n), H (d, d, Pb, n)) along the basis E (d, Pb, *in): a JVP (vmapped over the
+    basis) of the vmapped JVPs, so the d first-order streams are shared by all d^2 second-order ones ((1 + d)^2
+    work units against 1 + 3 d (d + 1) / 2 for the pair layout; 26 vs 35 ms for an 8-256-256-19 tanh MLP at 16
+    points). phi is the pass's own primal, an auxiliary output (no extra pass)."""
 
     def inner(y):
-        return vmap(lambda a: jvp(fmap, (y,), (a,))[1])(E)
+        phi, J = vmap(lambda a: jvp(fmap, (y,), (a,)))(E)
+        return J, phi[0]
 
-    J, H = vmap(lambda b: jvp(inner, (xb,), (b,)))(E)  # type: ignore[misc]  # J comes out expanded over b (it does not depend on it)
-    return J[0], H
+    J, H, phi = vmap(lambda b: jvp(inner, (xb,), (b,), has_aux=True))(E)  # type: ignore[misc]  # J, phi come out expanded over b (they do not depend on it)
+    return phi[0], J[0], H
 
 
 def second_derivatives(
@@ -121,7 +124,8 @@ def second_derivatives(
     (E[ia], E[ib]) of directions E (k, Pb, *in); with a validated ``jet`` (``engine.jet_net``) they come
     from its second-order forward pass (`pairs` pairs and all k first-order rows per pass), else, when
     all of them fit in one pass, from the shared-first-order layout (``_full_basis``), on OOM from the
-    pair layout."""
+    pair layout. ``state["feature"]`` is set to the passes' own features phi (Pb, d_out) at xb (compute
+    dtype), for the batch-coupling check of ``_batches``."""
     P = A.shape[0]
     state = state if state is not None else {}
     state.setdefault("pairs", pairs)
@@ -134,7 +138,8 @@ def second_derivatives(
         try:
             if fault_injector is not None:
                 fault_injector("pass")
-            J, H = _full_basis(fmap, xb, E.to(xb.dtype))
+            phi, J, H = _full_basis(fmap, xb, E.to(xb.dtype))
+            state["feature"] = phi.reshape(xb.shape[0], -1)
             n = xb.shape[0]
             return (J[ia].reshape(P, n, -1).to(torch.float64), H[ib, ia].reshape(P, n, -1).to(torch.float64))
         except Exception as err:  # noqa: BLE001
@@ -151,7 +156,7 @@ def second_derivatives(
         try:
             if fault_injector is not None:
                 fault_injector("pass")
-            pa, pab = f(A[s:e], Bt[s:e])
+            phi, pa, pab = f(A[s:e], Bt[s:e])
         except Exception as err:  # noqa: BLE001
             if not is_oom(err) or state["pairs"] == 1:
                 raise
@@ -161,6 +166,7 @@ def second_derivatives(
             continue
         first.append(pa.reshape(e - s, xb.shape[0], -1).to(torch.float64))
         second.append(pab.reshape(e - s, xb.shape[0], -1).to(torch.float64))
+        state["feature"] = phi[0].reshape(xb.shape[0], -1)  # phi comes out expanded over the pairs
         s = e
     return torch.cat(first), torch.cat(second)
 
@@ -177,7 +183,7 @@ def _jet_pairs(jet: JetGraph, xb: torch.Tensor, basis, state: dict) -> tuple[tor
         try:
             if fault_injector is not None:
                 fault_injector("pass")
-            _, J, H = jet.jet(xb, E, ia[s:e], ib[s:e])
+            phi, J, H = jet.jet(xb, E, ia[s:e], ib[s:e])
         except Exception as err:  # noqa: BLE001
             if not is_oom(err) or state["pairs"] == 1:
                 raise
@@ -187,6 +193,7 @@ def _jet_pairs(jet: JetGraph, xb: torch.Tensor, basis, state: dict) -> tuple[tor
             continue
         first.append(J[ia[s:e]].reshape(e - s, n, -1).to(torch.float64))
         second.append(H.reshape(e - s, n, -1).to(torch.float64))
+        state["feature"] = phi.reshape(n, -1)
         s = e
     return torch.cat(first), torch.cat(second)
 
@@ -225,9 +232,26 @@ def _resolve_jet(jet, fmap, x, d_out) -> JetGraph | None:
 
 
 def _batches(
-    fmap, x, pair_fn, n_pairs, d_out, chunk_size, budget, progress, desc, max_points=None, basis_fn=None, jet=None
+    fmap,
+    x,
+    pair_fn,
+    n_pairs,
+    d_out,
+    chunk_size,
+    budget,
+    progress,
+    desc,
+    max_points=None,
+    basis_fn=None,
+    jet=None,
+    on_coupled=None,
 ):
-    """Yield (slice, first (P, Pb, n), second (P, Pb, n)) over point batches; OOM halves pairs, then points."""
+    """Yield (slice, first (P, Pb, n), second (P, Pb, n)) over point batches; OOM halves pairs, then points.
+
+    Each batch of more than one point checks its last point alone against the passes' feature of it inside
+    the batch (``checks.batch_feature_coupled``, one single-point forward): on a mismatch the batch is not
+    yielded, it and the rest are recomputed one point at a time, a ``BatchCouplingWarning`` names the
+    points and ``on_coupled()`` is called (the ``Geometry`` handle marks its probe coupled)."""
     B = x.shape[0]
     if jet is not None:
         k = basis_fn(slice(0, 1))[0].shape[0]
@@ -245,6 +269,7 @@ def _batches(
         while s < B:
             e = min(B, s + points)
             A, Bt = pair_fn(slice(s, e))
+            state.pop("feature", None)
             try:
                 out = second_derivatives(
                     fmap,
@@ -267,6 +292,16 @@ def _batches(
                         "more memory or a smaller dtype"
                     ) from err
                 raise
+            feat = state.pop("feature")  # every route of second_derivatives sets it
+            if e - s > 1:
+                xb = x[s:e].to(fmap.dtype) if fmap.dtype is not None else x[s:e]
+                j = checks.batch_feature_coupled(fmap, xb, feat)
+                if j is not None:  # coupled across the batch: this batch and the rest point by point
+                    checks.warn_coupled_batch(s, e, j, stacklevel=4)
+                    if on_coupled is not None:
+                        on_coupled()
+                    points = 1
+                    continue
             yield slice(s, e), *out
             bar.update(e - s)
             s = e
@@ -352,10 +387,12 @@ def gaussian_curvature_fmap(
     progress: bool | None = None,
     max_points: int | None = None,
     jet: JetGraph | bool | Callable[[], JetGraph | bool] | None = None,
+    on_coupled: Callable[[], None] | None = None,
 ):
     """K (B,) float64 of the plane surfaces (a, b) -> fmap(x + a u + b v) at x (B, *in); u, v (*in) or
     (B, *in). With ``return_metric`` also g (B, 2, 2). ``chunk_size``: direction pairs per pass (<= 3);
-    ``max_points``: points per batch at most (1 for a model that couples the points of a batch).
+    ``max_points``: points per batch at most (1 for a model that couples the points of a batch); a batch found
+    coupled (``_batches``) sends it and the rest point by point and calls ``on_coupled()``.
     ``jet``: None builds the validated jet pass where the model traces (``jet_graph``), False uses
     nested JVPs, a ``JetGraph`` (validated) is used as it is."""
     check_points(x)
@@ -392,6 +429,7 @@ def gaussian_curvature_fmap(
                 max_points,
                 None if jet is None else basis_fn,
                 jet,
+                on_coupled,
             ):
                 T = torch.stack([first[0], first[1]], dim=-1)  # (Pb, n, 2): psi_u, psi_v
                 Q, R = torch.linalg.qr(T)
@@ -436,10 +474,11 @@ def scalar_curvature_fmap(
     progress: bool | None = None,
     max_points: int | None = None,
     jet: JetGraph | bool | Callable[[], JetGraph | bool] | None = None,
+    on_coupled: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """R (B,) float64, the Ricci scalar of fmap's full pullback metric at x (B, *in), for an immersion
-    (d_out >= d_in). ``chunk_size``: direction pairs per pass (of d_in (d_in + 1) / 2); ``jet`` as in
-    ``gaussian_curvature_fmap``."""
+    (d_out >= d_in). ``chunk_size``: direction pairs per pass (of d_in (d_in + 1) / 2); ``max_points``, ``jet``,
+    ``on_coupled`` as in ``gaussian_curvature_fmap``."""
     check_points(x)
     B, in_shape = x.shape[0], tuple(x.shape[1:])
     d = x[0].numel() if B else int(torch.tensor(in_shape).prod())
@@ -468,7 +507,19 @@ def scalar_curvature_fmap(
             basis_fn = lambda sl: (eye[:, None].expand(d, sl.stop - sl.start, *in_shape), ia, ib)  # noqa: E731
             jet = _resolve_jet(jet, fmap, x, d_out)
             for sl, first, second in _batches(
-                fmap, x, pair_fn, P, d_out, chunk_size, budget, progress, "scalar curvature", max_points, basis_fn, jet
+                fmap,
+                x,
+                pair_fn,
+                P,
+                d_out,
+                chunk_size,
+                budget,
+                progress,
+                "scalar curvature",
+                max_points,
+                basis_fn,
+                jet,
+                on_coupled,
             ):
                 Pb = sl.stop - sl.start
                 J = first[:d].permute(1, 2, 0)  # (Pb, n, d): diagonal pairs (a, a) give columns d_a phi
