@@ -149,6 +149,18 @@ def second_derivatives(
             if xb.device.type == "cuda":
                 torch.cuda.empty_cache()
     f = vmap(lambda a, b: _nested(fmap, xb, a, b))
+
+    def run(s, e):
+        phi, pa, pab = f(A[s:e], Bt[s:e])
+        return phi[0], pa, pab  # phi comes out expanded over the pairs
+
+    return _in_pair_chunks(xb, P, state, run)
+
+
+def _in_pair_chunks(xb: torch.Tensor, P: int, state: dict, run) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first, second) float64 (P, n, out) from ``run(s, e) -> (phi, first, second)`` over chunks of
+    ``state["pairs"]`` pairs, halved on out-of-memory (down to one); ``state["feature"]`` = phi (n, out)."""
+    n = xb.shape[0]
     first, second = [], []
     s = 0
     while s < P:
@@ -156,7 +168,7 @@ def second_derivatives(
         try:
             if fault_injector is not None:
                 fault_injector("pass")
-            phi, pa, pab = f(A[s:e], Bt[s:e])
+            phi, a, b = run(s, e)
         except Exception as err:  # noqa: BLE001
             if not is_oom(err) or state["pairs"] == 1:
                 raise
@@ -164,9 +176,9 @@ def second_derivatives(
             if xb.device.type == "cuda":
                 torch.cuda.empty_cache()
             continue
-        first.append(pa.reshape(e - s, xb.shape[0], -1).to(torch.float64))
-        second.append(pab.reshape(e - s, xb.shape[0], -1).to(torch.float64))
-        state["feature"] = phi[0].reshape(xb.shape[0], -1)  # phi comes out expanded over the pairs
+        first.append(a.reshape(e - s, n, -1).to(torch.float64))
+        second.append(b.reshape(e - s, n, -1).to(torch.float64))
+        state["feature"] = phi.reshape(n, -1)
         s = e
     return torch.cat(first), torch.cat(second)
 
@@ -175,27 +187,12 @@ def _jet_pairs(jet: JetGraph, xb: torch.Tensor, basis, state: dict) -> tuple[tor
     """second_derivatives by the jet pass, ``state["pairs"]`` pairs per pass, halved on out-of-memory."""
     E, ia, ib = basis
     E = E.to(xb.dtype)
-    P, n = ia.numel(), xb.shape[0]
-    first, second = [], []
-    s = 0
-    while s < P:
-        e = min(P, s + state["pairs"])
-        try:
-            if fault_injector is not None:
-                fault_injector("pass")
-            phi, J, H = jet.jet(xb, E, ia[s:e], ib[s:e])
-        except Exception as err:  # noqa: BLE001
-            if not is_oom(err) or state["pairs"] == 1:
-                raise
-            state["pairs"] = max(1, state["pairs"] // 2)
-            if xb.device.type == "cuda":
-                torch.cuda.empty_cache()
-            continue
-        first.append(J[ia[s:e]].reshape(e - s, n, -1).to(torch.float64))
-        second.append(H.reshape(e - s, n, -1).to(torch.float64))
-        state["feature"] = phi.reshape(n, -1)
-        s = e
-    return torch.cat(first), torch.cat(second)
+
+    def run(s, e):
+        phi, J, H = jet.jet(xb, E, ia[s:e], ib[s:e])
+        return phi, J[ia[s:e]], H
+
+    return _in_pair_chunks(xb, ia.numel(), state, run)
 
 
 def jet_graph(fmap, x: torch.Tensor, d_out: int) -> JetGraph | None:
