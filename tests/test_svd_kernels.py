@@ -134,3 +134,15 @@ def test_warm_start_refuses_what_it_cannot_certify():
     Xz = X[:1].clone()
     Xz[0, :, 3] = 0.0  # a zero column: Y has a zero column, no column-relative bound
     assert not linalg.warm_start(Xz)[1].any()
+
+
+@pytest.mark.gpu
+def test_warm_started_spectrum_on_cuda_matches_cpu():
+    """The certified warm start (cuSOLVER's V0, the bound, the CUDA sweeps) against the CPU path."""
+    for lo in (0, -8, -30):
+        J = _graded(2, 45, 31, lo, seed=31 - lo)
+        f_cpu = linalg.factor(J)
+        f_gpu = linalg.factor(J.cuda())
+        s_cpu = linalg.spectrum_from_factor(f_cpu, 31)
+        s_gpu = linalg.spectrum_from_factor(f_gpu, 31).cpu()
+        torch.testing.assert_close(s_gpu, s_cpu, rtol=1e-12, atol=0)
