@@ -15,6 +15,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "ops/scaled_norm.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -22,21 +24,7 @@
 
 namespace {
 
-double scaled_norm(const double* x, int64_t len) {
-  double scale = 0.0, ssq = 1.0;
-  for (int64_t i = 0; i < len; ++i) {
-    const double a = std::fabs(x[i]);
-    if (a != 0.0) {
-      if (scale < a) {
-        ssq = 1.0 + ssq * (scale / a) * (scale / a);
-        scale = a;
-      } else {
-        ssq += (a / scale) * (a / scale);
-      }
-    }
-  }
-  return scale * std::sqrt(ssq);
-}
+using fastgeom_norms::scaled_norm;
 
 // four partial sums, so the compiler can vectorise without reassociating a single sum
 double dot(const double* __restrict__ a, const double* __restrict__ b, int64_t p) {

@@ -6,6 +6,8 @@
 // Reference: fastgeom/ops/logdet/reference.py::qrcp.
 #include <ATen/ATen.h>
 #include <torch/library.h>
+
+#include "ops/scaled_norm.h"
 #include <ATen/Parallel.h>
 #include <cmath>
 #include <limits>
@@ -14,21 +16,7 @@
 
 namespace {
 
-double scaled_norm(const double* x, int64_t len) {
-  double scale = 0.0, ssq = 1.0;
-  for (int64_t i = 0; i < len; ++i) {
-    const double a = std::fabs(x[i]);
-    if (a != 0.0) {
-      if (scale < a) {
-        ssq = 1.0 + ssq * (scale / a) * (scale / a);
-        scale = a;
-      } else {
-        ssq += (a / scale) * (a / scale);
-      }
-    }
-  }
-  return scale * std::sqrt(ssq);
-}
+using fastgeom_norms::scaled_norm;
 
 // One matrix, column-major in `a` (column j at a + j*m). Writes R into r (row-major k x n).
 void qrcp_one(double* a, int64_t m, int64_t n, double* r, int64_t* perm) {
