@@ -4,11 +4,10 @@ the round sphere; invariances, errors, float32 vs float64."""
 
 import pytest
 import torch
+from curvature_refs import oracle_K, oracle_R
 from torch import nn
-from torch.func import jacfwd
 
 import fastgeom as fg
-from fastgeom import curvature as cv
 from fastgeom import shallow as sh
 from fastgeom import surfaces
 from fastgeom.api import RankDeficiencyWarning
@@ -50,29 +49,6 @@ def small_cnn():
     bn.running_mean.uniform_(-0.3, 0.3)
     bn.running_var.uniform_(0.5, 2.0)
     return net
-
-
-def oracle_R(fmap, x):
-    """Brute-force Ricci scalar of the full pullback metric of fmap at x (B, d)."""
-
-    def metric(y):
-        J = jacfwd(lambda z: fmap(z[None])[0])(y)
-        return J.T @ J
-
-    return cv.ricci_scalar(metric, x)
-
-
-def oracle_K(fmap, x, u, v):
-    """Brute-force Gaussian curvature (R/2 of the 2-D metric) of (a, b) -> fmap(x + a u + b v), per point."""
-    out = []
-    for i in range(x.shape[0]):
-
-        def metric(ab, i=i):
-            J = jacfwd(lambda c: fmap((x[i] + c[0] * u[i] + c[1] * v[i])[None])[0])(ab)
-            return J.T @ J
-
-        out.append(cv.ricci_scalar(metric, torch.zeros(1, 2, dtype=D64))[0] / 2)
-    return torch.stack(out)
 
 
 def test_round_sphere():

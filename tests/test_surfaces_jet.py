@@ -6,11 +6,11 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from curvature_refs import oracle_K, oracle_R
 from torch import nn
-from torch.func import jacfwd, jacrev, jvp
+from torch.func import jacrev, jvp
 
 import fastgeom as fg
-from fastgeom import curvature as cv
 from fastgeom import geometry, surfaces
 from fastgeom.engine import jet_net
 from fastgeom.engine.choice import EngineWarning
@@ -25,26 +25,6 @@ def _jet_from_the_first_point(monkeypatch):
     """Handles (and so the functional API) build the jet from their first call here, so that every
     comparison below runs the jet route (in use, a handle builds it after JET_MIN_POINTS points)."""
     monkeypatch.setattr(geometry, "JET_MIN_POINTS", 1)
-
-
-def oracle_R(fmap, x):
-    def metric(y):
-        J = jacfwd(lambda z: fmap(z[None])[0])(y)
-        return J.T @ J
-
-    return cv.ricci_scalar(metric, x)
-
-
-def oracle_K(fmap, x, u, v):
-    out = []
-    for i in range(x.shape[0]):
-
-        def metric(ab, i=i):
-            J = jacfwd(lambda c: fmap((x[i] + c[0] * u[i] + c[1] * v[i])[None])[0])(ab)
-            return J.T @ J
-
-        out.append(cv.ricci_scalar(metric, torch.zeros(1, 2, dtype=D64))[0] / 2)
-    return torch.stack(out)
 
 
 def mlp(d, acts, widths, seed=0):
