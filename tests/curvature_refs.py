@@ -2,6 +2,7 @@
 (``fastgeom.curvature``: metric by jacfwd, its derivatives by autograd) on a feature map."""
 
 import torch
+from torch import nn
 from torch.func import jacfwd
 
 from fastgeom import curvature as cv
@@ -30,3 +31,21 @@ def oracle_K(fmap, x, u, v):
 
         out.append(cv.ricci_scalar(metric, torch.zeros(1, 2, dtype=D64))[0] / 2)
     return torch.stack(out)
+
+
+def small_cnn():
+    """A float64 conv-BN-tanh-conv-GELU-linear net (1x6x7 inputs -> 3), BN with non-trivial running statistics."""
+    torch.manual_seed(2)
+    net = nn.Sequential(
+        nn.Conv2d(1, 3, 3),
+        nn.BatchNorm2d(3),
+        nn.Tanh(),
+        nn.Conv2d(3, 2, 3),
+        nn.GELU(),
+        nn.Flatten(),
+        nn.Linear(2 * 2 * 3, 3),
+    ).double()
+    bn = net[1]
+    bn.running_mean.uniform_(-0.3, 0.3)
+    bn.running_var.uniform_(0.5, 2.0)
+    return net

@@ -4,7 +4,7 @@ the round sphere; invariances, errors, float32 vs float64."""
 
 import pytest
 import torch
-from curvature_refs import oracle_K, oracle_R
+from curvature_refs import oracle_K, oracle_R, small_cnn
 from torch import nn
 
 import fastgeom as fg
@@ -32,23 +32,6 @@ def stereo_m(p, r=RHO):
 def mlp(d_in=3):
     torch.manual_seed(1)
     return nn.Sequential(nn.Linear(d_in, 9), nn.Tanh(), nn.Linear(9, 11), nn.Softplus(), nn.Linear(11, 5)).double()
-
-
-def small_cnn():
-    torch.manual_seed(2)
-    net = nn.Sequential(
-        nn.Conv2d(1, 3, 3),
-        nn.BatchNorm2d(3),
-        nn.Tanh(),
-        nn.Conv2d(3, 2, 3),
-        nn.GELU(),
-        nn.Flatten(),
-        nn.Linear(2 * 2 * 3, 3),
-    ).double()
-    bn = net[1]
-    bn.running_mean.uniform_(-0.3, 0.3)
-    bn.running_var.uniform_(0.5, 2.0)
-    return net
 
 
 def test_round_sphere():

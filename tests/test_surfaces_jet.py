@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from curvature_refs import oracle_K, oracle_R
+from curvature_refs import oracle_K, oracle_R, small_cnn
 from torch import nn
 from torch.func import jacrev, jvp
 
@@ -222,19 +222,7 @@ def test_scalar_curvature_jet_on_gated_model():
 
 @pytest.mark.parametrize("layer", ["2", "4", None])
 def test_cnn_plane_jet_vs_nested_vs_oracle(layer):
-    torch.manual_seed(2)
-    net = nn.Sequential(
-        nn.Conv2d(1, 3, 3),
-        nn.BatchNorm2d(3),
-        nn.Tanh(),
-        nn.Conv2d(3, 2, 3),
-        nn.GELU(),
-        nn.Flatten(),
-        nn.Linear(2 * 2 * 3, 3),
-    ).double()
-    net[1].running_mean.uniform_(-0.3, 0.3)
-    net[1].running_var.uniform_(0.5, 2.0)
-    net.eval()
+    net = small_cnn().eval()
     fmap = FeatureMap(net, layer)
     x = torch.randn(3, 1, 6, 7, dtype=D64)
     u, v = torch.randn(3, 1, 6, 7, dtype=D64), torch.randn(3, 1, 6, 7, dtype=D64)
